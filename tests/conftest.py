@@ -1,0 +1,30 @@
+import sys
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pyro_state():
+    """Every test starts from an empty param store, fixed seeds and validation on."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    pyro.enable_validation(True)
+    yield
+    pyro.clear_param_store()
+    torch.set_default_dtype(torch.float32)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    """MNIST's raw files in the repository's data/ folder, fetched once by pvae's own routes."""
+    from pvae.data import ensure_mnist
+
+    return ensure_mnist(REPO / "data")
