@@ -130,7 +130,7 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-samples", type=positive_int, default=d.eval_samples, metavar="K",
                    help="importance samples per test image for log p(x)")
     g.add_argument("--chunk-size", type=positive_int, default=None, metavar="M",
-                   help="importance samples per pass (bounds memory)")
+                   help="latent draws (samples x images) per pass; bounds memory")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -159,6 +159,202 @@ def run_experiment(args: argparse.Namespace) -> int:
 
 command("train", "train and evaluate a VAE on MNIST (the main job)", add_experiment_arguments)(
     run_experiment)
+
+
+def _plot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by pvae train")
+    p.add_argument("--out", default=None, help="folder for the figures (default: the checkpoint's)")
+    p.add_argument("--data-dir", default=None, help="MNIST folder (default: the run's)")
+    p.add_argument("--test-subset", type=positive_int, default=2000, metavar="N")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+@command("plot", "redraw a trained run's figures from its checkpoint", _plot_args)
+def _plot(args: argparse.Namespace) -> int:
+    from .experiment import plot_checkpoint
+
+    out = plot_checkpoint(args.checkpoint, args.out, args.data_dir, args.test_subset, args.device)
+    print(f"wrote reconstructions.png, samples.png, latent.png, elbo_curves.png to {out}")
+    return 0
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by pvae train")
+    p.add_argument("--num-samples", type=positive_int, default=5000, metavar="K",
+                   help="importance samples per test image (5000 is the published protocol)")
+    p.add_argument("--test-subset", type=positive_int, default=None, metavar="N",
+                   help="evaluate the first N test images")
+    p.add_argument("--chunk-size", type=positive_int, default=None, metavar="M",
+                   help="latent draws (samples x images) per forward pass; bounds memory")
+    p.add_argument("--data-dir", default=None,
+                   help="where MNIST lives (default: the checkpoint's --data-dir)")
+    p.add_argument("--out", default=None, help="folder for metrics_eval.json and the figure "
+                   "(default: the checkpoint's folder)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@command("evaluate", "importance-sampled test log p(x), ELBO and PSIS k-hat of a checkpoint",
+         _evaluate_args)
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import pyro
+
+    from .checkpoint import check_writable, load_vae
+    from .data import load_mnist
+    from .errors import ConfigError
+    from .evaluate import evaluate
+    from .experiment import versions, write_json
+    from .plotting import plot_evaluation
+    from .train import resolve_device
+
+    device = resolve_device(args.device)
+    vae, config = load_vae(args.checkpoint, device=device)
+    if vae.needs_index:
+        raise ConfigError(f"the guide {config.get('guide')!r} has no encoder for test images; "
+                          "use `pvae gap`, which fits local parameters for the test set")
+    out = check_writable(args.out or Path(args.checkpoint).parent)
+    data_dir = args.data_dir or config.get("data_dir") or "data"
+    data = load_mnist(data_dir, binarize=vae.likelihood.data_kind == "binary",
+                      test_subset=args.test_subset)
+    pyro.set_rng_seed(args.seed)
+    result = evaluate(vae.model, vae.guide, data.test_x.to(device), args.num_samples,
+                      args.chunk_size, progress=not args.no_progress and sys.stderr.isatty())
+    metrics = {**result.to_metrics(), "checkpoint": str(args.checkpoint),
+               "data_dir": str(data_dir), "chunk_size": args.chunk_size, "seed": args.seed,
+               "device": str(device), "versions": versions()}
+    write_json(out / "metrics_eval.json", metrics)
+    figure = plot_evaluation(result, out / f"evaluation_K{args.num_samples}.png")
+    rows = [("test images", f"{result.n}"),
+            ("test ELBO", f"{result.elbo_mean:.2f} ± {result.elbo_stderr:.2f}"),
+            (f"test log p(x), K={result.num_samples}",
+             f"{result.log_px_mean:.2f} ± {result.log_px_stderr:.2f}"),
+            ("PSIS k-hat max", f"{result.khat_max:.2f}"),
+            ("k-hat > 0.7", f"{100 * result.khat_frac_bad:.1f}% of images")]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows) + "\n(nats per image)")
+    print(f"wrote {out / 'metrics_eval.json'} and {figure}")
+    return 0
+
+
+def add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    """The experiment flags (the shared budget) plus the configurations to compare."""
+    add_experiment_arguments(p)
+    p.set_defaults(out="runs/compare")
+    g = p.add_argument_group("configurations (the first one is the baseline)")
+    g.add_argument("--configs", nargs="+", default=None, metavar="KEY=VALUE,...",
+                   help="e.g. 'prior=standard,guide=mlp' 'prior=vamp,guide=iaf'; keys are "
+                        "experiment fields or part options such as num_components")
+    g.add_argument("--priors", nargs="+", default=None, help="grid axis (with --guides, ...)")
+    g.add_argument("--guides", nargs="+", default=None, help="grid axis")
+    g.add_argument("--likelihoods", nargs="+", default=None, help="grid axis")
+    g.add_argument("--losses", nargs="+", default=None, help="grid axis")
+    g.add_argument("--reuse", action="store_true",
+                   help="read a sub-run's metrics.json instead of retraining when its "
+                        "configuration matches")
+
+
+@command("compare", "train several configurations with one seed and budget; tabulate log p(x)",
+         add_compare_arguments)
+def run_compare(args: argparse.Namespace) -> int:
+    """Train every configuration, then print and write OUT/compare.md, .csv and .png."""
+    from .compare import compare, format_table, grid, parse_setting
+    from .errors import ConfigError
+
+    if args.configs and any((args.priors, args.guides, args.likelihoods, args.losses)):
+        raise ConfigError("give either --configs or grid axes (--priors/--guides/...), not both")
+    settings = ([parse_setting(c) for c in args.configs] if args.configs else
+                grid(prior=args.priors, guide=args.guides, likelihood=args.likelihoods,
+                     loss=args.losses))
+    base = config_from_args(args)
+    rows = compare(base, settings, args.out, reuse=args.reuse)
+    print(format_table(rows, base))
+    print(f"wrote {args.out}/compare.md, compare.csv and compare.png")
+    return 0
+
+
+def _gap_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by pvae train")
+    p.add_argument("--out", required=True, help="folder for gap.json and gap.png")
+    p.add_argument("--test-subset", type=positive_int, default=100, metavar="N",
+                   help="the first N test images (each gets its own local fit)")
+    p.add_argument("--num-samples", type=positive_int, default=5000, metavar="K",
+                   help="importance samples per image for log p(x)")
+    p.add_argument("--elbo-samples", type=positive_int, default=1000, metavar="S",
+                   help="samples per image for L[q] and L[q*]")
+    p.add_argument("--data-dir", default=None,
+                   help="where MNIST lives (default: the checkpoint's --data-dir)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--init", default="encoder", choices=["encoder", "prior"],
+                   help="start each local fit from the encoder's output or from N(0, I)")
+    p.add_argument("--max-steps", type=positive_int, default=5000,
+                   help="step budget of the local fits")
+    p.add_argument("--lr", type=positive_float, default=1e-2, help="Adam rate of the local fits")
+    p.add_argument("--num-particles", type=positive_int, default=16,
+                   help="samples per image per local-fit step")
+    p.add_argument("--window", type=positive_int, default=50,
+                   help="steps averaged per convergence check")
+    p.add_argument("--patience", type=positive_int, default=5,
+                   help="stop after this many windows without improvement")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@command("gap", "approximation and amortization gaps of a checkpoint on test images", _gap_args)
+def _gap(args: argparse.Namespace) -> int:
+    import pyro
+
+    from .amortization import gap_report
+    from .checkpoint import check_writable, load_vae
+    from .data import load_mnist
+    from .errors import DataError
+    from .experiment import versions, write_json
+    from .plotting import plot_gap
+    from .train import resolve_device
+
+    device = resolve_device(args.device)
+    vae, config = load_vae(args.checkpoint, device=device)
+    out = check_writable(args.out)
+    data_dir = args.data_dir or config.get("data_dir") or "data"
+    data = load_mnist(data_dir, binarize=True, test_subset=args.test_subset)
+    if len(data.test_x) < args.test_subset:
+        raise DataError(f"--test-subset {args.test_subset} is larger than the test set "
+                        f"({len(data.test_x)} images); use at most {len(data.test_x)}")
+    pyro.set_rng_seed(args.seed)
+    report = gap_report(vae, data.test_x[: args.test_subset].to(device),
+                        num_samples=args.num_samples, elbo_samples=args.elbo_samples,
+                        init=args.init, max_steps=args.max_steps, lr=args.lr,
+                        num_particles=args.num_particles, window=args.window,
+                        patience=args.patience,
+                        progress=not args.no_progress and sys.stderr.isatty())
+    s = report.to_json()
+    write_json(out / "gap.json", {**s, "checkpoint": str(args.checkpoint),
+                                  "data_dir": str(data_dir), "seed": args.seed, "init": args.init,
+                                  "device": str(device), "versions": versions()})
+    figure = plot_gap(report, out / "gap.png")
+    rows = [("test images", f"{s['n']}"),
+            (f"log p(x) (IS, K={s['num_samples']}, {s['log_px_proposal']} proposal)",
+             f"{s['log_px']:.2f} ± {s['log_px_stderr'] or 0:.2f}"),
+            ("log p(x) (IS, amortized proposal)",
+             f"{s['log_px_amortized']:.2f} ± {s['log_px_amortized_stderr'] or 0:.2f}"),
+            ("L[q*] (local fit)", f"{s['elbo_local']:.2f} ± {s['elbo_local_stderr'] or 0:.2f}"),
+            ("L[q] (amortized)",
+             f"{s['elbo_amortized']:.2f} ± {s['elbo_amortized_stderr'] or 0:.2f}"),
+            ("approximation gap", f"{s['approximation_gap']:.2f} ± "
+                                  f"{s['approximation_gap_stderr'] or 0:.2f}"),
+            ("amortization gap", f"{s['amortization_gap']:.2f} ± "
+                                 f"{s['amortization_gap_stderr'] or 0:.2f}"),
+            ("seconds per image", f"amortized {s['seconds_per_example_amortized']:.2e}, "
+                                  f"local {s['seconds_per_example_local']:.2e}"),
+            ("local-fit steps", f"{s['local_steps']}"
+                                f"{'' if s['local_converged'] else ' (budget reached)'}")]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows) + "\n(nats per image)")
+    print(f"wrote {out / 'gap.json'} and {figure}")
+    return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -226,7 +226,7 @@ def synthetic(n: int, x_dim: int = 784, z_dim: int = 2, seed: int = 0,
     """``n`` examples from a random nonlinear latent-variable model, for quick runs and tests.
 
     The model's weights depend on ``seed`` only, so two calls with the same seed and
-    different ``n`` draw from the same distribution (the first examples coincide).
+    different ``n`` draw from the same distribution.
 
     x = σ(A·tanh(Bz)) with z ~ N(0, I) (grayscale in (0, 1)), then one Bernoulli draw per
     pixel when ``binary``.

@@ -145,7 +145,7 @@ def run(config: ExperimentConfig) -> dict:
     metrics.update(n_train=n_train, likelihood_kind="discrete (binary pixels)" if binary else
                    "density (continuous pixels): not comparable with binary log p(x)",
                    config=stored, versions=versions(), device=str(device))
-    _figures(vae, test_x, data.test_y, result.history, out)
+    draw_figures(vae, test_x, data.test_y, result.history, out)
     write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -164,7 +164,8 @@ def _evaluate(vae, test_x: torch.Tensor, config: ExperimentConfig, out: Path) ->
 
 
 @torch.no_grad()
-def _figures(vae, test_x: torch.Tensor, test_y: torch.Tensor, history, out: Path) -> None:
+def draw_figures(vae, test_x: torch.Tensor, test_y: torch.Tensor, history, out: Path) -> None:
+    """Reconstructions, prior samples, the 2-D latent embedding and the ELBO curves."""
     from .plotting import plot_elbo_curves, plot_latent, plot_reconstructions, plot_samples
 
     n = min(2000, test_x.shape[0])
@@ -176,7 +177,29 @@ def _figures(vae, test_x: torch.Tensor, test_y: torch.Tensor, history, out: Path
     except NotImplementedError:
         z = q.sample()
     plot_latent(z, test_y[:n], out / "latent.png")
-    plot_elbo_curves(history, out / "elbo_curves.png")
+    if history:
+        plot_elbo_curves(history, out / "elbo_curves.png")
+
+
+def plot_checkpoint(checkpoint: str | Path, out: str | Path | None = None,
+                    data_dir: str | None = None, test_subset: int | None = 2000,
+                    device: str = "auto") -> Path:
+    """Redraw a trained run's figures from its checkpoint into ``out`` (default: its folder)."""
+    from .data import load_mnist
+    from .train import EpochRecord, resolve_device
+
+    dev = resolve_device(device)
+    vae, config = ckpt.load_vae(checkpoint, device=dev)
+    history = [EpochRecord(**r) for r in ckpt.load(checkpoint)["history"]]
+    out = ckpt.check_writable(out or Path(checkpoint).parent)
+    binary = LIKELIHOODS[config["likelihood"]].data_kind == "binary"
+    data = load_mnist(data_dir or config["data_dir"], binarize=binary, train_subset=1,
+                      test_subset=test_subset)
+    if vae.needs_index:
+        raise ConfigError("this checkpoint's guide has no encoder for test images; its figures "
+                          "need `pvae gap`'s fitted local parameters")
+    draw_figures(vae, data.test_x.to(dev), data.test_y, history, out)
+    return out
 
 
 def format_summary(metrics: dict) -> str:

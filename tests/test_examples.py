@@ -1,0 +1,76 @@
+"""Every example script runs end to end on a few hundred MNIST images."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+METRIC_KEYS = {"epochs", "steps", "train_seconds", "train_elbo", "test_elbo", "test_log_px",
+               "test_log_px_stderr", "eval_samples", "n_test", "psis_khat_max", "config",
+               "versions"}
+FLAGS = {"data_dir", "out", "epochs", "batch_size", "lr", "z_dim", "hidden_dims", "seed", "device",
+         "train_subset", "test_subset", "eval_samples", "resume", "prior", "guide", "likelihood",
+         "loss", "num_particles", "beta", "beta_warmup_epochs"}
+
+
+def run(script, *args):
+    return subprocess.run([sys.executable, str(REPO / "examples" / script), *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+
+
+def test_mnist_svi_writes_metrics_and_figures(mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    done = run("mnist_svi.py", "--data-dir", mnist_dir, "--out", out, "--epochs", 1,
+               "--train-subset", 300, "--test-subset", 100, "--eval-samples", 50,
+               "--hidden-dims", 64, "--z-dim", 8, "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "test log p(x)" in done.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics)
+    assert FLAGS <= set(metrics["config"])
+    assert metrics["n_test"] == 100 and metrics["eval_samples"] == 50 and metrics["epochs"] == 1
+    assert metrics["steps"] == 3 and metrics["train_seconds"] > 0
+    assert -784 * 0.7 < metrics["test_elbo"] <= metrics["test_log_px"] < 0
+    assert 0 < metrics["test_log_px_stderr"] < 20
+    assert set(metrics["versions"]) >= {"python", "torch", "pyro"}
+    for name in ("reconstructions", "samples", "latent", "elbo_curves", "evaluation"):
+        assert (out / f"{name}.png").stat().st_size > 5000, name
+    assert (out / "checkpoint.pt").is_file()
+
+    resumed = run("mnist_svi.py", "--data-dir", mnist_dir, "--out", out, "--epochs", 2,
+                  "--train-subset", 300, "--test-subset", 100, "--eval-samples", 50,
+                  "--hidden-dims", 64, "--z-dim", 8, "--device", "cpu", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 6
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prior", "nope"], "invalid choice: 'nope'"),
+    (["--epochs", "0"], "must be at least 1"),
+    (["--beta", "-1"], "finite number >= 0"),
+    (["--lr", "abc"], "expected a number"),
+])
+def test_nonsensical_flags_get_one_clear_error(args, message):
+    done = run("mnist_svi.py", *args)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_unwritable_out_is_one_line(tmp_path, mnist_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    done = run("mnist_svi.py", "--data-dir", mnist_dir, "--out", blocker / "x", "--epochs", 1)
+    assert done.returncode == 2
+    assert "cannot write to --out" in done.stderr and "Traceback" not in done.stderr
+    assert not (blocker.parent / "x").exists()
+
+
+def test_resume_from_a_corrupt_checkpoint_is_one_line(tmp_path, mnist_dir):
+    (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
+    done = run("mnist_svi.py", "--data-dir", mnist_dir, "--out", tmp_path, "--epochs", 1,
+               "--train-subset", 100, "--resume")
+    assert done.returncode == 2
+    assert "corrupt" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "metrics.json").exists()
