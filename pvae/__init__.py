@@ -6,7 +6,8 @@ from .evaluate import EvalResult, evaluate, log_likelihood, psis_khat
 from .experiment import ExperimentConfig, run
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
-from .objectives import OBJECTIVES, beta_at, make_loss
+from .compare import CompareRow, compare
+from .objectives import IWAE, OBJECTIVES, beta_at, make_loss
 from .priors import PRIORS
 from .train import EpochRecord, FitResult, fit
 from .vae import VAE, beta_handler, build_vae
@@ -15,7 +16,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "VAE", "build_vae", "beta_handler",
-    "PRIORS", "LIKELIHOODS", "GUIDES", "OBJECTIVES", "make_loss", "beta_at",
+    "PRIORS", "LIKELIHOODS", "GUIDES", "OBJECTIVES", "make_loss", "beta_at", "IWAE",
+    "compare", "CompareRow",
     "fit", "FitResult", "EpochRecord",
     "log_likelihood", "evaluate", "EvalResult", "psis_khat",
     "load_mnist", "MNIST", "synthetic", "load_vae",

@@ -112,6 +112,21 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hidden-dims", type=positive_int, nargs="+", default=list(d.hidden_dims),
                    metavar="H", help="hidden widths of encoder and decoder MLPs")
     g.add_argument("--activation", default=d.activation, choices=["tanh", "relu", "softplus", "elu"])
+    g = p.add_argument_group("part options (passed to the prior, guide and likelihood that use them)")
+    g.add_argument("--num-components", type=positive_int, help="mog prior: mixture components")
+    g.add_argument("--num-pseudo-inputs", type=positive_int, help="vamp prior: pseudo-inputs")
+    g.add_argument("--free-pseudo-inputs", dest="bounded_pseudo_inputs", action="store_false",
+                   default=None, help="vamp prior: pseudo-inputs unbounded, not in [0, 1]")
+    g.add_argument("--flow-steps", type=positive_int, help="flow prior / iaf guide: flow steps")
+    g.add_argument("--flow-hidden", type=positive_int, nargs="+", metavar="H",
+                   help="flow prior / iaf guide: hidden widths of each autoregressive net")
+    g.add_argument("--rank", type=positive_int, help="lowrank guide: rank of the covariance factor")
+    g.add_argument("--conv-channels", type=positive_int, help="conv guide/decoder: channels")
+    g.add_argument("--decoder", choices=["mlp", "conv"], help="the likelihood's decoder network")
+    g.add_argument("--likelihood-scale", type=positive_float,
+                   help="normal likelihood: the fixed standard deviation σ")
+    g.add_argument("--learn-scale", action="store_true", default=None,
+                   help="normal likelihood: learn one shared σ")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=positive_int, default=d.epochs)
     g.add_argument("--batch-size", type=positive_int, default=d.batch_size)
@@ -133,6 +148,10 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> None:
                    help="latent draws (samples x images) per pass; bounds memory")
 
 
+PART_OPTIONS = ("num_components", "num_pseudo_inputs", "bounded_pseudo_inputs", "flow_steps",
+                "flow_hidden", "rank", "conv_channels", "decoder", "likelihood_scale", "learn_scale")
+
+
 def config_from_args(args: argparse.Namespace):
     """An ExperimentConfig from parsed experiment flags."""
     from .experiment import ExperimentConfig
@@ -140,6 +159,8 @@ def config_from_args(args: argparse.Namespace):
     names = {f.name for f in dataclasses.fields(ExperimentConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
     values["hidden_dims"] = tuple(args.hidden_dims)
+    values["options"] = {k: (tuple(v) if isinstance(v, list) else v) for k in PART_OPTIONS
+                         if (v := getattr(args, k, None)) is not None}
     values["progress"] = not args.no_progress and sys.stderr.isatty()
     return ExperimentConfig(**values)
 

@@ -12,6 +12,7 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyro
 import torch
 
@@ -160,6 +161,7 @@ def _evaluate(vae, test_x: torch.Tensor, config: ExperimentConfig, out: Path) ->
     result = evaluate(vae.model, vae.guide, test_x, num_samples=config.eval_samples,
                       chunk_size=config.chunk_size, progress=config.progress)
     plot_evaluation(result, out / "evaluation.png")
+    np.save(out / "test_log_px.npy", np.asarray(result.log_px))
     return result.to_metrics()
 
 

@@ -74,3 +74,16 @@ def test_resume_from_a_corrupt_checkpoint_is_one_line(tmp_path, mnist_dir):
     assert done.returncode == 2
     assert "corrupt" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_compare_writes_one_table_for_several_configurations(mnist_dir, tmp_path):
+    done = run("compare.py", "--data-dir", mnist_dir, "--out", tmp_path, "--configs",
+               "prior=standard", "prior=mog,num_components=3", "--epochs", 1,
+               "--train-subset", 300, "--test-subset", 100, "--eval-samples", 20,
+               "--hidden-dims", 32, "--z-dim", 4, "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = (tmp_path / "compare.md").read_text()
+    assert "prior=mog" in table and "prior=standard" in table
+    rows = (tmp_path / "compare.csv").read_text().strip().splitlines()
+    assert len(rows) == 3
+    assert list(tmp_path.glob("*.png"))

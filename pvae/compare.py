@@ -1,0 +1,231 @@
+"""Compare configurations: train each with the same seed and budget, tabulate log p(x).
+
+:func:`compare` calls :func:`pvae.experiment.run` once per configuration (each in its own
+sub-folder of ``out``), then writes ``compare.md``, ``compare.csv`` and ``compare.png``.
+The first configuration is the baseline. A configuration *beats* it when its mean test
+log p(x) is higher by more than two standard errors of the difference:
+
+- paired, when both runs saved per-example estimates (``test_log_px.npy``) for the same
+  test images: the s.e. of the mean of the per-example differences;
+- otherwise unpaired, sqrt(se₁² + se₂²). Both runs score the same test images, so their
+  estimates are positively correlated and this overstates the s.e. of the difference:
+  the test is conservative.
+
+Runs whose likelihoods are of different kinds (discrete vs density) are not compared.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .errors import ConfigError
+
+PER_EXAMPLE_FILE = "test_log_px.npy"
+_SKIP_FIELDS = {"out", "resume", "progress", "device", "data_dir"}
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    """One configuration's results; ``diff`` is its mean log p(x) minus the baseline's."""
+
+    name: str
+    out: str
+    test_elbo: float | None
+    test_log_px: float | None
+    test_log_px_stderr: float | None
+    psis_khat_max: float | None
+    train_seconds: float | None
+    likelihood_kind: str
+    diff: float | None = None
+    diff_stderr: float | None = None
+    paired: bool = False
+    beats_baseline: bool = False
+
+
+def _value(text: str):
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_setting(text: str) -> dict:
+    """``"prior=vamp,guide=iaf,num_pseudo_inputs=100"`` -> a dict of typed values."""
+    out: dict = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"cannot read configuration {text!r}: write key=value pairs "
+                              f"separated by commas, e.g. 'prior=vamp,guide=iaf'")
+        out[key.strip().replace("-", "_")] = _value(value.strip())
+    if not out:
+        raise ConfigError("an empty configuration: write e.g. 'prior=standard,guide=mlp'")
+    return out
+
+
+def grid(**axes: Sequence[str] | None) -> list[dict]:
+    """Every combination of the given axes, e.g. ``grid(prior=[...], guide=[...])``, in order."""
+    settings: list[dict] = [{}]
+    for key, values in axes.items():
+        if values:
+            settings = [{**s, key: v} for s in settings for v in values]
+    return settings if settings != [{}] else []
+
+
+def setting_name(setting: dict) -> str:
+    """The table label of a configuration: ``prior=vamp,guide=iaf``."""
+    return ",".join(f"{k}={v}" for k, v in setting.items())
+
+
+def config_for(base, setting: dict, out: Path):
+    """``base`` with ``setting`` applied: config fields set directly, other keys as options."""
+    fields = {f.name for f in dataclasses.fields(base)}
+    direct = {k: v for k, v in setting.items() if k in fields and k != "options"}
+    if "hidden_dims" in direct:
+        hd = direct["hidden_dims"]
+        widths = str(hd).split() if isinstance(hd, str) else [hd]
+        direct["hidden_dims"] = tuple(int(h) for h in widths)
+    options = {**base.options, **{k: v for k, v in setting.items() if k not in fields}}
+    return dataclasses.replace(base, **direct, options=options, out=str(out), resume=False)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("=", "-").replace(",", "__")) or "run"
+
+
+def _comparable_config(cfg) -> dict:
+    d = dataclasses.asdict(cfg)
+    d["hidden_dims"] = list(cfg.hidden_dims)
+    return {k: v for k, v in d.items() if k not in _SKIP_FIELDS}
+
+
+def _reusable(sub: Path, cfg) -> dict | None:
+    path = sub / "metrics.json"
+    if not path.exists():
+        return None
+    metrics = json.loads(path.read_text())
+    stored = metrics.get("config", {})
+    want = _comparable_config(cfg)
+    return metrics if all(stored.get(k) == v for k, v in want.items()) else None
+
+
+def _per_example(out: str):
+    import numpy as np
+
+    path = Path(out) / PER_EXAMPLE_FILE
+    return np.load(path) if path.exists() else None
+
+
+def _difference(row: CompareRow, base: CompareRow) -> CompareRow:
+    if row.likelihood_kind != base.likelihood_kind or row.test_log_px is None \
+            or base.test_log_px is None:
+        return row
+    a, b = _per_example(row.out), _per_example(base.out)
+    if a is not None and b is not None and a.shape == b.shape and a.shape[0] > 1:
+        d = a - b
+        diff, se, paired = float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.shape[0])), True
+    else:
+        diff = row.test_log_px - base.test_log_px
+        se = math.hypot(row.test_log_px_stderr or 0.0, base.test_log_px_stderr or 0.0)
+        paired = False
+    return dataclasses.replace(row, diff=diff, diff_stderr=se, paired=paired,
+                               beats_baseline=row is not base and diff > 2 * se)
+
+
+def compare(base, settings: Sequence[dict], out: str | Path,
+            reuse: bool = False) -> list[CompareRow]:
+    """Train and evaluate ``base`` modified by each setting; write the table and the figure.
+
+    Every run uses ``base``'s seed, epochs, batch size and data subsets. With ``reuse``, a
+    sub-folder whose ``metrics.json`` was written for the same configuration is read
+    instead of retrained. Returns the rows, baseline first.
+    """
+    from .experiment import run
+
+    if not settings:
+        raise ConfigError("nothing to compare: give --configs 'prior=standard,guide=mlp' ... "
+                          "or a grid with --priors/--guides/--likelihoods/--losses")
+    names = [setting_name(s) for s in settings]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"the configurations repeat: {names}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[CompareRow] = []
+    for name, setting in zip(names, settings):
+        sub = out / _slug(name)
+        cfg = config_for(base, setting, sub)
+        metrics = (_reusable(sub, cfg) if reuse else None) or run(cfg)
+        rows.append(CompareRow(
+            name=name, out=str(sub), test_elbo=metrics.get("test_elbo"),
+            test_log_px=metrics.get("test_log_px"),
+            test_log_px_stderr=metrics.get("test_log_px_stderr"),
+            psis_khat_max=metrics.get("psis_khat_max"), train_seconds=metrics.get("train_seconds"),
+            likelihood_kind=str(metrics.get("likelihood_kind", cfg.likelihood))))
+    rows = [_difference(r, rows[0]) for r in rows]
+    write_table(rows, out, base)
+    from .plotting import plot_comparison
+
+    plot_comparison(rows, out / "compare.png")
+    return rows
+
+
+def _f(v, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:.{digits}f}"
+
+
+def format_table(rows: Sequence[CompareRow], base=None) -> str:
+    """The comparison as a Markdown table with a note on how differences were tested."""
+    lines = ["| config | test ELBO | test log p(x) ± s.e. | Δ vs baseline ± s.e. | k-hat max "
+             "| train s |", "|---|---|---|---|---|---|"]
+    for i, r in enumerate(rows):
+        if i == 0:
+            delta = "baseline"
+        elif r.diff is None:
+            delta = "not comparable"
+        else:
+            delta = f"{r.diff:+.2f} ± {r.diff_stderr:.2f}{' (paired)' if r.paired else ''}"
+            delta += " **better**" if r.beats_baseline else ""
+        lines.append(f"| {r.name} | {_f(r.test_elbo)} | {_f(r.test_log_px)} ± "
+                     f"{_f(r.test_log_px_stderr)} | {delta} | {_f(r.psis_khat_max)} "
+                     f"| {_f(r.train_seconds, 0)} |")
+    notes = ["", "Nats per test image. **better**: mean log p(x) above the baseline "
+             "(first row) by more than 2 standard errors of the difference."]
+    if any(r.diff is not None and not r.paired for r in rows[1:]):
+        notes.append("Unpaired differences use sqrt(se₁² + se₂²); the runs share the test "
+                     "images, so this overstates the s.e. and the test is conservative.")
+    if any(r.paired for r in rows[1:]):
+        notes.append("(paired): s.e. of the mean per-image difference on the same test images.")
+    khats = [r.psis_khat_max for r in rows if r.psis_khat_max is not None]
+    if khats and max(khats) > 0.7:
+        notes.append("k-hat max above 0.7: some examples' log p(x) estimates are unreliable "
+                     "(too few importance samples for the guide); read those rows with care.")
+    if base is not None:
+        notes.append(f"Shared budget: epochs {base.epochs}, batch {base.batch_size}, seed "
+                     f"{base.seed}, train subset {base.train_subset or 'all'}, test subset "
+                     f"{base.test_subset or 'all'}, K = {base.eval_samples} importance samples.")
+    return "\n".join(lines + notes) + "\n"
+
+
+def write_table(rows: Sequence[CompareRow], out: str | Path, base=None) -> None:
+    """Write ``out/compare.md`` and ``out/compare.csv``."""
+    out = Path(out)
+    (out / "compare.md").write_text(format_table(rows, base))
+    with open(out / "compare.csv", "w", newline="") as f:
+        fields = [fl.name for fl in dataclasses.fields(CompareRow)]
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(dataclasses.asdict(r))

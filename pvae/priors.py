@@ -1,0 +1,167 @@
+"""Priors p(z): modules whose call returns a distribution with event shape ``(z_dim,)``.
+
+Every prior is picked by name from :data:`PRIORS`. A prior's ``forward()`` takes no data;
+the VAE expands the returned distribution over the ``"data"`` plate. Learned quantities
+are ``nn.Parameter`` s (the VAE turns them into Pyro params); constants are buffers.
+"""
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+from .nets import autoregressive_flow
+
+MIN_SCALE = 1e-5
+
+
+class StandardNormal(nn.Module):
+    """p(z) = N(0, I) with event shape ``(z_dim,)``.
+
+    Its location and scale are buffers, so they follow the module to its device and are
+    not re-allocated on every call.
+    """
+
+    def __init__(self, z_dim: int, **_: object):
+        super().__init__()
+        self.z_dim = int(z_dim)
+        self.register_buffer("loc", torch.zeros(self.z_dim))
+        self.register_buffer("scale", torch.ones(self.z_dim))
+
+    def forward(self) -> dist.Distribution:
+        return dist.Normal(self.loc, self.scale).to_event(1)
+
+
+class LearnedNormal(nn.Module):
+    """p(z) = N(μ, diag exp(2·s)) with learned μ (init 0) and log-scale s (init 0).
+
+    At initialisation it equals :class:`StandardNormal`. With a learned decoder the
+    prior's location and scale are redundant with the decoder's first layer, so this
+    mostly buys a different parameterisation; it is the simplest learned prior.
+    """
+
+    def __init__(self, z_dim: int, **_: object):
+        super().__init__()
+        self.z_dim = int(z_dim)
+        self.loc = nn.Parameter(torch.zeros(self.z_dim))
+        self.log_scale = nn.Parameter(torch.zeros(self.z_dim))
+
+    def forward(self) -> dist.Distribution:
+        return dist.Normal(self.loc, self.log_scale.exp()).to_event(1)
+
+
+class MixturePrior(nn.Module):
+    """p(z) = Σ_k π_k N(z; μ_k, diag σ_k²), a learned mixture of K diagonal Gaussians.
+
+    π = softmax(logits) (init uniform), μ_k ~ N(0, I) at initialisation so the components
+    start apart, σ_k = softplus(ρ_k) + 1e-5 (init 1). Option ``num_components`` (K, default 10).
+    """
+
+    def __init__(self, z_dim: int, num_components: int = 10, **_: object):
+        super().__init__()
+        k = int(num_components)
+        if k < 1:
+            raise ConfigError(f"num_components must be >= 1, got {num_components}")
+        self.z_dim = int(z_dim)
+        self.logits = nn.Parameter(torch.zeros(k))
+        self.locs = nn.Parameter(torch.randn(k, self.z_dim))
+        self.raw_scales = nn.Parameter(torch.full((k, self.z_dim), math.log(math.e - 1.0)))
+
+    def forward(self) -> dist.Distribution:
+        scales = F.softplus(self.raw_scales) + MIN_SCALE
+        components = dist.Normal(self.locs, scales).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+
+
+class VampPrior(nn.Module):
+    """The VampPrior (Tomczak & Welling, 2018): p(z) = (1/K) Σ_k q(z | u_k).
+
+    The components are the VAE's own guide evaluated at K learned pseudo-inputs u_k,
+    which live in data space. With ``bounded_pseudo_inputs=True`` (the default, for images
+    in [0, 1]) u = sigmoid(a) for a free parameter a, initialised so u ≈ 0.05 ± small noise
+    (dark images, as in the paper); with False, u = a, initialised N(0, 0.01²).
+    Option ``num_pseudo_inputs`` (K, default 500).
+
+    The guide is held as a plain reference, not a child module: its parameters belong to
+    the VAE's ``q`` and are registered (and trained) once, under the names ``q.*``. The
+    mixture's gradient reaches both the pseudo-inputs and the encoder.
+    """
+
+    def __init__(self, z_dim: int, x_dim: int, guide: nn.Module | None = None,
+                 num_pseudo_inputs: int = 500, bounded_pseudo_inputs: bool = True, **_: object):
+        super().__init__()
+        if guide is None:
+            raise ConfigError("the VampPrior needs the encoder: build it with "
+                              "build_vae(prior='vamp', ...) or pass guide=<the guide module>")
+        if getattr(guide, "needs_index", False):
+            raise ConfigError("the VampPrior needs an amortized guide q(z|x) to evaluate at its "
+                              "pseudo-inputs; a per-datapoint guide has none: pick another "
+                              "prior or guide")
+        if callable(getattr(guide, "bind", None)):
+            raise ConfigError(f"the VampPrior evaluates the guide at its pseudo-inputs, and "
+                              f"{type(guide).__name__} itself uses the prior (it is bound to the "
+                              "model), which would recurse: use an encoder guide (mlp, conv, "
+                              "lowrank, iaf) with prior 'vamp'")
+        k = int(num_pseudo_inputs)
+        if k < 1:
+            raise ConfigError(f"num_pseudo_inputs must be >= 1, got {num_pseudo_inputs}")
+        self.z_dim = int(z_dim)
+        self.bounded = bool(bounded_pseudo_inputs)
+        object.__setattr__(self, "_encoder", guide)
+        if self.bounded:
+            init = math.log(0.05 / 0.95) + 0.1 * torch.randn(k, int(x_dim))
+        else:
+            init = 0.01 * torch.randn(k, int(x_dim))
+        self.raw_pseudo_inputs = nn.Parameter(init)
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The guide q(z|x) whose components make up the mixture (not a child module)."""
+        return self._encoder
+
+    @property
+    def pseudo_inputs(self) -> torch.Tensor:
+        """The K pseudo-inputs u_k, shape ``(K, x_dim)``."""
+        raw = self.raw_pseudo_inputs
+        return torch.sigmoid(raw) if self.bounded else raw
+
+    def forward(self) -> dist.Distribution:
+        components = self._encoder(self.pseudo_inputs)
+        k = self.raw_pseudo_inputs.shape[0]
+        weights = dist.Categorical(logits=torch.zeros(k, device=self.raw_pseudo_inputs.device,
+                                                      dtype=self.raw_pseudo_inputs.dtype))
+        return dist.MixtureSameFamily(weights, components)
+
+
+class FlowPrior(nn.Module):
+    """p(z) = N(0, I) pushed through learned affine autoregressive maps (a MAF prior).
+
+    u = f_S(⋯ f_1(z)) ~ N(0, I) for a stack of ``flow_steps`` (default 2) MADE-based affine
+    maps f_s, so log p(z) = log N(u; 0, I) + Σ_s log-det-Jacobian(f_s) costs one
+    network pass per step (the density is what training evaluates); drawing samples
+    inverts the maps one variable at a time. Option ``flow_hidden`` sets the MADE widths.
+    """
+
+    def __init__(self, z_dim: int, flow_steps: int = 2, flow_hidden=None, **_: object):
+        super().__init__()
+        self.z_dim = int(z_dim)
+        self.register_buffer("loc", torch.zeros(self.z_dim))
+        self.register_buffer("scale", torch.ones(self.z_dim))
+        self.flows = autoregressive_flow(self.z_dim, flow_steps, flow_hidden)
+
+    def forward(self) -> dist.Distribution:
+        base = dist.Normal(self.loc, self.scale).to_event(1)
+        return dist.TransformedDistribution(base, [f.inv for f in reversed(self.flows)])
+
+
+PRIORS: dict[str, type[nn.Module]] = {
+    "standard": StandardNormal,
+    "learned": LearnedNormal,
+    "mog": MixturePrior,
+    "vamp": VampPrior,
+    "flow": FlowPrior,
+}

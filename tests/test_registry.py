@@ -1,0 +1,165 @@
+"""Every prior × guide × likelihood builds, traces, trains one step and round-trips its weights."""
+import itertools
+import math
+from pathlib import Path
+
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+from pyro.infer import SVI, Trace_ELBO
+
+from pvae.errors import ConfigError
+from pvae.guides import GUIDES
+from pvae.likelihoods import LIKELIHOODS
+from pvae.priors import PRIORS
+from pvae.vae import build_vae
+
+Z, N = 3, 4
+OPTIONS = dict(z_dim=Z, hidden_dims=(8,), x_dim=784, num_data=N, num_components=2,
+               num_pseudo_inputs=3, flow_steps=2, rank=2, conv_channels=2, refine_steps=1)
+
+
+def _circular(prior, guide):
+    cls = GUIDES[guide]
+    return prior == "vamp" and (cls.needs_index or callable(getattr(cls, "bind", None)))
+
+
+COMBOS = [c for c in itertools.product(sorted(PRIORS), sorted(GUIDES), sorted(LIKELIHOODS))
+          if not _circular(c[0], c[1])]
+
+
+def _build(prior, guide, likelihood):
+    vae = build_vae(prior=prior, guide=guide, likelihood=likelihood, **OPTIONS)
+    if callable(getattr(vae.q, "bind", None)):
+        vae.q.bind(vae.prior, vae.likelihood)
+    return vae
+
+
+def _data(likelihood):
+    g = torch.Generator().manual_seed(11)
+    x = torch.rand(N, 784, generator=g)
+    return torch.bernoulli(x, generator=g) if LIKELIHOODS[likelihood].data_kind == "binary" else x
+
+
+@pytest.mark.parametrize("prior,guide,likelihood", COMBOS)
+def test_combination_traces_steps_and_round_trips(prior, guide, likelihood):
+    pyro.set_rng_seed(1)
+    vae = _build(prior, guide, likelihood)
+    x, idx = _data(likelihood), torch.arange(N)
+    vae.check_data(x)
+
+    guide_trace = poutine.trace(vae.guide).get_trace(x, idx)
+    model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x, idx)
+    zq, zp = guide_trace.nodes["z"], model_trace.nodes["z"]
+    assert zq["value"].shape == zp["value"].shape == (N, Z)
+    assert zq["fn"].event_shape == zp["fn"].event_shape == (Z,)
+    assert model_trace.nodes["x"]["fn"].event_shape == (784,)
+
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+    assert math.isfinite(svi.step(x, idx))
+
+    pyro.set_rng_seed(5)
+    before = Trace_ELBO().loss(vae.model, vae.guide, x, idx)
+    state = {k: v.clone() for k, v in vae.state_dict().items()}
+    pyro.clear_param_store()
+    pyro.set_rng_seed(2)
+    fresh = _build(prior, guide, likelihood)
+    fresh.load_state_dict(state)
+    pyro.set_rng_seed(5)
+    after = Trace_ELBO().loss(fresh.model, fresh.guide, x, idx)
+    assert math.isfinite(before) and after == before
+
+
+@pytest.mark.parametrize("guide", [g for g in sorted(GUIDES) if _circular("vamp", g)])
+def test_vamp_refuses_guides_it_cannot_mix(guide):
+    with pytest.raises(ConfigError, match="VampPrior"):
+        build_vae(prior="vamp", guide=guide, **OPTIONS)
+
+
+@pytest.mark.parametrize("kind,registry", [("prior", PRIORS), ("guide", GUIDES),
+                                           ("likelihood", LIKELIHOODS)])
+def test_unknown_names_list_the_choices(kind, registry):
+    with pytest.raises(ConfigError, match=f"unknown {kind} 'nope'.*{sorted(registry)[0]}"):
+        build_vae(**{kind: "nope"}, z_dim=2, hidden_dims=(8,), x_dim=6)
+
+
+def test_registries_hold_the_documented_names():
+    assert set(PRIORS) >= {"standard", "learned", "mog", "vamp", "flow"}
+    assert set(GUIDES) >= {"mlp", "conv", "lowrank", "iaf"}
+    assert set(LIKELIHOODS) >= {"bernoulli", "cbernoulli", "normal"}
+
+
+# Configurations picked by name and compared: pvae.compare (runs replaced by fixed metrics).
+
+def test_settings_parse_to_typed_values_and_grids_keep_order():
+    from pvae.compare import grid, parse_setting, setting_name
+
+    s = parse_setting("prior=vamp, num_pseudo_inputs=50,learn_scale=true,beta=0.5")
+    assert s == {"prior": "vamp", "num_pseudo_inputs": 50, "learn_scale": True, "beta": 0.5}
+    assert setting_name(s) == "prior=vamp,num_pseudo_inputs=50,learn_scale=True,beta=0.5"
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_setting("prior")
+    assert grid(prior=["standard", "vamp"], guide=["mlp", "iaf"], loss=None) == [
+        {"prior": "standard", "guide": "mlp"}, {"prior": "standard", "guide": "iaf"},
+        {"prior": "vamp", "guide": "mlp"}, {"prior": "vamp", "guide": "iaf"}]
+
+
+def test_config_for_sends_unknown_keys_to_part_options(tmp_path):
+    from pvae.compare import config_for
+    from pvae.experiment import ExperimentConfig
+
+    base = ExperimentConfig(epochs=3, seed=4, options={"rank": 3})
+    cfg = config_for(base, {"prior": "mog", "num_components": 5, "z_dim": 8}, tmp_path / "a")
+    assert (cfg.prior, cfg.z_dim, cfg.epochs, cfg.seed) == ("mog", 8, 3, 4)
+    assert cfg.options == {"rank": 3, "num_components": 5} and cfg.out == str(tmp_path / "a")
+
+
+def _fake_run(per_example):
+    import numpy as np
+
+    def run(cfg):
+        values = per_example[cfg.prior]
+        if cfg.guide == "mlp":
+            np.save(Path(cfg.out) / "test_log_px.npy", np.asarray(values))
+        n = len(values)
+        mean = float(np.mean(values))
+        return {"test_elbo": mean - 5.0, "test_log_px": mean,
+                "test_log_px_stderr": float(np.std(values, ddof=1) / np.sqrt(n)),
+                "psis_khat_max": 0.4, "train_seconds": 1.0,
+                "likelihood_kind": "density" if cfg.likelihood == "normal" else "discrete"}
+    return run
+
+
+def test_compare_marks_paired_and_unpaired_improvements(tmp_path, monkeypatch):
+    import numpy as np
+
+    import pvae.experiment
+    from pvae.compare import compare
+    from pvae.experiment import ExperimentConfig
+
+    g = np.random.default_rng(0)
+    common = g.normal(-100.0, 10.0, size=50)
+    per_example = {"standard": common, "vamp": common + 1.0 + 0.1 * g.normal(size=50),
+                   "flow": common + 1.0, "mog": common - 3.0}
+    monkeypatch.setattr(pvae.experiment, "run", _fake_run(per_example))
+    settings = [{"prior": "standard", "guide": "mlp"}, {"prior": "vamp", "guide": "mlp"},
+                {"prior": "flow", "guide": "iaf"}, {"prior": "mog", "guide": "mlp",
+                                                     "likelihood": "normal"}]
+    for s in settings:
+        (tmp_path / "__".join(f"{k}-{v}" for k, v in s.items())).mkdir()
+    rows = compare(ExperimentConfig(), settings, tmp_path)
+    base, vamp, flow, mog = rows
+    assert base.diff == 0.0 and not base.beats_baseline
+    assert vamp.paired and vamp.beats_baseline
+    d = per_example["vamp"] - common
+    assert vamp.diff == pytest.approx(d.mean()) and vamp.diff_stderr == pytest.approx(
+        d.std(ddof=1) / np.sqrt(50))
+    assert not flow.paired and not flow.beats_baseline
+    assert flow.diff_stderr == pytest.approx(np.hypot(base.test_log_px_stderr,
+                                                      flow.test_log_px_stderr))
+    assert mog.diff is None and not mog.beats_baseline
+    table = (tmp_path / "compare.md").read_text()
+    assert "**better**" in table.splitlines()[3] and "not comparable" in table
+    assert (tmp_path / "compare.csv").read_text().count("\n") == 5
+    assert (tmp_path / "compare.png").stat().st_size > 1000
