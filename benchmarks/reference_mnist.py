@@ -14,6 +14,7 @@ import argparse
 import math
 import time
 
+import numpy as np
 import pyro
 import torch
 import torch.nn.functional as F
@@ -84,8 +85,8 @@ def main() -> None:
     pyro.set_rng_seed(config.seed + 1)
     pvae_eval = evaluate(pvae_vae.model, pvae_vae.guide, data.test_x, args.eval_samples,
                          progress=False)
-    diff = (pvae_eval.log_px - ref_eval.log_px).double()
-    se = float(diff.std() / math.sqrt(len(diff)))
+    diff = np.asarray(pvae_eval.log_px, dtype=np.float64) - np.asarray(ref_eval.log_px)
+    se = float(diff.std(ddof=1) / math.sqrt(len(diff)))
     print(f"{args.epochs} epochs, {data.train_x.shape[0]} training images, "
           f"{len(diff)} test images, K = {args.eval_samples}")
     print(f"{'':<22}{'log p(x)':>18}{'ELBO':>10}{'train s':>10}")
