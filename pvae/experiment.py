@@ -35,7 +35,7 @@ class ExperimentConfig:
 
     data_dir: str = "data"
     out: str = "runs/mnist"
-    epochs: int = 10
+    epochs: int = 40
     batch_size: int = 100
     lr: float = 1e-3
     z_dim: int = 50

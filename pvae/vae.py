@@ -63,6 +63,8 @@ class VAE(PyroModule):
         self.prior = to_pyro_module_(prior) or prior
         self.likelihood = to_pyro_module_(likelihood) or likelihood
         self.q = to_pyro_module_(guide) or guide
+        if callable(getattr(self.q, "bind", None)):
+            self.q.bind(self.prior, self.likelihood)
         self.beta = beta
 
     @property
