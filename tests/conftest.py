@@ -8,6 +8,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """The tests' tensors are tiny: intra-op threads only add contention on 2 shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_pyro_state():
     """Every test starts from an empty param store, fixed seeds and validation on."""

@@ -20,6 +20,11 @@ def run(script, *args):
                           capture_output=True, text=True, cwd=REPO, timeout=600)
 
 
+def pvae_cli(*args):
+    return subprocess.run([sys.executable, "-m", "pvae.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+
+
 def test_mnist_svi_writes_metrics_and_figures(mnist_dir, tmp_path):
     out = tmp_path / "run"
     done = run("mnist_svi.py", "--data-dir", mnist_dir, "--out", out, "--epochs", 1,
@@ -38,6 +43,20 @@ def test_mnist_svi_writes_metrics_and_figures(mnist_dir, tmp_path):
     for name in ("reconstructions", "samples", "latent", "elbo_curves", "evaluation"):
         assert (out / f"{name}.png").stat().st_size > 5000, name
     assert (out / "checkpoint.pt").is_file()
+
+    ckpt = out / "checkpoint.pt"
+    for args in (["evaluate", "--checkpoint", ckpt, "--num-samples", 30, "--test-subset", 40,
+                  "--out", out / "eval"],
+                 ["gap", "--checkpoint", ckpt, "--out", out / "gap", "--test-subset", 8,
+                  "--num-samples", 40, "--elbo-samples", 20, "--max-steps", 40],
+                 ["plot", "--checkpoint", ckpt, "--out", out / "plots", "--test-subset", 50]):
+        done = pvae_cli(*args, "--data-dir", mnist_dir)
+        assert done.returncode == 0, (args[0], done.stderr[-3000:])
+    assert json.loads((out / "eval" / "metrics_eval.json").read_text())["n_test"] == 40
+    gap = json.loads((out / "gap" / "gap.json").read_text())
+    assert gap["n"] == 8
+    assert gap["elbo_amortized"] <= gap["elbo_local"] + 3 * gap["elbo_local_stderr"] + 1
+    assert (out / "plots" / "latent.png").is_file()
 
     resumed = run("mnist_svi.py", "--data-dir", mnist_dir, "--out", out, "--epochs", 2,
                   "--train-subset", 300, "--test-subset", 100, "--eval-samples", 50,

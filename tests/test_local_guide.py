@@ -14,15 +14,6 @@ from pvae.vae import VAE, build_vae
 N, Z, X = 12, 2, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny: intra-op threads only add contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def problem():
     W, b, sigma = make_problem(z_dim=Z, x_dim=X)

@@ -30,10 +30,7 @@ COMBOS = [c for c in itertools.product(sorted(PRIORS), sorted(GUIDES), sorted(LI
 
 
 def _build(prior, guide, likelihood):
-    vae = build_vae(prior=prior, guide=guide, likelihood=likelihood, **OPTIONS)
-    if callable(getattr(vae.q, "bind", None)):
-        vae.q.bind(vae.prior, vae.likelihood)
-    return vae
+    return build_vae(prior=prior, guide=guide, likelihood=likelihood, **OPTIONS)
 
 
 def _data(likelihood):

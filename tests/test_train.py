@@ -56,6 +56,7 @@ def test_beta_warmup_ramps_per_step(tmp_path):
     assert [r.beta for r in result.history] == pytest.approx([2.0 * 4 / 10, 2.0 * 9 / 10, 2.0])
 
 
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
 def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     vae = tiny()
     calls = {"n": 0}
