@@ -128,7 +128,8 @@ def make_step(vae: VAE, objective: pyro.infer.ELBO, optimizer) -> Callable[..., 
             with poutine.trace(param_only=True) as capture:
                 loss = objective.loss_and_grads(model, guide, *args)
             for name, site in capture.trace.nodes.items():
-                if site["value"].unconstrained() not in owned:
+                value = site["value"]
+                if getattr(value, "unconstrained", lambda: value)() not in owned:
                     optimizer.zero_grad(set_to_none=True)
                     raise ConfigError(f"pyro.param {name!r} is not a parameter of the VAE's "
                                       "modules, so the fast path cannot optimise it; "
