@@ -27,7 +27,7 @@ from typing import Sequence
 from .errors import ConfigError
 
 PER_EXAMPLE_FILE = "test_log_px.npy"
-_SKIP_FIELDS = {"out", "resume", "progress", "device", "data_dir"}
+_SKIP_FIELDS = {"out", "resume", "progress", "device", "data_dir", "chunk_size"}
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,37 @@ from .nets import autoregressive_flow
 MIN_SCALE = 1e-5
 
 
+class DiagonalNormalMixture(dist.MixtureSameFamily):
+    """p(z) = Σ_k π_k N(z; μ_k, diag σ_k²) whose ``log_prob`` never holds (…, K, z_dim).
+
+    With a_k = 1/σ_k², b_k = μ_k/σ_k² and c_k = Σ_d (μ_kd² a_kd + 2 log σ_kd + log 2π),
+    log N(z; μ_k, σ_k) = −½ (z²·a_k − 2 z·b_k + c_k): two matrix products over z_dim,
+    computed in float64 against cancellation, so a batch of M latents costs M × K memory,
+    not M × K × z_dim (the VampPrior's K = 500 components made that gigabytes).
+    Sampling is ``MixtureSameFamily``'s.
+    """
+
+    def __init__(self, logits: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor,
+                 validate_args: bool | None = None):
+        super().__init__(dist.Categorical(logits=logits), dist.Normal(locs, scales).to_event(1),
+                         validate_args=validate_args)
+        self._params = (logits, locs, scales)
+
+    def expand(self, batch_shape, _instance=None):
+        new = super().expand(batch_shape, _instance or type(self).__new__(type(self)))
+        new._params = self._params
+        return new
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        logits, locs, scales = self._params
+        v, loc, scale = value.double(), locs.double(), scales.double()
+        a = scale.pow(-2)
+        c = (loc.pow(2) * a + 2 * scale.log()).sum(-1) + loc.shape[-1] * math.log(2 * math.pi)
+        quad = v.pow(2) @ a.transpose(-1, -2) - 2 * v @ (loc * a).transpose(-1, -2) + c
+        lp = torch.logsumexp(torch.log_softmax(logits.double(), -1) - 0.5 * quad, dim=-1)
+        return lp.to(value.dtype).expand(value.shape[:-1])
+
+
 class StandardNormal(nn.Module):
     """p(z) = N(0, I) with event shape ``(z_dim,)``.
 
@@ -72,9 +103,7 @@ class MixturePrior(nn.Module):
         self.raw_scales = nn.Parameter(torch.full((k, self.z_dim), math.log(math.e - 1.0)))
 
     def forward(self) -> dist.Distribution:
-        scales = F.softplus(self.raw_scales) + MIN_SCALE
-        components = dist.Normal(self.locs, scales).to_event(1)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+        return DiagonalNormalMixture(self.logits, self.locs, F.softplus(self.raw_scales) + MIN_SCALE)
 
 
 class VampPrior(nn.Module):
@@ -132,9 +161,12 @@ class VampPrior(nn.Module):
     def forward(self) -> dist.Distribution:
         components = self._encoder(self.pseudo_inputs)
         k = self.raw_pseudo_inputs.shape[0]
-        weights = dist.Categorical(logits=torch.zeros(k, device=self.raw_pseudo_inputs.device,
-                                                      dtype=self.raw_pseudo_inputs.dtype))
-        return dist.MixtureSameFamily(weights, components)
+        logits = torch.zeros(k, device=self.raw_pseudo_inputs.device,
+                             dtype=self.raw_pseudo_inputs.dtype)
+        base = getattr(components, "base_dist", None)
+        if isinstance(base, dist.Normal) and components.reinterpreted_batch_ndims == 1:
+            return DiagonalNormalMixture(logits, base.loc, base.scale)
+        return dist.MixtureSameFamily(dist.Categorical(logits=logits), components)
 
 
 class FlowPrior(nn.Module):

@@ -175,3 +175,24 @@ def test_standard_prior_is_standard_normal():
     z = torch.randn(4, 3)
     expected = dist.Normal(0.0, 1.0).log_prob(z).sum(-1)
     torch.testing.assert_close(StandardNormal(z_dim=3)().log_prob(z), expected)
+
+
+def test_diagonal_normal_mixture_matches_mixture_same_family_without_the_memory():
+    from pvae.priors import DiagonalNormalMixture
+
+    g = torch.Generator().manual_seed(3)
+    logits, locs = torch.randn(7, generator=g), 3 * torch.randn(7, 5, generator=g)
+    scales = 0.02 + torch.rand(7, 5, generator=g)
+    fast = DiagonalNormalMixture(logits, locs, scales)
+    ref = dist.MixtureSameFamily(dist.Categorical(logits=logits),
+                                 dist.Normal(locs, scales).to_event(1))
+    z = ref.sample((6, 4))
+    assert torch.allclose(fast.log_prob(z), ref.log_prob(z), atol=1e-4, rtol=1e-6)
+    assert torch.allclose(fast.expand((4,)).log_prob(z), ref.log_prob(z), atol=1e-4, rtol=1e-6)
+    assert fast.expand((4,)).batch_shape == (4,)
+    vamp = build_vae(prior="vamp", guide="mlp", z_dim=5, x_dim=12, hidden_dims=(8,),
+                     num_pseudo_inputs=9).prior()
+    assert isinstance(vamp, DiagonalNormalMixture)
+    comps = vamp.component_distribution
+    ref = dist.MixtureSameFamily(vamp.mixture_distribution, comps)
+    assert torch.allclose(vamp.log_prob(z), ref.log_prob(z), atol=1e-4, rtol=1e-6)
