@@ -18,13 +18,16 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .errors import ConfigError
+from .errors import ConfigError, DivergenceError
+
+log = logging.getLogger(__name__)
 
 PER_EXAMPLE_FILE = "test_log_px.npy"
 _SKIP_FIELDS = {"out", "resume", "progress", "device", "data_dir", "chunk_size"}
@@ -46,6 +49,7 @@ class CompareRow:
     diff_stderr: float | None = None
     paired: bool = False
     beats_baseline: bool = False
+    error: str | None = None
 
 
 def _value(text: str):
@@ -147,7 +151,8 @@ def compare(base, settings: Sequence[dict], out: str | Path,
             reuse: bool = False) -> list[CompareRow]:
     """Train and evaluate ``base`` modified by each setting; write the table and the figure.
 
-    Every run uses ``base``'s seed, epochs, batch size and data subsets. With ``reuse``, a
+    Every run uses ``base``'s seed, epochs, batch size and data subsets. A run that
+    diverges (NaN) is kept in the table as failed, and the others go on. With ``reuse``, a
     sub-folder whose ``metrics.json`` was written for the same configuration is read
     instead of retrained. Returns the rows, baseline first.
     """
@@ -165,13 +170,18 @@ def compare(base, settings: Sequence[dict], out: str | Path,
     for name, setting in zip(names, settings):
         sub = out / _slug(name)
         cfg = config_for(base, setting, sub)
-        metrics = (_reusable(sub, cfg) if reuse else None) or run(cfg)
+        error = None
+        try:
+            metrics = (_reusable(sub, cfg) if reuse else None) or run(cfg)
+        except DivergenceError as err:
+            log.warning("%s: %s", name, err)
+            metrics, error = {}, str(err).split(";")[0]
         rows.append(CompareRow(
             name=name, out=str(sub), test_elbo=metrics.get("test_elbo"),
             test_log_px=metrics.get("test_log_px"),
             test_log_px_stderr=metrics.get("test_log_px_stderr"),
             psis_khat_max=metrics.get("psis_khat_max"), train_seconds=metrics.get("train_seconds"),
-            likelihood_kind=str(metrics.get("likelihood_kind", cfg.likelihood))))
+            likelihood_kind=str(metrics.get("likelihood_kind", cfg.likelihood)), error=error))
     rows = [_difference(r, rows[0]) for r in rows]
     write_table(rows, out, base)
     from .plotting import plot_comparison
@@ -191,7 +201,9 @@ def format_table(rows: Sequence[CompareRow], base=None) -> str:
     lines = ["| config | test ELBO | test log p(x) ± s.e. | Δ vs baseline ± s.e. | k-hat max "
              "| train s |", "|---|---|---|---|---|---|"]
     for i, r in enumerate(rows):
-        if i == 0:
+        if r.error:
+            delta = f"failed: {r.error}"
+        elif i == 0:
             delta = "baseline"
         elif r.diff is None:
             delta = "not comparable"

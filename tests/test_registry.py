@@ -160,3 +160,29 @@ def test_compare_marks_paired_and_unpaired_improvements(tmp_path, monkeypatch):
     assert "**better**" in table.splitlines()[3] and "not comparable" in table
     assert (tmp_path / "compare.csv").read_text().count("\n") == 5
     assert (tmp_path / "compare.png").stat().st_size > 1000
+
+
+def test_compare_keeps_going_past_a_diverged_run(tmp_path, monkeypatch):
+    import numpy as np
+
+    import pvae.experiment
+    from pvae.compare import compare
+    from pvae.errors import DivergenceError
+    from pvae.experiment import ExperimentConfig
+
+    values = np.random.default_rng(1).normal(-100.0, 5.0, size=20)
+    fake = _fake_run({"standard": values, "flow": values + 2.0})
+
+    def run(cfg):
+        if cfg.prior == "vamp":
+            raise DivergenceError("training diverged at epoch 2, step 9: the loss is nan; kept")
+        return fake(cfg)
+
+    monkeypatch.setattr(pvae.experiment, "run", run)
+    settings = [{"prior": p, "guide": "mlp"} for p in ("standard", "vamp", "flow")]
+    for s in settings:
+        (tmp_path / "__".join(f"{k}-{v}" for k, v in s.items())).mkdir()
+    base, vamp, flow = compare(ExperimentConfig(), settings, tmp_path)
+    assert vamp.error.startswith("training diverged at epoch 2") and vamp.test_log_px is None
+    assert flow.beats_baseline and flow.diff == pytest.approx(2.0)
+    assert "failed: training diverged at epoch 2" in (tmp_path / "compare.md").read_text()
