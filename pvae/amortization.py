@@ -29,13 +29,13 @@ import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
 from pyro.distributions import TorchDistribution, constraints
-from pyro.poutine.util import is_validation_enabled, site_is_subsample
+from pyro.poutine.util import is_validation_enabled
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, DataError, DivergenceError
+from .evaluate import DEFAULT_CHUNK_SIZE, _inspect, _log_weights
 
 MIN_SCALE = 1e-5
-DEFAULT_CHUNK_SIZE = 2**15
 LogWeights = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
@@ -130,43 +130,28 @@ class GapReport:
 
 
 def log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_samples: int,
-                *args, chunk_size: int | None = None) -> torch.Tensor:
+                *args, chunk_size: int | None = None, structure=None) -> torch.Tensor:
     """log p(x, z_s) − log q(z_s|x) for z_s ~ q, shape ``(num_samples, B)``; differentiable.
 
-    The samples are vectorized by an outer plate at dim −2, so every sample site must live
-    in the ``"data"`` plate (dim −1) and have one log-density per example. Scales (β, N/B)
-    and masks are ignored: this is the β = 1 bound. One pass holds at most ``chunk_size``
-    draws (samples × examples; default 2¹⁵).
+    The draws and log-densities are :mod:`pvae.evaluate`'s (every sample site in the
+    ``"data"`` plate, scales and masks ignored: the β = 1 bound), kept differentiable and
+    for all of ``x`` at once. One pass holds at most ``chunk_size`` draws (samples ×
+    examples). ``structure`` is a check of the pair made once by the caller; without it the
+    pair is checked here.
     """
+    structure = structure or _inspect(model, guide, x, args, {})
     chunk = max(1, int(chunk_size or DEFAULT_CHUNK_SIZE) // x.shape[0])
-    parts = [_log_weights(model, guide, x, min(chunk, num_samples - s), args)
+    parts = [_log_weights(model, guide, x, min(chunk, num_samples - s), structure, args, {})
              for s in range(0, int(num_samples), chunk)]
-    return torch.cat(parts, dim=0)
-
-
-def _log_weights(model, guide, x, num_samples, args) -> torch.Tensor:
-    with pyro.plate("_samples", num_samples, dim=-2):
-        guide_tr = poutine.trace(guide).get_trace(x, *args)
-        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x, *args)
-    total = x.new_zeros(num_samples, x.shape[0])
-    for tr, sign in ((model_tr, 1.0), (guide_tr, -1.0)):
-        for name, site in tr.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
-            lp = site["fn"].log_prob(site["value"])
-            if lp.shape != total.shape:
-                raise ConfigError(f"site {name!r} has log-density shape {tuple(lp.shape)}, not "
-                                  f"(samples, examples) = {tuple(total.shape)}: per-example "
-                                  "bounds need every latent inside the 'data' plate")
-            total = total + sign * lp
-    return total
+    return torch.cat(parts, dim=0).to(x.dtype)
 
 
 def elbo_per_example(model: Callable, guide: Callable, x: torch.Tensor, num_samples: int,
-                     *args, chunk_size: int | None = None) -> torch.Tensor:
+                     *args, chunk_size: int | None = None, structure=None) -> torch.Tensor:
     """L[q] per example: the mean over ``num_samples`` draws of log p(x, z) − log q(z|x)."""
     with torch.no_grad():
-        return log_weights(model, guide, x, num_samples, *args, chunk_size=chunk_size).mean(0)
+        return log_weights(model, guide, x, num_samples, *args, chunk_size=chunk_size,
+                           structure=structure).mean(0)
 
 
 def local_guide(loc: torch.Tensor, scale: torch.Tensor) -> Callable:
@@ -181,6 +166,17 @@ def local_guide(loc: torch.Tensor, scale: torch.Tensor) -> Callable:
             return pyro.sample("z", dist.Normal(m, s).to_event(1))
 
     return guide
+
+
+def _check_local_pair(model: Callable, loc: torch.Tensor, scale: torch.Tensor, x: torch.Tensor,
+                      args: tuple):
+    """:mod:`pvae.evaluate`'s check of (model, local guide), made once before a fit.
+
+    The check runs on the first examples of ``x``, so the guide reads their rows of ``loc``.
+    """
+    guide = local_guide(loc, scale)
+    return _inspect(model, lambda x_, *a: guide(x_, torch.arange(x_.shape[0], device=x_.device)),
+                    x, args, {})
 
 
 def _inv_softplus(y: torch.Tensor) -> torch.Tensor:
@@ -354,8 +350,11 @@ def fit_local(vae_or_model, x: torch.Tensor, *, init="encoder", num_particles: i
     else:
         raise ConfigError(f"init must be 'encoder', 'prior' or a (loc, scale) pair, got {init!r}")
 
+    structure = _check_local_pair(model, loc0, scale0, x, args)
+
     def lw(loc, scale, s):
-        return log_weights(model, local_guide(loc, scale), x, s, *args, chunk_size=chunk_size)
+        return log_weights(model, local_guide(loc, scale), x, s, *args, chunk_size=chunk_size,
+                           structure=structure)
 
     with _frozen(vae_or_model):
         start = time.perf_counter()
@@ -364,7 +363,7 @@ def fit_local(vae_or_model, x: torch.Tensor, *, init="encoder", num_particles: i
             patience=patience, window=window, progress=progress)
         seconds = time.perf_counter() - start
         elbo = elbo_per_example(model, local_guide(loc, scale), x, elbo_samples, *args,
-                                chunk_size=chunk_size)
+                                chunk_size=chunk_size, structure=structure)
     return LocalFit(loc, scale, elbo, steps, converged, tuple(history), seconds)
 
 
@@ -377,8 +376,10 @@ def refine(vae, x: torch.Tensor, steps: int = 5, lr: float = 1e-2, num_particles
     model, args = _model_and_args(vae, x, ())
     loc0, scale0 = encoder_moments(vae, x)
 
+    structure = _check_local_pair(model, loc0, scale0, x, args)
+
     def lw(loc, scale, s):
-        return log_weights(model, local_guide(loc, scale), x, s, *args)
+        return log_weights(model, local_guide(loc, scale), x, s, *args, structure=structure)
 
     with _frozen(vae):
         loc, scale, *_ = optimise_local(lw, loc0, scale0, num_particles=num_particles, lr=lr,
