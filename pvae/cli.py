@@ -227,7 +227,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .data import load_mnist
     from .errors import ConfigError
     from .evaluate import evaluate
-    from .experiment import versions, write_json
+    from .experiment import format_rows, versions, write_json
     from .plotting import plot_evaluation
     from .train import resolve_device
 
@@ -254,8 +254,7 @@ def _evaluate(args: argparse.Namespace) -> int:
              f"{result.log_px_mean:.2f} ± {result.log_px_stderr:.2f}"),
             ("PSIS k-hat max", f"{result.khat_max:.2f}"),
             ("k-hat > 0.7", f"{100 * result.khat_frac_bad:.1f}% of images")]
-    width = max(len(k) for k, _ in rows)
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows) + "\n(nats per image)")
+    print(format_rows(rows))
     print(f"wrote {out / 'metrics_eval.json'} and {figure}")
     return 0
 
@@ -331,7 +330,7 @@ def _gap(args: argparse.Namespace) -> int:
     from .checkpoint import check_writable, load_vae
     from .data import load_mnist
     from .errors import DataError
-    from .experiment import versions, write_json
+    from .experiment import format_rows, versions, write_json
     from .plotting import plot_gap
     from .train import resolve_device
 
@@ -371,8 +370,7 @@ def _gap(args: argparse.Namespace) -> int:
                                   f"local {s['seconds_per_example_local']:.2e}"),
             ("local-fit steps", f"{s['local_steps']}"
                                 f"{'' if s['local_converged'] else ' (budget reached)'}")]
-    width = max(len(k) for k, _ in rows)
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows) + "\n(nats per image)")
+    print(format_rows(rows))
     print(f"wrote {out / 'gap.json'} and {figure}")
     return 0
 

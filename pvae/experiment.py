@@ -214,6 +214,11 @@ def format_summary(metrics: dict) -> str:
              f"{_fmt(metrics.get('test_log_px'))} ± {_fmt(metrics.get('test_log_px_stderr'))}"),
             ("PSIS k-hat max", _fmt(metrics.get("psis_khat_max"))),
             ("test images", str(metrics.get("n_test")))]
+    return format_rows(rows)
+
+
+def format_rows(rows: list[tuple[str, str]]) -> str:
+    """Label/value rows as an aligned plain-text table, in nats per image."""
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows) + "\n(nats per image)"
 

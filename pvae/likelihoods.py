@@ -44,14 +44,9 @@ def _check_finite(x: torch.Tensor, name: str) -> None:
                         f"{int((~torch.isfinite(x)).sum())} NaN/Inf values; clean or drop them")
 
 
-class Bernoulli(nn.Module):
-    """p(x|z) = ∏_d Bernoulli(x_d; σ(f(z)_d)), parameterised by the logits f(z).
-
-    ``log p(x|z) = Σ_d x_d f_d − softplus(f_d)``: a real discrete log-likelihood, so
-    x must be binary (0 or 1).
-    """
-
-    data_kind = "binary"
+class _Decoded(nn.Module):
+    """Holds the decoder f: z → the distribution's parameters, one per pixel (``decoder``
+    is ``"mlp"`` or ``"conv"``); the likelihoods below say what distribution f(z) sets."""
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
                  activation: str = "tanh", decoder: str = "mlp", conv_channels: int = 32,
@@ -59,6 +54,16 @@ class Bernoulli(nn.Module):
         super().__init__()
         self.x_dim = int(x_dim)
         self.decoder = make_decoder(z_dim, x_dim, hidden_dims, activation, decoder, conv_channels)
+
+
+class Bernoulli(_Decoded):
+    """p(x|z) = ∏_d Bernoulli(x_d; σ(f(z)_d)), parameterised by the logits f(z).
+
+    ``log p(x|z) = Σ_d x_d f_d − softplus(f_d)``: a real discrete log-likelihood, so
+    x must be binary (0 or 1).
+    """
+
+    data_kind = "binary"
 
     def forward(self, z: torch.Tensor) -> dist.Distribution:
         return dist.Bernoulli(logits=self.decoder(z), validate_args=False).to_event(1)
@@ -79,7 +84,7 @@ class Bernoulli(nn.Module):
             )
 
 
-class ContinuousBernoulli(nn.Module):
+class ContinuousBernoulli(_Decoded):
     """p(x|z) = ∏_d CB(x_d; λ_d), λ = σ(f(z)), for grayscale x ∈ [0, 1].
 
     The continuous Bernoulli of Loaiza-Ganem & Cunningham (2019):
@@ -90,13 +95,6 @@ class ContinuousBernoulli(nn.Module):
     """
 
     data_kind = "continuous"
-
-    def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
-                 activation: str = "tanh", decoder: str = "mlp", conv_channels: int = 32,
-                 **_: object):
-        super().__init__()
-        self.x_dim = int(x_dim)
-        self.decoder = make_decoder(z_dim, x_dim, hidden_dims, activation, decoder, conv_channels)
 
     def forward(self, z: torch.Tensor) -> dist.Distribution:
         return dist.ContinuousBernoulli(logits=self.decoder(z), validate_args=False).to_event(1)
@@ -116,7 +114,7 @@ class ContinuousBernoulli(nn.Module):
                             "'normal'")
 
 
-class Normal(nn.Module):
+class Normal(_Decoded):
     """p(x|z) = ∏_d N(x_d; f(z)_d, σ²), for real-valued x.
 
     σ is fixed at ``likelihood_scale`` (default 0.1, about a tenth of the [0, 1] pixel
@@ -130,17 +128,14 @@ class Normal(nn.Module):
     data_kind = "continuous"
     MIN_SCALE = 1e-3
 
-    def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
-                 activation: str = "tanh", likelihood_scale: float = 0.1, learn_scale: bool = False,
-                 decoder: str = "mlp", conv_channels: int = 32, **_: object):
-        super().__init__()
+    def __init__(self, z_dim: int, x_dim: int, likelihood_scale: float = 0.1,
+                 learn_scale: bool = False, **options: object):
         scale = float(likelihood_scale)
         if not scale > self.MIN_SCALE or not math.isfinite(scale):
             raise ConfigError(f"likelihood_scale must be a finite number > {self.MIN_SCALE}, "
                               f"got {likelihood_scale}")
-        self.x_dim = int(x_dim)
+        super().__init__(z_dim, x_dim, **options)
         self.learn_scale = bool(learn_scale)
-        self.decoder = make_decoder(z_dim, x_dim, hidden_dims, activation, decoder, conv_channels)
         raw = torch.tensor(math.log(scale - self.MIN_SCALE))
         if self.learn_scale:
             self.log_scale = nn.Parameter(raw)

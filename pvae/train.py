@@ -185,7 +185,7 @@ def load_optimizer_state(vae: VAE, optimizer, state: dict) -> None:
     optimizer.load_state_dict(full)
 
 
-def _check_finite(vae: VAE, epoch: int, step: int, where: str, good: Path | None) -> None:
+def _check_finite(vae: VAE, epoch: int, step: int, good: Path | None) -> None:
     bad = [n for n, p in vae.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
         _diverged(f"parameter {bad[0]} became NaN/Inf", epoch, step, good)
@@ -268,7 +268,7 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
         seconds = time.perf_counter() - tic
         train_seconds += seconds
         bar.close()
-        _check_finite(vae, epoch, step, "end of epoch", path)
+        _check_finite(vae, epoch, step, path)
         test_elbo = (elbo_per_example_mean(vae, test_x)
                      if test_x is not None and not vae.needs_index else None)
         record = EpochRecord(epoch, step, vae.beta, -total / seen, test_elbo, seconds)
