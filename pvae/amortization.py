@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError, DataError, DivergenceError
 from .evaluate import DEFAULT_CHUNK_SIZE, _inspect, _log_weights
+from .nets import inv_softplus
 
 MIN_SCALE = 1e-5
 LogWeights = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -179,11 +180,6 @@ def _check_local_pair(model: Callable, loc: torch.Tensor, scale: torch.Tensor, x
                     x, args, {})
 
 
-def _inv_softplus(y: torch.Tensor) -> torch.Tensor:
-    """The inverse of softplus, stable for large and small y > 0."""
-    return y + torch.log(-torch.expm1(-y))
-
-
 def _check_budget(**values: int | None) -> None:
     for name, v in values.items():
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
@@ -213,7 +209,7 @@ def optimise_local(log_weight_fn: LogWeights, loc0: torch.Tensor, scale0: torch.
     if not lr > 0:
         raise ConfigError(f"lr must be > 0, got {lr}")
     loc = loc0.detach().clone().requires_grad_(True)
-    raw = _inv_softplus((scale0.detach() - MIN_SCALE).clamp_min(1e-4)).requires_grad_(True)
+    raw = inv_softplus((scale0.detach() - MIN_SCALE).clamp_min(1e-4)).requires_grad_(True)
     opt = torch.optim.Adam([loc, raw], lr=lr)
     best, bad, acc, history, converged, step = -math.inf, 0, 0.0, [], False, 0
     validate = is_validation_enabled()

@@ -15,7 +15,7 @@ from torch import nn
 
 from .amortization import refine_moments
 from .errors import ConfigError
-from .nets import ConvEncoder, Split, autoregressive_flow, mlp
+from .nets import ConvEncoder, Split, autoregressive_flow, inv_softplus, mlp
 
 MIN_SCALE = 1e-5
 
@@ -135,8 +135,7 @@ class LocalGuide(nn.Module):
         if not float(init_scale) > 0:
             raise ConfigError(f"init_scale must be > 0, got {init_scale}")
         self.z_dim, self.num_data = int(z_dim), int(num_data)
-        raw = torch.tensor(float(init_scale) - MIN_SCALE).clamp_min(1e-4)
-        raw = raw + torch.log(-torch.expm1(-raw))
+        raw = inv_softplus(torch.tensor(float(init_scale) - MIN_SCALE).clamp_min(1e-4))
         self.loc = nn.Parameter(torch.zeros(self.num_data, self.z_dim))
         self.raw_scale = nn.Parameter(raw.expand(self.num_data, self.z_dim).clone())
 

@@ -45,6 +45,11 @@ class Split(nn.Module):
         return self.body(x).chunk(self.n, dim=-1)
 
 
+def inv_softplus(y: torch.Tensor) -> torch.Tensor:
+    """x with softplus(x) = y, for y > 0: y + log(1 − e^(−y)), stable for large and small y."""
+    return y + torch.log(-torch.expm1(-y))
+
+
 def autoregressive_flow(dim: int, steps: int,
                         hidden_dims: Sequence[int] | None = None) -> nn.ModuleList:
     """``steps`` Pyro ``AffineAutoregressive`` maps y = μ(x) + exp(s(x))·x on ``dim`` variables.
