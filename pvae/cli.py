@@ -329,7 +329,6 @@ def _gap(args: argparse.Namespace) -> int:
     from .amortization import gap_report
     from .checkpoint import check_writable, load_vae
     from .data import load_mnist
-    from .errors import DataError
     from .experiment import format_rows, versions, write_json
     from .plotting import plot_gap
     from .train import resolve_device
@@ -338,12 +337,10 @@ def _gap(args: argparse.Namespace) -> int:
     vae, config = load_vae(args.checkpoint, device=device)
     out = check_writable(args.out)
     data_dir = args.data_dir or config.get("data_dir") or "data"
-    data = load_mnist(data_dir, binarize=True, test_subset=args.test_subset)
-    if len(data.test_x) < args.test_subset:
-        raise DataError(f"--test-subset {args.test_subset} is larger than the test set "
-                        f"({len(data.test_x)} images); use at most {len(data.test_x)}")
+    data = load_mnist(data_dir, binarize=vae.likelihood.data_kind == "binary",
+                      test_subset=args.test_subset)
     pyro.set_rng_seed(args.seed)
-    report = gap_report(vae, data.test_x[: args.test_subset].to(device),
+    report = gap_report(vae, data.test_x.to(device),
                         num_samples=args.num_samples, elbo_samples=args.elbo_samples,
                         init=args.init, max_steps=args.max_steps, lr=args.lr,
                         num_particles=args.num_particles, window=args.window,

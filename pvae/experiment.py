@@ -168,16 +168,13 @@ def _evaluate(vae, test_x: torch.Tensor, config: ExperimentConfig, out: Path) ->
 @torch.no_grad()
 def draw_figures(vae, test_x: torch.Tensor, test_y: torch.Tensor, history, out: Path) -> None:
     """Reconstructions, prior samples, the 2-D latent embedding and the ELBO curves."""
+    from .amortization import encoder_moments
     from .plotting import plot_elbo_curves, plot_latent, plot_reconstructions, plot_samples
 
     n = min(2000, test_x.shape[0])
     plot_reconstructions(test_x[:16], vae.reconstruct(test_x[:16]), out / "reconstructions.png")
     plot_samples(vae.sample(64), out / "samples.png")
-    q = vae.q(test_x[:n])
-    try:
-        z = q.mean
-    except NotImplementedError:
-        z = q.sample()
+    z, _ = encoder_moments(vae, test_x[:n])
     plot_latent(z, test_y[:n], out / "latent.png")
     if history:
         plot_elbo_curves(history, out / "elbo_curves.png")
