@@ -107,9 +107,6 @@ def pvae_contender(net, lr, fast=True):
     from pvae.vae import build_vae
 
     vae = build_vae(**net)
-    # Its own namespace in Pyro's global param store, so the two pvae contenders of one
-    # process do not share parameter names (fit clears the store; here both live at once).
-    vae._pyro_set_supermodule("fast" if fast else "slow", vae._pyro_context)
     step = make_step(vae, make_loss("elbo", 1), make_optimizer(vae, lr, fast=fast))
 
     def run(x):
@@ -170,11 +167,11 @@ def batches(batch_size, count=8, seed=0):
 class NumPyroChild:
     """``numpyro_step.py --serve`` in another Python: one line in, one step time out."""
 
-    def __init__(self, python, net, batch_size, steps, lr, threads):
+    def __init__(self, python, net, batch_size, steps, lr, threads, clock_name):
         env = dict(os.environ, XLA_FLAGS=f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}"
                    f" intra_op_parallelism_threads={threads}", JAX_PLATFORMS="cpu")
         cmd = [python, str(HERE / "numpyro_step.py"), "--serve", "--batch-size", str(batch_size),
-               "--steps", str(steps), "--lr", str(lr), "--z-dim", str(net["z_dim"]),
+               "--steps", str(steps), "--lr", str(lr), "--z-dim", str(net["z_dim"]), "--clock", clock_name,
                "--activation", net["activation"], "--hidden-dims", *map(str, net["hidden_dims"])]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      env=env)
@@ -207,11 +204,15 @@ def find_numpyro_python(arg):
     return None
 
 
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+clock = CLOCKS["cpu"]
+
+
 def time_round(step, xs, steps):
-    tic = time.perf_counter()
+    tic = clock()
     for i in range(steps):
         step(xs[i % len(xs)])
-    return (time.perf_counter() - tic) / steps
+    return (clock() - tic) / steps
 
 
 def bench_steps(net_name, batch_size, args, numpyro_python):
@@ -227,7 +228,8 @@ def bench_steps(net_name, batch_size, args, numpyro_python):
             step(xs[i % len(xs)])
     child = None
     if numpyro_python:
-        child = NumPyroChild(numpyro_python, net, batch_size, args.steps, args.lr, args.threads)
+        child = NumPyroChild(numpyro_python, net, batch_size, args.steps, args.lr, args.threads,
+                             args.clock)
     times = {name: [] for name in [*steps, *(["numpyro"] if child else [])]}
     try:
         for _ in range(args.rounds):
@@ -271,13 +273,13 @@ def hand_written_epoch(train_x, batch_size, lr, net, seed):
     """One epoch of the hand-written VAE: shuffle, gather, binarize, step; returns seconds."""
     torch.manual_seed(seed)
     step = torch_contender(net, lr)
-    tic = time.perf_counter()
+    tic = clock()
     perm = torch.randperm(train_x.shape[0], generator=torch.Generator().manual_seed(seed))
     total = 0.0
     for start in range(0, train_x.shape[0], batch_size):
         xb = torch.bernoulli(train_x.index_select(0, perm[start:start + batch_size]))
         total += step(xb)
-    return time.perf_counter() - tic, -total / train_x.shape[0]
+    return clock() - tic, -total / train_x.shape[0]
 
 
 def pvae_epoch(train_x, batch_size, lr, net, seed):
@@ -289,10 +291,10 @@ def pvae_epoch(train_x, batch_size, lr, net, seed):
 
     torch.manual_seed(seed)
     vae = build_vae(**net)
-    tic = time.perf_counter()
+    tic = clock()
     result = fit(vae, train_x, epochs=1, batch_size=batch_size, lr=lr, device="cpu", seed=seed,
                  progress=False)
-    seconds = time.perf_counter() - tic
+    seconds = clock() - tic
     pyro.clear_param_store()
     return seconds, result.history[-1].train_elbo
 
@@ -342,6 +344,9 @@ def parse_args(argv=None):
                         "spin badly on a shared machine")
     p.add_argument("--numpyro-python", default="",
                    help="a Python with jax and numpyro (default: this one if it has them; 'none' to skip)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                   help="cpu (default): the process's CPU time, which other programs' load "
+                        "disturbs far less than elapsed time; wall: elapsed time")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses")
     p.add_argument("--no-epoch", action="store_true", help="skip the MNIST epoch comparison")
     p.add_argument("--data-dir", default=str(HERE.parent / "data"))
@@ -362,7 +367,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    global clock
     args = parse_args(argv)
+    clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     if args.memory_child:
         contender, net_name, batch = args.memory_child
@@ -371,7 +378,8 @@ def main(argv=None):
     numpyro_python = find_numpyro_python(args.numpyro_python)
     print(machine())
     print(f"numpyro: {'run with ' + numpyro_python if numpyro_python else 'not available (skipped)'}")
-    print(f"{args.rounds} interleaved rounds x {args.steps} steps after {args.warmup} warm-up steps; "
+    print(f"{args.clock} time; {args.rounds} interleaved rounds x {args.steps} steps after "
+          f"{args.warmup} warm-up steps; "
           "ratio = median over rounds of (time / torch's time in the same round) [min, max]\n")
     results = {"machine": machine(), "args": {k: v for k, v in vars(args).items()}, "steps": [],
                "memory": [], "epoch": None}

@@ -2,8 +2,8 @@
 
 One epoch is one shuffled pass over the training set in minibatches (binarized afresh per
 batch for binary likelihoods), one optimisation step per batch with Adam (:func:`make_step`:
-the objective's ``loss_and_grads`` on the model/guide pair, then one fused ``torch.optim.Adam``
-over the VAE's parameters; ``fast=False`` takes ``pyro.infer.SVI.step`` with
+the objective's differentiable loss on the model/guide pair, its backward pass, then one fused
+``torch.optim.Adam`` over the VAE's parameters; ``fast=False`` takes ``pyro.infer.SVI.step`` with
 ``pyro.optim.Adam`` instead, the same update computed with one Adam per parameter). After each epoch the
 test ELBO is computed, the parameters are checked to be finite and a checkpoint is written
 atomically, so an interrupted run loses at most one epoch and ``resume=True`` continues
@@ -106,12 +106,14 @@ def make_step(vae: VAE, objective: pyro.infer.ELBO, optimizer) -> Callable[..., 
     """Return ``step(*args) -> loss``: one gradient step on ``objective`` for ``vae``.
 
     With a ``pyro.optim`` optimizer this is ``SVI(vae.model, vae.guide, optimizer,
-    objective).step``. With a ``torch.optim`` optimizer over the VAE's parameters it is
-    ``objective.loss_and_grads(vae.model, vae.guide, *args)``, ``optimizer.step()`` and
-    ``zero_grad``: the same gradients and loss, without SVI's per-step capture of the
-    params and its per-parameter optimizers. The first fast step checks that every
-    ``pyro.param`` the objective touches is one of the optimizer's parameters
-    (ConfigError otherwise: ``fit(fast=False)`` optimises free ``pyro.param`` s too).
+    objective).step``. With a ``torch.optim`` optimizer over the VAE's parameters (the
+    default) a step is ``loss = objective.differentiable_loss(vae.model, vae.guide, *args)``
+    inside :meth:`~pvae.vae.VAE.direct_params`, ``loss.backward()``, ``optimizer.step()`` and
+    ``zero_grad``. Both compute the same loss and gradients; the second skips SVI's
+    per-step capture of the params, its per-parameter optimizers and the ``pyro.param``
+    message per weight. Its first step checks that no free ``pyro.param`` (one that is not
+    a parameter of the VAE's modules) takes part in the objective: the torch optimizer
+    would not update it (ConfigError; ``fit(fast=False)`` optimises those too).
     """
     if isinstance(optimizer, pyro.optim.PyroOptim):
         return SVI(vae.model, vae.guide, optimizer, loss=objective).step
@@ -123,20 +125,22 @@ def make_step(vae: VAE, objective: pyro.infer.ELBO, optimizer) -> Callable[..., 
     def step(*args) -> float:
         nonlocal checked
         if checked:
-            loss = objective.loss_and_grads(model, guide, *args)
+            with vae.direct_params():
+                loss = objective.differentiable_loss(model, guide, *args)
         else:
-            with poutine.trace(param_only=True) as capture:
-                loss = objective.loss_and_grads(model, guide, *args)
+            with poutine.trace(param_only=True) as capture, vae.direct_params():
+                loss = objective.differentiable_loss(model, guide, *args)
             for name, site in capture.trace.nodes.items():
                 value = site["value"]
                 if getattr(value, "unconstrained", lambda: value)() not in owned:
-                    optimizer.zero_grad(set_to_none=True)
                     raise ConfigError(f"pyro.param {name!r} is not a parameter of the VAE's "
                                       "modules, so the fast path cannot optimise it; "
                                       "use fit(..., fast=False)")
             checked = True
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         return torch_item(loss)
 
     return step
@@ -211,7 +215,7 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
     holds the dataset (grayscale in [0, 1] when ``binarize``; each batch is then binarized
     afresh). With ``out_dir`` a checkpoint ``checkpoint.pt`` is written after every epoch;
     ``resume`` continues from it. Pyro's param store is cleared first: the VAE owns it.
-    The fast path (default) steps with the objective's ``loss_and_grads`` and one fused
+    The fast path (default) steps with the objective's ``differentiable_loss`` and one fused
     Adam; ``fast=False`` steps with ``pyro.infer.SVI`` and ``pyro.optim.Adam`` (see
     :func:`make_step`). Both reach the same numbers up to float rounding.
 
@@ -316,8 +320,9 @@ def _resume(vae: VAE, optimizer, path: Path | None, config: dict):
 def _restore_free_params(vae: VAE, state: dict) -> None:
     """Put back the param-store entries that are not the VAE's own weights.
 
-    The VAE's weights come from its state dict: its parameters must stay the very tensors
-    the param store holds, so the store is cleared and refilled from the module on first use.
+    The VAE's weights come from its state dict; the store is cleared so that the model's
+    and guide's ``pyro.param`` statements register the module's own tensors again rather
+    than meeting stale ones under their names.
     """
     pyro.clear_param_store()
     own = {name for name, _ in vae.named_parameters()}

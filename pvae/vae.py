@@ -13,7 +13,6 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.nn import PyroModule
-from pyro.nn.module import to_pyro_module_
 from torch import nn
 
 from .errors import ConfigError, DataError
@@ -46,6 +45,14 @@ class VAE(PyroModule):
     the guide is ``z ~ q(z|x)``. With ``beta`` ≠ 1 the ``"z"`` site is scaled in both the
     model and the guide, so ``Trace_ELBO`` minimises E_q[-log p(x|z)] + β·KL(q(z|x) || p(z)).
 
+    The prior, likelihood and guide stay plain ``torch.nn`` modules. ``model`` issues one
+    ``pyro.param`` statement per parameter of the prior and the likelihood, ``guide`` one per
+    parameter of the guide, under the names of ``named_parameters()`` (``"q.net.body.0.weight"``),
+    so ``pyro.infer.SVI`` with a ``pyro.optim`` optimizer trains the VAE like any Pyro
+    program. Inside :meth:`direct_params` they issue none: ``pvae.train.fit`` optimises
+    ``vae.parameters()`` with one torch optimizer and skips those messages (two per weight
+    and bias of every layer, each through the whole handler stack, at every step).
+
     Args:
         prior, likelihood, guide: modules (see the registries).
         x_dim: the size of one flattened example; ``"x"`` has event shape ``(x_dim,)``.
@@ -60,9 +67,10 @@ class VAE(PyroModule):
         self.x_dim = int(x_dim)
         self.z_dim = int(prior.z_dim)
         self.num_data = num_data
-        self.prior = to_pyro_module_(prior) or prior
-        self.likelihood = to_pyro_module_(likelihood) or likelihood
-        self.q = to_pyro_module_(guide) or guide
+        self.prior = prior
+        self.likelihood = likelihood
+        self.q = guide
+        self._direct = 0
         if callable(getattr(self.q, "bind", None)):
             self.q.bind(self.prior, self.likelihood)
         self.beta = beta
@@ -82,6 +90,35 @@ class VAE(PyroModule):
         """True when the guide owns per-example parameters and needs dataset indices."""
         return bool(getattr(self.q, "needs_index", False))
 
+    @contextlib.contextmanager
+    def direct_params(self):
+        """Within this context ``model`` and ``guide`` issue no ``pyro.param`` statements.
+
+        For optimisers that hold ``vae.parameters()`` themselves (``pvae.train.fit``):
+        Pyro's param store then neither sees nor updates the VAE's weights.
+        """
+        self._direct += 1
+        try:
+            yield self
+        finally:
+            self._direct -= 1
+
+    def _param_statements(self, *parts: str) -> None:
+        """``pyro.param(name, p)`` for every trainable parameter of the submodules ``parts``.
+
+        The module's tensor is the parameter: a stale entry of the same name in Pyro's param
+        store (left by a VAE built earlier in this process) is replaced by it, so that
+        ``pyro.optim`` updates the tensors this VAE computes with.
+        """
+        store = pyro.get_param_store()
+        for part in parts:
+            for name, p in getattr(self, part).named_parameters(prefix=part):
+                if not p.requires_grad:
+                    continue
+                if name in store and store[name].unconstrained() is not p:
+                    del store[name]
+                pyro.param(name, p)
+
     def _plate(self, x: torch.Tensor, idx: torch.Tensor | None):
         if idx is None:
             if self.needs_index:
@@ -92,6 +129,8 @@ class VAE(PyroModule):
 
     def model(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         """z ~ p(z), x ~ p(x|z), each example in the ``"data"`` plate; returns z."""
+        if not self._direct:
+            self._param_statements("prior", "likelihood")
         pz = self.prior()
         with self._plate(x, idx):
             with beta_handler(self._beta):
@@ -101,6 +140,8 @@ class VAE(PyroModule):
 
     def guide(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         """z ~ q(z|x), each example in the ``"data"`` plate; returns z."""
+        if not self._direct:
+            self._param_statements("q")
         with self._plate(x, idx):
             with beta_handler(self._beta):
                 return pyro.sample("z", self.q(x, idx))

@@ -1,4 +1,4 @@
-"""The fast training path (loss_and_grads + one fused Adam) computes what SVI + pyro.optim computes."""
+"""The fast training path (differentiable_loss, backward, one fused Adam) computes what SVI + pyro.optim computes."""
 import pyro
 import pytest
 import torch

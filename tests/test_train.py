@@ -154,6 +154,6 @@ def test_training_on_cuda_keeps_everything_on_the_device(tmp_path):
     fit(vae, x, epochs=1, batch_size=64, test_x=xt, out_dir=tmp_path, device="cuda", progress=False,
         config=CONFIG)
     assert all(p.is_cuda for p in vae.parameters())
-    assert all(v.is_cuda for v in pyro.get_param_store().values())
+    assert all(t.is_cuda for t in vae.state_dict().values())  # buffers too
     loaded, _ = ckpt.load_vae(tmp_path / "checkpoint.pt", device="cuda")
     assert all(p.is_cuda for p in loaded.parameters())

@@ -58,6 +58,39 @@ def test_one_svi_step_loss_equals_hand_computed_negative_elbo():
     assert not torch.allclose(h2[:, :3], loc)
 
 
+def param_sites(fn, *args):
+    tr = poutine.trace(fn, param_only=True).get_trace(*args)
+    return {name: site["value"].unconstrained() for name, site in tr.nodes.items()}
+
+
+def test_model_and_guide_state_every_parameter_once_except_under_direct_params():
+    vae, x = tiny(prior="learned"), binary()
+    model_params, guide_params = param_sites(vae.model, x), param_sites(vae.guide, x)
+    named = dict(vae.named_parameters())
+    assert set(model_params) | set(guide_params) == set(named)
+    assert not set(model_params) & set(guide_params)
+    assert all(named[n] is t for n, t in {**model_params, **guide_params}.items())
+    assert {n.split(".")[0] for n in model_params} == {"prior", "likelihood"}
+    assert {n.split(".")[0] for n in guide_params} == {"q"}
+    with vae.direct_params():
+        assert param_sites(vae.model, x) == {} and param_sites(vae.guide, x) == {}
+    assert param_sites(vae.guide, x).keys() == guide_params.keys()  # the context restores them
+
+
+def test_svi_trains_a_new_vae_not_the_stale_params_of_an_earlier_one():
+    x = binary()
+    old = tiny()
+    poutine.trace(old.guide).get_trace(x)  # leaves old's tensors in the param store
+    torch.manual_seed(1)
+    new = tiny()
+    before = [p.detach().clone() for p in new.parameters()]
+    svi = SVI(new.model, new.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    svi.step(x)
+    assert all(not torch.equal(a, p) for a, p in zip(before, new.parameters()))
+    store = pyro.get_param_store()
+    assert all(store[n].unconstrained() is p for n, p in new.named_parameters())
+
+
 @pytest.mark.parametrize("beta", [0.0, 0.5, 3.0])
 def test_beta_scales_the_latent_site_in_model_and_guide(beta):
     vae, x = tiny(beta=beta), binary()
