@@ -20,7 +20,9 @@ from typing import Sequence
 
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.distributions.utils import broadcast_all
 
 from .errors import ConfigError, DataError
 from .nets import ConvDecoder, mlp
@@ -56,6 +58,31 @@ class _Decoded(nn.Module):
         self.decoder = make_decoder(z_dim, x_dim, hidden_dims, activation, decoder, conv_channels)
 
 
+class BernoulliImage(dist.Independent):
+    """Independent Bernoulli pixels with logits l as one event: ``Bernoulli(logits=l).to_event(1)``.
+
+    ``log_prob(x) = −Σ_d BCE(l_d, x_d) = Σ_d x_d l_d − softplus(l_d)``, computed as
+    ``binary_cross_entropy_with_logits(..., reduction="none").sum(-1).neg()``: the negation
+    acts on the per-image sums instead of every pixel, which saves two passes over a
+    batch × pixels tensor (forward and backward) per step. Same values as
+    ``Bernoulli(logits=l).to_event(1).log_prob``.
+    """
+
+    def __init__(self, logits: torch.Tensor, validate_args: bool | None = None):
+        super().__init__(dist.Bernoulli(logits=logits, validate_args=False), 1,
+                         validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return BernoulliImage(self.base_dist.logits.expand(torch.Size(batch_shape) + self.event_shape),
+                              validate_args=self._validate_args)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits, value = broadcast_all(self.base_dist.logits, value)
+        return F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1).neg()
+
+
 class Bernoulli(_Decoded):
     """p(x|z) = ∏_d Bernoulli(x_d; σ(f(z)_d)), parameterised by the logits f(z).
 
@@ -66,7 +93,7 @@ class Bernoulli(_Decoded):
     data_kind = "binary"
 
     def forward(self, z: torch.Tensor) -> dist.Distribution:
-        return dist.Bernoulli(logits=self.decoder(z), validate_args=False).to_event(1)
+        return BernoulliImage(self.decoder(z))
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         """E[x|z] = σ(f(z)), the image a reconstruction figure shows."""

@@ -1,11 +1,13 @@
 """Likelihoods: log p(x|z) against torch.distributions by hand; support checks; means."""
 import math
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
 from pvae.errors import ConfigError, DataError
-from pvae.likelihoods import LIKELIHOODS, Bernoulli, ContinuousBernoulli, Normal
+from pvae.likelihoods import LIKELIHOODS, Bernoulli, BernoulliImage, ContinuousBernoulli, Normal
 
 
 def _build(name, **options):
@@ -31,6 +33,23 @@ def test_bernoulli_log_prob_by_hand():
     f = lik.decoder(z)
     expected = (x * f - torch.nn.functional.softplus(f)).sum(-1)
     torch.testing.assert_close(lik(z).log_prob(x), expected, rtol=1e-5, atol=1e-3)
+
+
+def test_bernoulli_image_is_pyros_independent_bernoulli_in_value_gradient_and_shape():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.bernoulli(torch.full((4, 6), 0.3, dtype=torch.float64), generator=g)  # broadcast over 3
+    ours, pyros = BernoulliImage(logits), dist.Bernoulli(logits=logits).to_event(1)
+    a, b = ours.log_prob(x), pyros.log_prob(x)
+    assert a.shape == (3, 4) and torch.allclose(a, b, rtol=1e-12, atol=0)
+    (ga,) = torch.autograd.grad(a.sum(), logits)
+    (gb,) = torch.autograd.grad(b.sum(), logits)
+    assert torch.allclose(ga, gb, rtol=1e-12, atol=0)
+    wide = BernoulliImage(logits[0]).expand((2, 4))  # what a particle plate does
+    assert isinstance(wide, BernoulliImage) and wide.batch_shape == (2, 4) and wide.event_shape == (6,)
+    assert torch.allclose(wide.log_prob(x)[1], b[0])
+    with pyro.validation_enabled(True), pytest.raises(ValueError, match="support"):
+        BernoulliImage(logits.detach(), validate_args=True).log_prob(x * 0.5)
 
 
 def test_continuous_bernoulli_log_prob_by_hand_and_mean():
