@@ -288,13 +288,7 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
 
 def _check_inputs(vae: VAE, train_x: torch.Tensor, test_x: torch.Tensor | None,
                   binarize: bool) -> None:
-    if binarize:
-        if bool(((train_x < 0) | (train_x > 1)).any()):
-            raise DataError("training data must lie in [0, 1] to be binarized (Bernoulli "
-                            "probabilities); rescale the images, e.g. x / 255")
-        vae.check_data(train_x.round())  # shape and finiteness: binarized per batch later
-    else:
-        vae.check_data(train_x)
+    vae.check_data(train_x, probabilities=binarize)  # binarized per batch later
     if test_x is not None:
         vae.check_data(test_x)
     if vae.needs_index and vae.num_data != train_x.shape[0]:

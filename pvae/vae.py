@@ -146,13 +146,27 @@ class VAE(PyroModule):
             with beta_handler(self._beta):
                 return pyro.sample("z", self.q(x, idx))
 
-    def check_data(self, x: torch.Tensor) -> None:
-        """Raise DataError unless ``x`` is a finite ``(B, x_dim)`` tensor in the likelihood's support."""
+    def check_data(self, x: torch.Tensor, probabilities: bool = False) -> None:
+        """Raise DataError unless ``x`` is a finite ``(B, x_dim)`` tensor in the likelihood's support.
+
+        With ``probabilities=True`` ``x`` holds the probabilities of binary data that is drawn
+        from them later (``fit(binarize=True)``): every value must lie in [0, 1]. That check is
+        a single pass (``torch.aminmax``: NaN propagates, ±Inf falls outside [0, 1]).
+        """
         if not isinstance(x, torch.Tensor):
             raise DataError(f"data must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 2 or x.shape[1] != self.x_dim:
             raise DataError(f"data must have shape (batch, {self.x_dim}) (flattened examples), "
                             f"got {tuple(x.shape)}; flatten each image with x.reshape(len(x), -1)")
+        if probabilities:
+            lo, hi = (float(v) for v in torch.aminmax(x)) if x.numel() else (0.0, 0.0)
+            if lo != lo or hi != hi:
+                raise DataError("data contains NaN values; clean or drop those examples")
+            if lo < 0 or hi > 1:
+                raise DataError(f"training data must lie in [0, 1] to be binarized (Bernoulli "
+                                f"probabilities), got values in [{lo:g}, {hi:g}]; rescale the "
+                                "images, e.g. x / 255")
+            return
         if not bool(torch.isfinite(x).all()):
             raise DataError(f"data contains {int((~torch.isfinite(x)).sum())} NaN/Inf values; "
                             "clean or drop those examples")

@@ -124,6 +124,7 @@ def test_unwritable_out_is_named(tmp_path):
     (lambda x: x * 255, r"\[0, 1\]"),
     (lambda x: x[:, :700], "shape"),
     (lambda x: torch.where(torch.arange(784) == 3, float("nan"), x), "NaN"),
+    (lambda x: torch.where(torch.arange(784) == 3, float("-inf"), x), r"got values in \[-inf, "),
 ])
 def test_bad_training_data_is_named(tmp_path, bad, message):
     x, _ = data()
