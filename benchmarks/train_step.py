@@ -11,13 +11,18 @@ the batch, log N and log Bernoulli terms, no analytic KL), optimised with Adam:
 * ``torch``:      hand-written PyTorch (``rsample`` by hand, BCE-with-logits,
                   ``torch.optim.Adam`` with its defaults); every ratio is relative to it;
 * ``numpyro``:    the same network and loss in NumPyro with a jitted ``SVI.update``
-                  (``numpyro_step.py``), when a Python with jax and numpyro is found.
+                  (``numpyro_step.py``), when a Python with jax and numpyro is found;
+* opt-in with ``--contenders``: ``torch-compiled`` (the hand-written loss under
+  ``torch.compile``) and ``pvae-compiled`` (pvae's objective under ``torch.compile``).
 
-They run in the same process, interleaved (A B C ... A B C ...) after a warm-up; each
-round times ``--steps`` consecutive steps of each, and a contender's ratio is the median
-over rounds of its time divided by ``torch``'s time in the same round (robust to the
-machine's load drifting between rounds). NumPyro runs in a child process that waits for
-its turn in the same rotation. Memory (largest batch size only) is the peak resident set
+They run in the same process, interleaved (A B C, B C A, C A B, ...: the order rotates so
+that no contender always follows the same one) after a warm-up; each round times
+``--steps`` consecutive steps of each after one untimed step, and a contender's ratio is
+the median over rounds of its time divided by ``torch``'s time in the same round (robust
+to the machine's load drifting between rounds). Times are the process's CPU time by
+default (``--clock wall`` for elapsed time): with one thread they equal elapsed time on
+an idle machine and are disturbed far less by other programs. NumPyro runs in a child
+process that waits for its turn in the same rotation. Memory (largest batch size only) is the peak resident set
 size (``ru_maxrss``, not tracemalloc, which does not see torch's allocator) of a fresh
 process that imports everything, builds one contender and takes 20 steps, and its growth
 over the peak before the first step (0 when the steps never exceed the import-time peak).
@@ -84,12 +89,14 @@ class TorchVAE(nn.Module):
         return -(log_px + log_pz - log_qz)
 
 
-def torch_contender(net, lr):
+def torch_contender(net, lr, compiled=False):
+    """The hand-written step; ``compiled``: its loss (forward and backward) under ``torch.compile``."""
     model = TorchVAE(**net)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = torch.compile(model.loss) if compiled else model.loss
 
     def step(x):
-        loss = model.loss(x)
+        loss = loss_fn(x)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -98,8 +105,12 @@ def torch_contender(net, lr):
     return step
 
 
-def pvae_contender(net, lr, fast=True):
-    """Exactly the per-step call of ``pvae.train.fit``, with validation off as fit has it."""
+def pvae_contender(net, lr, fast=True, compiled=False):
+    """Exactly the per-step call of ``pvae.train.fit``, with validation off as fit has it.
+
+    ``compiled``: the objective's ``differentiable_loss`` under ``torch.compile`` instead
+    (an experiment: Dynamo splits Pyro's handler stack into several graphs).
+    """
     import pyro
 
     from pvae.objectives import make_loss
@@ -107,7 +118,10 @@ def pvae_contender(net, lr, fast=True):
     from pvae.vae import build_vae
 
     vae = build_vae(**net)
-    step = make_step(vae, make_loss("elbo", 1), make_optimizer(vae, lr, fast=fast))
+    objective = make_loss("elbo", 1)
+    if compiled:
+        objective.differentiable_loss = torch.compile(objective.differentiable_loss)
+    step = make_step(vae, objective, make_optimizer(vae, lr, fast=fast))
 
     def run(x):
         with pyro.validation_enabled(False):
@@ -154,6 +168,9 @@ BUILDERS = {
     "pvae-slow": lambda net, lr: pvae_contender(net, lr, fast=False),
     "pyro": pyro_contender,
     "torch": torch_contender,
+    # opt-in (--contenders): what whole-loss compilation buys, hand-written and through Pyro
+    "torch-compiled": lambda net, lr: torch_contender(net, lr, compiled=True),
+    "pvae-compiled": lambda net, lr: pvae_contender(net, lr, compiled=True),
 }
 
 
@@ -209,6 +226,8 @@ clock = CLOCKS["cpu"]
 
 
 def time_round(step, xs, steps):
+    """Seconds per step over ``steps`` steps, after one untimed step that warms the caches."""
+    step(xs[-1])
     tic = clock()
     for i in range(steps):
         step(xs[i % len(xs)])
@@ -232,11 +251,13 @@ def bench_steps(net_name, batch_size, args, numpyro_python):
                              args.clock)
     times = {name: [] for name in [*steps, *(["numpyro"] if child else [])]}
     try:
-        for _ in range(args.rounds):
-            for name, step in steps.items():
-                times[name].append(time_round(step, xs, args.steps))
-            if child:
-                times["numpyro"].append(child.time_steps())
+        order = list(times)
+        for r in range(args.rounds):
+            # rotate who goes first, so that no contender always follows the same one (the
+            # one before it leaves the caches full of its own data)
+            for name in order[r % len(order):] + order[:r % len(order)]:
+                times[name].append(child.time_steps() if name == "numpyro"
+                                   else time_round(steps[name], xs, args.steps))
     finally:
         if child:
             child.close()
