@@ -404,7 +404,7 @@ def main(argv=None):
           "ratio = median over rounds of (time / torch's time in the same round) [min, max]\n")
     results = {"machine": machine(), "args": {k: v for k, v in vars(args).items()}, "steps": [],
                "memory": [], "epoch": None}
-    print(f"{'net':<13}{'batch':>6}  {'contender':<10}{'ms/step':>9}{'ratio':>7}  {'[min, max]':<14}"
+    print(f"{'net':<13}{'batch':>6}  {'contender':<15}{'ms/step':>9}{'ratio':>7}  {'[min, max]':<14}"
           f"{'' if args.no_memory else 'peak RSS MiB (+steps)':>22}")
     for net_name in args.nets:
         for batch_size in args.batch_sizes:
@@ -415,7 +415,7 @@ def main(argv=None):
                     m = bench_memory(row["contender"], net_name, batch_size, args)
                     row["rss_peak_mib"], row["rss_delta_mib"] = m["peak_mib"], m["delta_mib"]
                     mem = f"{m['peak_mib']:7.0f} (+{m['delta_mib']:.0f})"
-                print(f"{net_name:<13}{batch_size:>6}  {row['contender']:<10}{row['median_ms']:9.2f}"
+                print(f"{net_name:<13}{batch_size:>6}  {row['contender']:<15}{row['median_ms']:9.2f}"
                       f"{row['ratio']:7.3f}  [{row['ratio_min']:.2f}, {row['ratio_max']:.2f}]{'':<2}{mem}",
                       flush=True)
             results["steps"].extend(rows)
