@@ -59,15 +59,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _free_params(model: torch.nn.Module) -> dict:
+    """Pyro's param-store state without ``model``'s own parameters (its state dict has them)."""
+    state = pyro.get_param_store().get_state()
+    own = {name for name, _ in model.named_parameters()}
+    return {key: {k: v for k, v in entries.items() if k not in own}
+            for key, entries in state.items()}
+
+
 def save(path: str | Path, *, config: dict, model: torch.nn.Module, optimizer_state: dict,
          epoch: int, step: int, history: list, train_seconds: float) -> None:
-    """Write a checkpoint to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write a checkpoint to ``path`` atomically (temporary file, fsync, rename).
+
+    ``param_store`` holds only the ``pyro.param`` s that are not ``model``'s parameters:
+    the model's weights are written once, in ``model``.
+    """
     payload = {
         "format": FORMAT,
         "config": config,
         "model": model.state_dict(),
         "optimizer": optimizer_state,
-        "param_store": pyro.get_param_store().get_state(),
+        "param_store": _free_params(model),
         "rng": rng_state(),
         "epoch": int(epoch),
         "step": int(step),

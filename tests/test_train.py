@@ -105,6 +105,17 @@ def test_incompatible_checkpoint_is_named(tmp_path):
             device="cpu", progress=False, config=other)
 
 
+def test_a_checkpoint_holds_the_weights_once_and_free_params_in_the_store(tmp_path):
+    vae, x = tiny(), synthetic(4, x_dim=784)
+    vae.guide(x)  # the guide's pyro.param statements put its weights in the store
+    pyro.param("free_offset", torch.tensor(2.5))
+    ckpt.save(tmp_path / "c.pt", config=CONFIG, model=vae, optimizer_state={}, epoch=0, step=0,
+              history=[], train_seconds=0.0)
+    saved = ckpt.load(tmp_path / "c.pt")["param_store"]
+    assert set(saved["params"]) == {"free_offset"} and saved["params"]["free_offset"].item() == 2.5
+    assert set(saved["constraints"]) == {"free_offset"}
+
+
 def test_load_vae_rebuilds_the_trained_model(tmp_path):
     vae, _ = train(tmp_path, epochs=1)
     loaded, config = ckpt.load_vae(tmp_path / "checkpoint.pt")
