@@ -33,7 +33,7 @@ PHASES = ("loss", "backward", "optimizer")
 
 
 def contenders(net, lr):
-    """``{name: (loss_fn, optimizer, module)}`` for the hand-written and the pvae step."""
+    """``{name: (loss_fn, optimizer)}`` for the hand-written and the pvae step."""
     ref = ts.TorchVAE(**net)
     vae = build_vae(**net)
     objective = make_loss("elbo")
@@ -42,8 +42,8 @@ def contenders(net, lr):
         with vae.direct_params():
             return objective.differentiable_loss(vae.model, vae.guide, x)
 
-    return {"torch": (ref.loss, torch.optim.Adam(ref.parameters(), lr=lr), ref),
-            "pvae": (pvae_loss, make_optimizer(vae, lr), vae)}
+    return {"torch": (ref.loss, torch.optim.Adam(ref.parameters(), lr=lr)),
+            "pvae": (pvae_loss, make_optimizer(vae, lr))}
 
 
 def one_step(loss_fn, opt, x):
@@ -80,18 +80,18 @@ def main(argv=None) -> int:
     runs = contenders(ts.NETS[args.net], args.lr)
     times = {(name, phase): [] for name in runs for phase in PHASES}
     with pyro.validation_enabled(False):
-        for name, (loss_fn, opt, _) in runs.items():
+        for name, (loss_fn, opt) in runs.items():
             for i in range(15):
                 one_step(loss_fn, opt, xs[i % len(xs)])
         for r in range(args.rounds):
             for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-                loss_fn, opt, _ = runs[name]
+                loss_fn, opt = runs[name]
                 acc = [0.0, 0.0, 0.0]
                 for i in range(args.steps):
                     acc = [a + b for a, b in zip(acc, one_step(loss_fn, opt, xs[i % len(xs)]))]
                 for phase, seconds in zip(PHASES, acc):
                     times[name, phase].append(1e3 * seconds / args.steps)
-        calls = {name: calls_per_step(loss_fn, opt, xs) for name, (loss_fn, opt, _) in runs.items()}
+        calls = {name: calls_per_step(loss_fn, opt, xs) for name, (loss_fn, opt) in runs.items()}
     print(f"net {args.net}, batch {args.batch_size}: median CPU ms per step over {args.rounds} "
           f"interleaved rounds of {args.steps} steps")
     print(f"{'phase':<11}{'torch':>8}{'pvae':>8}{'pvae − torch':>14}")
