@@ -227,7 +227,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .data import load_mnist
     from .errors import ConfigError
     from .evaluate import evaluate
-    from .experiment import format_rows, versions, write_json
+    from .experiment import NO_TEST_EVALUATION, format_rows, versions, write_json
     from .plotting import plot_evaluation
     from .train import resolve_device
 
@@ -235,7 +235,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     vae, config = load_vae(args.checkpoint, device=device)
     if vae.needs_index:
         raise ConfigError(f"the guide {config.get('guide')!r} has no encoder for test images; "
-                          "use `pvae gap`, which fits local parameters for the test set")
+                          f"{NO_TEST_EVALUATION}")
     out = check_writable(args.out or Path(args.checkpoint).parent)
     data_dir = args.data_dir or config.get("data_dir") or "data"
     data = load_mnist(data_dir, binarize=vae.likelihood.data_kind == "binary",

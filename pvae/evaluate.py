@@ -106,6 +106,13 @@ class EvalResult:
         """Fraction of examples with k-hat > 0.7 (unreliable estimates)."""
         return float(np.mean(self.khat > KHAT_BAD)) if self.n else 0.0
 
+    @staticmethod
+    def missing_metrics() -> dict:
+        """The entries of :meth:`to_metrics` for a run with no test evaluation: all ``None``."""
+        return dict.fromkeys(("test_elbo", "test_elbo_stderr", "test_log_px",
+                              "test_log_px_stderr", "eval_samples", "n_test", "psis_khat_max",
+                              "psis_khat_frac_bad"))
+
     def to_metrics(self) -> dict:
         """The ``metrics.json`` entries this result fills (NaN becomes ``None``)."""
         values = {

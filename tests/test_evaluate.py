@@ -153,6 +153,8 @@ def test_evaluate_statistics(problem):
     assert m["test_elbo"] == pytest.approx(m["test_log_px"], abs=1e-8)
     assert set(m) >= {"test_elbo", "test_elbo_stderr", "psis_khat_max", "psis_khat_frac_bad"}
     json.dumps(m, allow_nan=False)
+    missing = EvalResult.missing_metrics()  # a run without a test evaluation has the same keys
+    assert set(missing) == set(m) and all(v is None for v in missing.values())
 
 
 def test_khat_flags_light_tailed_guide(problem, caplog):

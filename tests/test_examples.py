@@ -65,6 +65,21 @@ def test_mnist_svi_writes_metrics_and_figures(mnist_dir, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["steps"] == 6
 
 
+def test_mnist_svi_with_a_local_guide_trains_and_says_where_its_test_numbers_come_from(
+        mnist_dir, tmp_path):
+    out = tmp_path / "local"
+    done = run("mnist_svi.py", "--data-dir", mnist_dir, "--out", out, "--epochs", 2,
+               "--train-subset", 200, "--test-subset", 50, "--hidden-dims", 32, "--z-dim", 4,
+               "--guide", "local", "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "no test numbers" in done.stderr and "amortized guide" in done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and -784 < metrics["train_elbo"] < 0
+    assert metrics["test_log_px"] is None and metrics["test_elbo"] is None
+    assert (out / "checkpoint.pt").exists() and (out / "samples.png").exists()
+    assert not (out / "reconstructions.png").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--prior", "nope"], "invalid choice: 'nope'"),
     (["--epochs", "0"], "must be at least 1"),
