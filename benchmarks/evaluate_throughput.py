@@ -67,10 +67,10 @@ def plain_log_px(enc, dec, x: torch.Tensor, num_samples: int, chunk: int) -> tor
 def load_setup(args):
     """(vae, x): from --checkpoint / --data-dir when given, else random weights and data."""
     if args.checkpoint:
-        from pvae.checkpoint import load_vae
+        from pvae.checkpoint import load
 
-        vae, config = load_vae(args.checkpoint)
-        hidden, act = tuple(config["hidden_dims"]), config.get("activation", "tanh")
+        vae = load(args.checkpoint, device="cpu")
+        hidden, act = tuple(vae.config.hidden_dims), vae.config.activation
     else:
         torch.manual_seed(0)
         vae = build_vae(hidden_dims=args.hidden_dims)
@@ -125,7 +125,8 @@ def rss_child(args) -> None:
         before = None
     if before is None:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    evaluate(vae.model, vae.guide, x, args.num_samples, args.chunk_size, progress=False)
+    evaluate(vae.model, vae.guide, x, num_samples=args.num_samples, chunk_size=args.chunk_size,
+             progress=False)
     peak = _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"rss_before_mb": before, "peak_mb": peak}))
 
@@ -150,13 +151,14 @@ def main() -> None:
     K, chunk = args.num_samples, args.chunk_size
     print(f"{source}: n={x.shape[0]}, K={K}, chunk={chunk} draws/pass, "
           f"torch threads={torch.get_num_threads()}")
-    log_likelihood(vae.model, vae.guide, x[:2], 10)
+    log_likelihood(vae.model, vae.guide, x[:2], num_samples=10)
     plain_log_px(enc, dec, x[:2], 10, chunk)
     times = {"pvae": [], "plain": []}
     cpu = {"pvae": [], "plain": []}
     results = {}
     for _ in range(args.repeats):
-        for name, fn in (("pvae", lambda: log_likelihood(vae.model, vae.guide, x, K, chunk)),
+        for name, fn in (("pvae", lambda: log_likelihood(vae.model, vae.guide, x, num_samples=K,
+                                                      chunk_size=chunk)),
                          ("plain", lambda: plain_log_px(enc, dec, x, K, chunk))):
             t0, c0 = time.perf_counter(), time.process_time()
             results[name] = fn()

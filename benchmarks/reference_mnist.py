@@ -19,7 +19,7 @@ import pyro
 import torch
 import torch.nn.functional as F
 
-from pvae.checkpoint import load_vae
+from pvae.checkpoint import load
 from pvae.data import load_mnist, minibatches
 from pvae.evaluate import evaluate
 from pvae.experiment import ExperimentConfig, run
@@ -73,18 +73,19 @@ def main() -> None:
     config = ExperimentConfig(data_dir=args.data_dir, out=f"{args.out}/pvae", epochs=args.epochs,
                               train_subset=args.train_subset, test_subset=args.test_subset,
                               eval_samples=args.eval_samples, seed=args.seed, device="cpu",
-                              progress=False)
+                              progress=False, overwrite=True)  # {out}/pvae is this script's own
     data = load_mnist(args.data_dir, binarize=True, train_subset=args.train_subset,
                       test_subset=args.test_subset)
     ref, ref_seconds = train_reference(config, data.train_x)
     pyro.set_rng_seed(config.seed + 1)
-    ref_eval = evaluate(ref.model, ref.guide, data.test_x, args.eval_samples, progress=False)
+    ref_eval = evaluate(ref.model, ref.guide, data.test_x, num_samples=args.eval_samples,
+                        progress=False)
 
     metrics = run(config)
-    pvae_vae, _ = load_vae(f"{args.out}/pvae/checkpoint.pt")
+    pvae_vae = load(f"{args.out}/pvae/checkpoint.pt", device="cpu")
     pyro.set_rng_seed(config.seed + 1)
-    pvae_eval = evaluate(pvae_vae.model, pvae_vae.guide, data.test_x, args.eval_samples,
-                         progress=False)
+    pvae_eval = evaluate(pvae_vae.model, pvae_vae.guide, data.test_x,
+                         num_samples=args.eval_samples, progress=False)
     diff = np.asarray(pvae_eval.log_px, dtype=np.float64) - np.asarray(ref_eval.log_px)
     se = float(diff.std(ddof=1) / math.sqrt(len(diff)))
     print(f"{args.epochs} epochs, {data.train_x.shape[0]} training images, "

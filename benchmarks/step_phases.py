@@ -1,11 +1,12 @@
 """Where a training step's time goes: loss (forward), backward and optimizer, pvae vs hand-written.
 
-For pvae's fast step (the objective's ``differentiable_loss`` inside ``vae.direct_params()``,
-``backward``, one fused Adam) and the hand-written PyTorch step of ``train_step.py``, times
-each phase separately (process CPU time, one torch thread), interleaved over rounds, and
-counts the Python function calls per step with cProfile. The difference in the forward
-phase is what Pyro's tracing costs (messages, traces, generic log-densities); backward and
-optimizer differ by the graph's extra nodes and by fused vs for-loop Adam.
+For the step ``pvae.train.fit`` runs (the objective's ``differentiable_loss`` inside
+``vae.direct_params()``, ``backward``, one fused Adam) and the hand-written PyTorch step of
+``train_step.py``, times each phase separately (process CPU time, one torch thread),
+interleaved over rounds, and counts the Python function calls per step with cProfile.
+The difference in the forward phase is what Pyro's tracing costs (messages, traces,
+generic log-densities); backward and optimizer differ by the graph's extra nodes and by
+fused vs for-loop Adam.
 
     python benchmarks/step_phases.py --batch-size 128
 """
