@@ -35,7 +35,7 @@ def main() -> None:
     vae = make_vae(W, b, sigma, ShiftedDiagonalGuide(W, b, sigma, shift=0.5, widen=1.5))
     rows = []
     for K in KS:
-        res = evaluate(vae.model, vae.guide, x, K, progress=False)
+        res = evaluate(vae.model, vae.guide, x, num_samples=K, progress=False)
         err = res.log_px - exact
         rows.append((err.mean(), err.std(ddof=1) / np.sqrt(len(err)), (res.elbo - exact).mean(),
                      res.khat_frac_bad if K > 20 else np.nan))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .amortization import refine_moments
+from .localfit import refine_moments
 from .errors import ConfigError
 from .nets import ConvEncoder, Split, autoregressive_flow, inv_softplus, mlp
 

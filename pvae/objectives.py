@@ -18,6 +18,7 @@ from pyro.poutine.util import site_is_subsample
 from pyro.util import warn_if_nan
 
 from .errors import ConfigError
+from .weights import DATA_PLATE, Structure, log_weights
 
 PARTICLE_PLATE = "iwae_particles"
 
@@ -58,9 +59,10 @@ class IWAE(pyro.infer.ELBO):
     not log p(x). β = 0 (the first step of a warm-up) drops the z terms, leaving
     log (1/K) Σ_k p(x|z_k), a bound on log E_q p(x|z).
 
-    Every sample site must sit in exactly one plate (the VAE's ``"data"`` plate at dim −1)
+    Every sample site must sit in exactly one plate, the VAE's ``"data"`` plate at dim −1,
     and the guide must be reparameterizable; the gradient is the standard reparameterized
-    IWAE gradient. Particles are vectorized with an outer plate ``"iwae_particles"``.
+    IWAE gradient. The weights are :func:`pvae.weights.log_weights` with ``scaled=True``,
+    the particles vectorized with an outer plate at dim −2.
     """
 
     def __init__(self, num_particles: int = 1):
@@ -68,41 +70,43 @@ class IWAE(pyro.infer.ELBO):
                          vectorize_particles=True)
 
     def _particles(self, fn):
+        """``fn`` inside the particle plate of :meth:`log_weights` (K draws at dim −2)."""
         return pyro.plate(PARTICLE_PLATE, self.num_particles, dim=-2)(fn)
 
     def _get_trace(self, model, guide, args, kwargs):
-        """One vectorized (model, guide) trace pair over all K particles."""
+        """One vectorized (model, guide) trace pair over all K particles, for inspection."""
         guide_trace = poutine.trace(self._particles(guide)).get_trace(*args, **kwargs)
         model_trace = poutine.trace(
             poutine.replay(self._particles(model), trace=guide_trace)).get_trace(*args, **kwargs)
         return model_trace, guide_trace
 
     def log_weights(self, model, guide, *args, **kwargs) -> tuple[torch.Tensor, float]:
-        """Return the ``(K, B)`` log-weights w_bk (β applied, subsample scale removed) and N/B."""
-        model_trace, guide_trace = self._get_trace(model, guide, args, kwargs)
-        model_trace.compute_log_prob()
-        guide_trace.compute_log_prob()
-        lw, data_scale = 0.0, None
-        for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
-            for name, site in trace.nodes.items():
-                if site["type"] != "sample" or site_is_subsample(site):
-                    continue
-                if sign < 0 and not site["fn"].has_rsample:
-                    kind = type(site["fn"]).__name__
-                    raise ConfigError(f"the iwae loss needs a reparameterizable guide; site "
-                                      f"{name!r} has {kind}, which has no rsample")
-                frames = [f for f in site["cond_indep_stack"]
-                          if f.vectorized and f.name != PARTICLE_PLATE]
-                if len(frames) != 1 or site["log_prob"].dim() != 2:
-                    raise ConfigError(f"the iwae loss needs every sample site inside exactly one "
-                                      f"plate over examples; site {name!r} is in "
-                                      f"{[f.name for f in frames]}")
-                scale = (frames[0].full_size or frames[0].size) / frames[0].size
-                data_scale = scale if data_scale is None else data_scale
-                lw = lw + sign * site["log_prob"] / scale
-        if data_scale is None:
-            raise ConfigError("the iwae loss found no sample sites in the model or guide")
-        return lw, float(data_scale)
+        """Return the ``(K, B)`` log-weights w_bk (β applied, subsample scale removed) and N/B.
+
+        ``args[0]`` is the batch x. The traces of the one pass are kept to check that every
+        guide site has ``rsample`` and to read N/B off the ``"data"`` plate.
+        """
+        traces = []
+
+        def recorded(fn):
+            def run(*a, **kw):
+                trace = poutine.trace(fn).get_trace(*a, **kw)
+                traces.append(trace)
+                return trace.nodes["_RETURN"]["value"]
+            return run
+
+        x, *rest = args
+        lw = log_weights(recorded(model), recorded(guide), x, self.num_particles, *rest,
+                         scaled=True, structure=Structure(particle_dim=-2), **kwargs)
+        guide_trace, model_trace = traces
+        for name, site in guide_trace.nodes.items():
+            if site["type"] == "sample" and not site_is_subsample(site) \
+                    and not site["fn"].has_rsample:
+                raise ConfigError(f"the iwae loss needs a reparameterizable guide; site {name!r} "
+                                  f"has {type(site['fn']).__name__}, which has no rsample")
+        frame = next(f for trace in (model_trace, guide_trace) for site in trace.nodes.values()
+                     for f in site.get("cond_indep_stack", ()) if f.name == DATA_PLATE)
+        return lw, float((frame.full_size or frame.size) / frame.size)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """−(N/B)·Σ_b [logsumexp_k w_bk − log K], differentiable in the parameters."""

@@ -31,7 +31,7 @@ def shifted(W, b, sigma, **kw):
 def test_exact_posterior_guide_gives_exact_log_px_for_every_K(problem, K):
     W, b, sigma, x, exact = problem
     vae = make_vae(W, b, sigma)
-    est = log_likelihood(vae.model, vae.guide, x[:50], K)
+    est = log_likelihood(vae.model, vae.guide, x[:50], num_samples=K)
     assert est.shape == (50,) and est.dtype == torch.float64
     assert torch.allclose(est, exact[:50], rtol=0, atol=1e-8)
 
@@ -40,17 +40,18 @@ def test_exact_posterior_guide_gives_exact_log_px_for_every_K(problem, K):
 def test_exact_posterior_guide_is_exact_for_every_chunk_size(problem, chunk):
     W, b, sigma, x, exact = problem
     vae = make_vae(W, b, sigma)
-    est = log_likelihood(vae.model, vae.guide, x[:9], 20, chunk)
+    est = log_likelihood(vae.model, vae.guide, x[:9], num_samples=20, chunk_size=chunk)
     assert torch.allclose(est, exact[:9], rtol=0, atol=1e-8)
 
 
 def test_worse_guide_elbo_below_and_estimate_rises_with_K(problem):
     W, b, sigma, x, exact = problem
     vae = shifted(W, b, sigma)
-    means = [log_likelihood(vae.model, vae.guide, x, K).mean().item() for K in (1, 10, 100, 1000)]
+    means = [log_likelihood(vae.model, vae.guide, x, num_samples=K).mean().item()
+             for K in (1, 10, 100, 1000)]
     assert all(a < b for a, b in zip(means, means[1:])), means
     assert means[-1] < exact.mean().item() + 0.05
-    res = evaluate(vae.model, vae.guide, x, 100, progress=False)
+    res = evaluate(vae.model, vae.guide, x, num_samples=100, progress=False)
     gap = exact.numpy() - res.elbo
     assert gap.mean() > 4 * gap.std(ddof=1) / math.sqrt(len(gap))
     assert res.elbo_mean < res.log_px_mean < exact.mean().item()
@@ -59,7 +60,7 @@ def test_worse_guide_elbo_below_and_estimate_rises_with_K(problem):
 def test_K5000_matches_exact_within_4_standard_errors(problem):
     W, b, sigma, x, exact = problem
     vae = shifted(W, b, sigma)
-    res = evaluate(vae.model, vae.guide, x[:100], 5000, progress=False)
+    res = evaluate(vae.model, vae.guide, x[:100], num_samples=5000, progress=False)
     diff = res.log_px - exact[:100].numpy()
     se = diff.std(ddof=1) / math.sqrt(len(diff))
     assert se < 0.05
@@ -71,7 +72,8 @@ def test_chunk_sizes_agree_within_monte_carlo_error(problem):
     W, b, sigma, x, exact = problem
     vae = shifted(W, b, sigma, shift=0.2, widen=1.5)
     K = 50
-    runs = {c: log_likelihood(vae.model, vae.guide, x[:12], K, c).numpy() for c in (1, 7, K)}
+    runs = {c: log_likelihood(vae.model, vae.guide, x[:12], num_samples=K, chunk_size=c).numpy()
+            for c in (1, 7, K)}
     for c in (1, 7):
         d = runs[c] - runs[K]
         assert not np.allclose(runs[c], runs[K])
@@ -102,7 +104,7 @@ def test_latent_draws_per_pass_are_bounded_by_chunk_size():
     for chunk in (10, 100, 1000, None):
         record = []
         model, guide = _counting_pair(record)
-        est = log_likelihood(model, guide, x, 100, chunk)
+        est = log_likelihood(model, guide, x, num_samples=100, chunk_size=chunk)
         assert torch.allclose(est, exact, atol=1e-10)
         peaks[chunk] = max(record[1:])
     assert peaks == {10: 10, 100: 100, 1000: 1000, None: 2000}
@@ -114,9 +116,9 @@ def test_estimates_are_per_example(problem):
     exact = exact_log_px(x, W, b, sigma)
     assert abs(exact[0] - exact[1]) > 1.0
     vae = make_vae(W, b, sigma)
-    est = log_likelihood(vae.model, vae.guide, x, 100, 7)
+    est = log_likelihood(vae.model, vae.guide, x, num_samples=100, chunk_size=7)
     assert torch.allclose(est, exact, atol=1e-8)
-    flipped = log_likelihood(vae.model, vae.guide, x.flip(0), 100)
+    flipped = log_likelihood(vae.model, vae.guide, x.flip(0), num_samples=100)
     assert torch.allclose(flipped, exact.flip(0), atol=1e-8)
 
 
@@ -127,19 +129,19 @@ def test_beta_scaling_masking_and_subsample_scaling_are_ignored(problem):
     for beta in (0.5, 0.0):
         vae = make_vae(W, b, sigma)
         vae.beta = beta
-        est = log_likelihood(vae.model, vae.guide, x[:10], 30)
+        est = log_likelihood(vae.model, vae.guide, x[:10], num_samples=30)
         assert torch.allclose(est, exact[:10], atol=1e-8)
     vae = make_vae(W, b, sigma)
     vae.num_data = 1000
     idx = torch.arange(10, 20)
-    est = log_likelihood(vae.model, vae.guide, x[10:20], 30, 45, idx)
+    est = log_likelihood(vae.model, vae.guide, x[10:20], idx, num_samples=30, chunk_size=45)
     assert torch.allclose(est, exact[10:20], atol=1e-8)
 
 
 def test_evaluate_statistics(problem):
     W, b, sigma, x, exact = problem
-    res = evaluate(make_vae(W, b, sigma).model, make_vae(W, b, sigma).guide, x[:30], 64,
-                   batch_size=7, progress=False)
+    res = evaluate(make_vae(W, b, sigma).model, make_vae(W, b, sigma).guide, x[:30],
+                   num_samples=64, batch_size=7, progress=False)
     assert isinstance(res, EvalResult) and res.n == 30 and res.num_samples == 64
     assert np.allclose(res.log_px, exact[:30].numpy(), atol=1e-8)
     assert np.allclose(res.elbo, exact[:30].numpy(), atol=1e-8)
@@ -161,14 +163,14 @@ def test_khat_flags_light_tailed_guide(problem, caplog):
     W, b, sigma, x, _ = problem
     bad = shifted(W, b, sigma, shift=0.5, widen=1.0)
     with caplog.at_level(logging.WARNING, logger="pvae.evaluate"):
-        res = evaluate(bad.model, bad.guide, x[:40], 200, progress=False)
+        res = evaluate(bad.model, bad.guide, x[:40], num_samples=200, progress=False)
     assert res.khat_frac_bad > 0.5 and res.khat_max > 0.7
     assert res.khat_frac_bad == pytest.approx(np.mean(res.khat > 0.7))
     assert "unreliable" in caplog.text and "raise K or improve the guide" in caplog.text
     good = shifted(W, b, sigma, shift=0.0, widen=1.5)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="pvae.evaluate"):
-        res = evaluate(good.model, good.guide, x[:40], 200, progress=False)
+        res = evaluate(good.model, good.guide, x[:40], num_samples=200, progress=False)
     assert res.khat_max < 0.5 and res.khat_frac_bad == 0.0 and caplog.text == ""
 
 
@@ -206,11 +208,12 @@ def test_plain_pyro_model_with_nested_plates_and_indices():
 
     idx = torch.arange(N)
     for K, chunk in ((1, None), (30, 7), (200, 450)):
-        est = log_likelihood(model, guide, x, K, chunk, idx)
+        est = log_likelihood(model, guide, x, idx, num_samples=K, chunk_size=chunk)
         assert torch.allclose(est, exact, atol=1e-8)
-    est = log_likelihood(model, guide, x[3:8], 5, 3, idx=idx[3:8])
+    est = log_likelihood(model, guide, x[3:8], num_samples=5, chunk_size=3, idx=idx[3:8])
     assert torch.allclose(est, exact[3:8], atol=1e-8)
-    res = evaluate(model, guide, x, 25, 10, 4, False, idx)
+    res = evaluate(model, guide, x, idx, num_samples=25, chunk_size=10, batch_size=4,
+                   progress=False)
     assert np.allclose(res.log_px, exact.numpy(), atol=1e-8)
 
 
@@ -219,11 +222,11 @@ def test_pvae_vae_on_random_binary_data():
     vae = build_vae()
     x = torch.bernoulli(torch.full((6, 784), 0.2))
     with torch.no_grad():
-        res = evaluate(vae.model, vae.guide, x, 300, chunk_size=500, progress=False)
+        res = evaluate(vae.model, vae.guide, x, num_samples=300, chunk_size=500, progress=False)
     assert np.isfinite(res.log_px).all() and (res.log_px <= 0).all()
     assert (res.elbo <= res.log_px + 1e-9).all() and res.elbo_mean < res.log_px_mean
     assert ((res.ess >= 1 - 1e-9) & (res.ess <= 300 + 1e-9)).all()
-    est = log_likelihood(vae.model, vae.guide, x, 300)
+    est = log_likelihood(vae.model, vae.guide, x, num_samples=300)
     assert est.dtype == torch.float64 and not est.requires_grad
     d = est.numpy() - res.log_px
     assert np.abs(d).max() < 5.0
@@ -234,19 +237,21 @@ def test_bad_inputs_raise_clear_errors(problem):
     vae = make_vae(W, b, sigma)
     for K in (0, -3, 2.5, True):
         with pytest.raises(ConfigError, match="num_samples"):
-            log_likelihood(vae.model, vae.guide, x, K)
+            log_likelihood(vae.model, vae.guide, x, num_samples=K)
     with pytest.raises(ConfigError, match="chunk_size"):
-        log_likelihood(vae.model, vae.guide, x, 10, 0)
+        log_likelihood(vae.model, vae.guide, x, num_samples=10, chunk_size=0)
     with pytest.raises(ConfigError, match="batch_size"):
-        evaluate(vae.model, vae.guide, x, 10, batch_size=0, progress=False)
+        evaluate(vae.model, vae.guide, x, num_samples=10, batch_size=0, progress=False)
     with pytest.raises(DataError, match="torch.Tensor"):
-        log_likelihood(vae.model, vae.guide, x.tolist(), 10)
+        log_likelihood(vae.model, vae.guide, x.tolist(), num_samples=10)
     with pytest.raises(DataError, match="leading dim"):
-        log_likelihood(vae.model, vae.guide, torch.tensor(1.0, dtype=torch.float64), 10)
+        log_likelihood(vae.model, vae.guide, torch.tensor(1.0, dtype=torch.float64),
+                       num_samples=10)
     with pytest.raises(DataError, match="shape"):
-        log_likelihood(vae.model, vae.guide, x[:8].T, 10)
+        log_likelihood(vae.model, vae.guide, x[:8].T, num_samples=10)
     with pytest.raises(DataError, match="leading dim"):
-        log_likelihood(lambda x: vae.model(x.T), lambda x: vae.guide(x.T), x[:8].T, 10)
+        log_likelihood(lambda x: vae.model(x.T), lambda x: vae.guide(x.T), x[:8].T,
+                       num_samples=10)
 
 
 def test_guide_without_the_models_latent_is_refused():
@@ -274,11 +279,11 @@ def test_guide_without_the_models_latent_is_refused():
     x = torch.randn(5)
     with pytest.raises(ConfigError,
                        match=r"\['z'\] are not sampled by the guide.*\['w'\] are not in the model"):
-        log_likelihood(model, guide_w, x, 10)
+        log_likelihood(model, guide_w, x, num_samples=10)
     with pytest.raises(ConfigError, match="no latent site in the 'data' plate"):
-        log_likelihood(no_latent, lambda x: None, x, 10)
+        log_likelihood(no_latent, lambda x: None, x, num_samples=10)
     with pytest.raises(ConfigError, match="'mu' is outside"):
-        log_likelihood(global_latent, global_guide, x, 10)
+        log_likelihood(global_latent, global_guide, x, num_samples=10)
     assert issubclass(ConfigError, PvaeError)
 
 
@@ -310,7 +315,7 @@ def test_cli_evaluate_writes_metrics_and_figure(tmp_path, monkeypatch, capsys):
     loaded, _ = checkpoint.load_vae(tmp_path / "checkpoint.pt")
     pyro.set_rng_seed(0)
     direct = evaluate(loaded.model, loaded.guide, fake_load_mnist("", True, test_subset=12).test_x,
-                      50, 120, progress=False)
+                      num_samples=50, chunk_size=120, progress=False)
     assert metrics["test_log_px"] == pytest.approx(direct.log_px_mean, abs=1e-9)
     assert metrics["test_elbo"] < metrics["test_log_px"] <= 0
     assert "test log p(x), K=50" in capsys.readouterr().out

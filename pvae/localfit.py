@@ -1,0 +1,175 @@
+"""Per-example Gaussian fits q(z_n) = N(m_n, diag s_n²) by stochastic gradient ascent on the ELBO.
+
+The machinery below both the amortization-gap report (:mod:`pvae.amortization`) and the
+semi-amortized guide (:class:`pvae.guides.SemiAmortizedGuide`) use: :func:`optimise_local`
+maximises Σ_n L_n(m_n, s_n), L_n = E_q[log p(x_n, z) − log q(z)], from any function that
+returns differentiable log-weights; :func:`refine_moments` does it for a prior and a
+likelihood module. :func:`local_guide` is the fitted q as a Pyro guide, and
+:func:`mixture_guide` the defensive mixture ½ q(z|x) + ½ q_n(z) with an amortized guide.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+import torch.nn.functional as F
+from pyro.distributions import TorchDistribution, constraints
+from pyro.poutine.util import is_validation_enabled
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, DivergenceError
+from .nets import inv_softplus
+from .weights import DATA_PLATE, check_count
+
+MIN_SCALE = 1e-5
+LogWeights = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+"""``(loc, scale, S) -> (S, B)`` differentiable log-weights log p(x_n, z) − log q(z), z ~ q."""
+
+
+def check_budget(**values: int | None) -> None:
+    """ConfigError unless every value is None or an integer >= 1 (step and sample counts)."""
+    for name, value in values.items():
+        check_count(name, value, allow_none=True)
+
+
+def local_guide(loc: torch.Tensor, scale: torch.Tensor) -> Callable:
+    """A guide function ``guide(x, idx=None)``: z_n ~ N(loc_n, diag scale_n²) in the data plate.
+
+    ``idx`` selects rows of ``loc``/``scale`` when the examples are a subset.
+    """
+
+    def guide(x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        m, s = (loc, scale) if idx is None else (loc[idx], scale[idx])
+        with pyro.plate(DATA_PLATE, x.shape[0]):
+            return pyro.sample("z", dist.Normal(m, s).to_event(1))
+
+    return guide
+
+
+def optimise_local(log_weight_fn: LogWeights, loc0: torch.Tensor, scale0: torch.Tensor, *,
+                   num_particles: int = 16, lr: float = 1e-2, max_steps: int = 5000,
+                   patience: int | None = 5, window: int = 50, progress: bool = False,
+                   desc: str = "local fit") -> tuple[torch.Tensor, torch.Tensor, int, bool, list]:
+    """Maximise Σ_n L_n(m_n, s_n) over per-example (m_n, s = softplus(ρ_n) + 1e-5) with Adam.
+
+    ``log_weight_fn(loc, scale, S)`` returns ``(S, B)`` differentiable log weights. One
+    optimizer holds all examples; their parameters are independent, so each gets exactly
+    its own ELBO's gradient. Only the local parameters receive gradients
+    (``torch.autograd.grad``): nothing else's ``.grad`` is touched. Stopping rule (Cremer et
+    al.): average the batch-mean ELBO over ``window`` steps; stop when ``patience``
+    consecutive windows bring no improvement over the best, or after ``max_steps``;
+    ``patience=None`` runs exactly ``max_steps`` steps and returns the last iterate; with
+    the patience rule the result is the average of the last full window's iterates, which
+    removes most of Adam's step noise around the optimum. Pyro's validation checks run on
+    the first step only. Returns
+    ``(loc, scale, steps, converged, window_means)``, detached.
+    """
+    check_budget(max_steps=max_steps, patience=patience, window=window,
+                 num_particles=num_particles)
+    if not lr > 0:
+        raise ConfigError(f"lr must be > 0, got {lr}")
+    loc = loc0.detach().clone().requires_grad_(True)
+    raw = inv_softplus((scale0.detach() - MIN_SCALE).clamp_min(1e-4)).requires_grad_(True)
+    opt = torch.optim.Adam([loc, raw], lr=lr)
+    best, bad, acc, history, converged, step = -math.inf, 0, 0.0, [], False, 0
+    validate = is_validation_enabled()
+    sum_loc, sum_raw, avg_loc, avg_raw = 0.0, 0.0, None, None
+    with torch.enable_grad(), tqdm(total=max_steps, desc=desc, disable=not progress,
+                                   leave=False) as bar:
+        for step in range(1, max_steps + 1):
+            with pyro.validation_enabled(validate and step == 1):
+                elbo = log_weight_fn(loc, F.softplus(raw) + MIN_SCALE, num_particles).mean(0)
+            mean_elbo = float(elbo.detach().mean())
+            if not math.isfinite(mean_elbo):
+                raise DivergenceError(f"the local ELBO became {mean_elbo} at step {step}; "
+                                      f"lower lr (now {lr})")
+            loc.grad, raw.grad = torch.autograd.grad(-elbo.sum(), [loc, raw])
+            opt.step()
+            bar.update(1)
+            acc += mean_elbo
+            sum_loc, sum_raw = sum_loc + loc.detach(), sum_raw + raw.detach()
+            if step % window == 0:
+                history.append(acc / window)
+                avg_loc, avg_raw = sum_loc / window, sum_raw / window
+                acc, sum_loc, sum_raw = 0.0, 0.0, 0.0
+                bar.set_postfix(elbo=f"{history[-1]:.3f}")
+                if history[-1] > best:
+                    best, bad = history[-1], 0
+                elif patience is not None:
+                    bad += 1
+                    if bad >= patience:
+                        converged = True
+                        break
+    if patience is not None and avg_loc is not None:
+        loc, raw = avg_loc, avg_raw
+    return loc.detach(), (F.softplus(raw) + MIN_SCALE).detach(), step, converged, history
+
+
+def refine_moments(prior, likelihood, x: torch.Tensor, loc0: torch.Tensor,
+                   scale0: torch.Tensor, steps: int, lr: float, num_particles: int = 1):
+    """``steps`` Adam steps on L_n = E_q[log p(z) + log p(x_n|z) − log q(z)] from (loc0, scale0).
+
+    For use inside a guide: it calls the prior and likelihood modules directly (no Pyro
+    sample sites, and their parameters are hidden from enclosing handlers by
+    ``poutine.block``); only the local (loc, scale) get gradients. Returns them detached.
+    """
+
+    def lw(loc, scale, s):
+        q = dist.Normal(loc, scale).to_event(1)
+        z = q.rsample((s,))
+        return prior().log_prob(z) + likelihood(z).log_prob(x) - q.log_prob(z)
+
+    with poutine.block():
+        loc, scale, *_ = optimise_local(lw, loc0, scale0, num_particles=num_particles, lr=lr,
+                                        max_steps=steps, patience=None, window=steps)
+    return loc, scale
+
+
+class _HalfHalf(TorchDistribution):
+    """The mixture ½a + ½b of two distributions with the same shapes, as an IS proposal.
+
+    Draws are stratified: with a batch of two or more dims (particles at dim −2, examples
+    at −1) they alternate a, b along the particle dim, so k draws hold ⌈k/2⌉ from a and
+    ⌊k/2⌋ from b (deterministic-mixture importance sampling: unbiased for even k, and free
+    of the binomial noise in how many draws come from each). Otherwise each draw picks a
+    or b at random.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = False
+
+    def __init__(self, a: dist.Distribution, b: dist.Distribution):
+        self.a, self.b = a, b
+        super().__init__(a.batch_shape, a.event_shape, validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        return _HalfHalf(self.a.expand(batch_shape), self.b.expand(batch_shape))
+
+    def sample(self, sample_shape=torch.Size()):
+        za, zb = self.a.sample(sample_shape), self.b.sample(sample_shape)
+        shape = za.shape[: za.dim() - len(self.event_shape)]
+        if len(self.batch_shape) >= 2:
+            k = shape[-2]
+            pick = (torch.arange(k, device=za.device) % 2 == 0).unsqueeze(-1).expand(shape)
+        else:
+            pick = torch.rand(shape, device=za.device) < 0.5
+        return torch.where(pick.reshape(pick.shape + (1,) * len(self.event_shape)), za, zb)
+
+    def log_prob(self, value):
+        return torch.logaddexp(self.a.log_prob(value), self.b.log_prob(value)) - math.log(2.0)
+
+
+def mixture_guide(q, loc: torch.Tensor, scale: torch.Tensor) -> Callable:
+    """guide(x, idx): z_n ~ ½ q(z|x_n) + ½ N(loc_n, diag scale_n²) in the data plate."""
+
+    def guide(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        local = dist.Normal(loc[idx], scale[idx]).to_event(1)
+        with pyro.plate(DATA_PLATE, x.shape[0]):
+            return pyro.sample("z", _HalfHalf(q(x), local))
+
+    return guide
