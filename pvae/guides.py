@@ -23,10 +23,11 @@ MIN_SCALE = 1e-5
 class NormalEncoder(nn.Module):
     """q_φ(z|x) = N(μ_φ(x), diag σ_φ(x)²), with σ = softplus(·) + 1e-5 from one MLP."""
 
-    needs_index = False
+    amortized = True
+    uses_model = False
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
-                 activation: str = "tanh", **_: object):
+                 activation: str = "tanh"):
         super().__init__()
         self.z_dim = int(z_dim)
         self.net = Split(mlp(x_dim, hidden_dims, 2 * z_dim, activation), 2)
@@ -50,7 +51,7 @@ class ConvNormalEncoder(NormalEncoder):
     """
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
-                 activation: str = "tanh", conv_channels: int = 32, **_: object):
+                 activation: str = "tanh", *, conv_channels: int = 32):
         nn.Module.__init__(self)
         self.z_dim = int(z_dim)
         body = ConvEncoder(x_dim, hidden_dims, 2 * self.z_dim, activation, conv_channels)
@@ -65,10 +66,11 @@ class LowRankEncoder(nn.Module):
     d = (softplus(·) + 1e-5)². One MLP outputs μ, d and F.
     """
 
-    needs_index = False
+    amortized = True
+    uses_model = False
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
-                 activation: str = "tanh", rank: int = 2, **_: object):
+                 activation: str = "tanh", *, rank: int = 2):
         super().__init__()
         if int(rank) < 1:
             raise ConfigError(f"rank must be >= 1, got {rank}")
@@ -98,10 +100,12 @@ class IAFEncoder(nn.Module):
     K pseudo-inputs) inverts the flow once for all K components.
     """
 
-    needs_index = False
+    amortized = True
+    uses_model = False
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
-                 activation: str = "tanh", flow_steps: int = 2, flow_hidden=None, **_: object):
+                 activation: str = "tanh", *, flow_steps: int = 2,
+                 flow_hidden: tuple[int, ...] = ()):
         super().__init__()
         self.z_dim = int(z_dim)
         self.base = NormalEncoder(z_dim=z_dim, x_dim=x_dim, hidden_dims=hidden_dims,
@@ -123,10 +127,10 @@ class LocalGuide(nn.Module):
     comparing with amortized inference (:mod:`pvae.amortization`).
     """
 
-    needs_index = True
+    amortized = False
+    uses_model = False
 
-    def __init__(self, z_dim: int, num_data: int | None = None, init_scale: float = 1.0,
-                 **_: object):
+    def __init__(self, z_dim: int, num_data: int | None = None, *, init_scale: float = 1.0):
         super().__init__()
         if num_data is None or int(num_data) < 1:
             raise ConfigError(f"the local guide owns one q(z_n) per datapoint and needs the data "
@@ -161,11 +165,12 @@ class SemiAmortizedGuide(nn.Module):
     them with :meth:`bind`. ``refine_steps=0`` is the plain Normal encoder.
     """
 
-    needs_index = False
+    amortized = True
+    uses_model = True
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
-                 activation: str = "tanh", refine_steps: int = 5, refine_lr: float = 0.05,
-                 refine_particles: int = 1, **_: object):
+                 activation: str = "tanh", *, refine_steps: int = 5, refine_lr: float = 0.05,
+                 refine_particles: int = 1):
         super().__init__()
         if int(refine_steps) < 0 or int(refine_particles) < 1 or not float(refine_lr) > 0:
             raise ConfigError(f"refine_steps must be >= 0, refine_particles >= 1 and refine_lr "

@@ -51,8 +51,7 @@ class _Decoded(nn.Module):
     is ``"mlp"`` or ``"conv"``); the likelihoods below say what distribution f(z) sets."""
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
-                 activation: str = "tanh", decoder: str = "mlp", conv_channels: int = 32,
-                 **_: object):
+                 activation: str = "tanh", *, decoder: str = "mlp", conv_channels: int = 32):
         super().__init__()
         self.x_dim = int(x_dim)
         self.decoder = make_decoder(z_dim, x_dim, hidden_dims, activation, decoder, conv_channels)
@@ -155,13 +154,15 @@ class Normal(_Decoded):
     data_kind = "continuous"
     MIN_SCALE = 1e-3
 
-    def __init__(self, z_dim: int, x_dim: int, likelihood_scale: float = 0.1,
-                 learn_scale: bool = False, **options: object):
+    def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
+                 activation: str = "tanh", *, decoder: str = "mlp", conv_channels: int = 32,
+                 likelihood_scale: float = 0.1, learn_scale: bool = False):
         scale = float(likelihood_scale)
         if not scale > self.MIN_SCALE or not math.isfinite(scale):
             raise ConfigError(f"likelihood_scale must be a finite number > {self.MIN_SCALE}, "
                               f"got {likelihood_scale}")
-        super().__init__(z_dim, x_dim, **options)
+        super().__init__(z_dim, x_dim, hidden_dims, activation, decoder=decoder,
+                         conv_channels=conv_channels)
         self.learn_scale = bool(learn_scale)
         raw = torch.tensor(math.log(scale - self.MIN_SCALE))
         if self.learn_scale:

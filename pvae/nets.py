@@ -54,7 +54,7 @@ def autoregressive_flow(dim: int, steps: int,
                         hidden_dims: Sequence[int] | None = None) -> nn.ModuleList:
     """``steps`` Pyro ``AffineAutoregressive`` maps y = μ(x) + exp(s(x))·x on ``dim`` variables.
 
-    Each step's MADE network has hidden widths ``hidden_dims`` (default ``[3·dim + 1]``;
+    Each step's MADE network has hidden widths ``hidden_dims`` (None or empty: ``[3·dim + 1]``;
     every width must be ≥ dim). Variable orders alternate between the identity and its
     reverse, so consecutive steps condition in opposite directions; the orders are fixed,
     not random, so two builds with the same seed are identical. The maps are returned as
@@ -66,7 +66,7 @@ def autoregressive_flow(dim: int, steps: int,
     dim, steps = int(dim), int(steps)
     if steps < 1:
         raise ConfigError(f"a flow needs at least one step, got flow_steps={steps}")
-    hidden = [3 * dim + 1] if hidden_dims is None else [int(h) for h in hidden_dims]
+    hidden = [int(h) for h in hidden_dims] if hidden_dims else [3 * dim + 1]
     if any(h < dim for h in hidden):
         raise ConfigError(f"flow hidden widths must be >= the latent size {dim}, got {hidden}")
     order = torch.arange(dim)

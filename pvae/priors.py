@@ -57,7 +57,7 @@ class StandardNormal(nn.Module):
     not re-allocated on every call.
     """
 
-    def __init__(self, z_dim: int, **_: object):
+    def __init__(self, z_dim: int):
         super().__init__()
         self.z_dim = int(z_dim)
         self.register_buffer("loc", torch.zeros(self.z_dim))
@@ -75,7 +75,7 @@ class LearnedNormal(nn.Module):
     mostly buys a different parameterisation; it is the simplest learned prior.
     """
 
-    def __init__(self, z_dim: int, **_: object):
+    def __init__(self, z_dim: int):
         super().__init__()
         self.z_dim = int(z_dim)
         self.loc = nn.Parameter(torch.zeros(self.z_dim))
@@ -92,7 +92,7 @@ class MixturePrior(nn.Module):
     start apart, σ_k = softplus(ρ_k) + 1e-5 (init 1). Option ``num_components`` (K, default 10).
     """
 
-    def __init__(self, z_dim: int, num_components: int = 10, **_: object):
+    def __init__(self, z_dim: int, *, num_components: int = 10):
         super().__init__()
         k = int(num_components)
         if k < 1:
@@ -123,17 +123,17 @@ class VampPrior(nn.Module):
     mixture's gradient reaches both the pseudo-inputs and the encoder.
     """
 
-    def __init__(self, z_dim: int, x_dim: int, guide: nn.Module | None = None,
-                 num_pseudo_inputs: int = 500, bounded_pseudo_inputs: bool = True, **_: object):
+    def __init__(self, z_dim: int, x_dim: int, guide: nn.Module | None = None, *,
+                 num_pseudo_inputs: int = 500, bounded_pseudo_inputs: bool = True):
         super().__init__()
         if guide is None:
             raise ConfigError("the VampPrior needs the encoder: build it with "
                               "build_vae(prior='vamp', ...) or pass guide=<the guide module>")
-        if getattr(guide, "needs_index", False):
+        if not guide.amortized:
             raise ConfigError("the VampPrior needs an amortized guide q(z|x) to evaluate at its "
                               "pseudo-inputs; a per-datapoint guide has none: pick another "
                               "prior or guide")
-        if callable(getattr(guide, "bind", None)):
+        if guide.uses_model:
             raise ConfigError(f"the VampPrior evaluates the guide at its pseudo-inputs, and "
                               f"{type(guide).__name__} itself uses the prior (it is bound to the "
                               "model), which would recurse: use an encoder guide (mlp, conv, "
@@ -175,10 +175,11 @@ class FlowPrior(nn.Module):
     u = f_S(⋯ f_1(z)) ~ N(0, I) for a stack of ``flow_steps`` (default 2) MADE-based affine
     maps f_s, so log p(z) = log N(u; 0, I) + Σ_s log-det-Jacobian(f_s) costs one
     network pass per step (the density is what training evaluates); drawing samples
-    inverts the maps one variable at a time. Option ``flow_hidden`` sets the MADE widths.
+    inverts the maps one variable at a time. Option ``flow_hidden`` sets the MADE widths
+    (empty: one layer of 3·z_dim + 1).
     """
 
-    def __init__(self, z_dim: int, flow_steps: int = 2, flow_hidden=None, **_: object):
+    def __init__(self, z_dim: int, *, flow_steps: int = 2, flow_hidden: tuple[int, ...] = ()):
         super().__init__()
         self.z_dim = int(z_dim)
         self.register_buffer("loc", torch.zeros(self.z_dim))

@@ -2,12 +2,18 @@
 
 This is the only module that calls ``pyro.sample`` for the sites ``"z"`` and ``"x"``.
 The prior, likelihood and guide are modules chosen by name from the registries in
-:mod:`pvae.priors`, :mod:`pvae.likelihoods` and :mod:`pvae.guides`.
+:mod:`pvae.priors`, :mod:`pvae.likelihoods` and :mod:`pvae.guides`; :class:`VAEConfig`
+records those names, the sizes and every option, and is all a checkpoint needs to
+rebuild the VAE.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping, Sequence
 
 import pyro
 import pyro.poutine as poutine
@@ -18,7 +24,11 @@ from torch import nn
 from .errors import ConfigError, DataError
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
+from .nets import ACTIVATIONS
+from .parts import Guide, Likelihood, Prior, shared_arguments, split_options, whole_number
 from .priors import PRIORS
+
+REGISTRIES = {"prior": PRIORS, "guide": GUIDES, "likelihood": LIKELIHOODS}
 
 
 def beta_handler(beta: float):
@@ -28,9 +38,7 @@ def beta_handler(beta: float):
     ``poutine.mask(mask=False)`` (``poutine.scale`` refuses a zero scale), which removes
     the site's log-density from the objective while keeping its sample.
     """
-    beta = float(beta)
-    if not beta >= 0 or beta != beta or beta == float("inf"):
-        raise ConfigError(f"beta must be a finite number >= 0, got {beta}")
+    beta = check_beta(beta)
     if beta == 1.0:
         return contextlib.nullcontext()
     if beta == 0.0:
@@ -38,12 +46,118 @@ def beta_handler(beta: float):
     return poutine.scale(scale=beta)
 
 
+def check_beta(beta: Any) -> float:
+    """β as a float; ConfigError unless it is a finite number >= 0."""
+    try:
+        value = float(beta)
+    except (TypeError, ValueError):
+        raise ConfigError(f"beta must be a finite number >= 0, got {beta!r}") from None
+    if isinstance(beta, bool) or not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"beta must be a finite number >= 0, got {beta!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Everything that determines a VAE's architecture: registry names, sizes and options.
+
+    Frozen and validated on creation: unknown registry names, sizes that are not positive
+    whole numbers, and options that none of the chosen parts declares
+    (:func:`pvae.parts.split_options`) are ConfigErrors. ``options`` is stored read-only,
+    each value coerced to its declared type. β is not here: it weights the objective, not
+    the architecture, and lives on the VAE (:attr:`VAE.beta`).
+    """
+
+    prior: str = "standard"
+    guide: str = "mlp"
+    likelihood: str = "bernoulli"
+    z_dim: int = 50
+    hidden_dims: tuple[int, ...] = (200, 200)
+    x_dim: int = 784
+    activation: str = "tanh"
+    num_data: int | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for role, registry in REGISTRIES.items():
+            name = getattr(self, role)
+            if not isinstance(name, str) or name not in registry:
+                raise ConfigError(f"unknown {role} {name!r}; choose one of: "
+                                  f"{', '.join(sorted(registry))}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"unknown activation {self.activation!r}; choose one of: "
+                              f"{', '.join(sorted(ACTIVATIONS))}")
+        hidden = self.hidden_dims
+        hidden = hidden.split() if isinstance(hidden, str) else (
+            [hidden] if isinstance(hidden, (int, float)) else hidden)
+        sizes = {"z_dim": self.z_dim, "x_dim": self.x_dim}
+        if self.num_data is not None:
+            sizes["num_data"] = self.num_data
+        fixed = {k: whole_number(k, v) for k, v in sizes.items()}
+        fixed["hidden_dims"] = tuple(whole_number("hidden_dims", h) for h in hidden)
+        for name, value in fixed.items():
+            if min(value if isinstance(value, tuple) else (value,), default=0) < 1:
+                what = "one or more positive whole numbers" if name == "hidden_dims" else \
+                    "a positive whole number"
+                raise ConfigError(f"{name} must be {what}, got {getattr(self, name)!r}")
+        if not isinstance(self.options, Mapping):
+            raise ConfigError(f"options must be a mapping of option names to values, got "
+                              f"{type(self.options).__name__}")
+        routed = split_options(self.parts(), self.options)
+        merged = {k: v for opts in routed.values() for k, v in opts.items()}
+        for name, value in {**fixed, "options": MappingProxyType(dict(sorted(merged.items())))}.items():
+            object.__setattr__(self, name, value)
+
+    def parts(self) -> dict[str, tuple[str, type]]:
+        """``{role: (registry name, class)}`` for the prior, guide and likelihood."""
+        return {role: (getattr(self, role), REGISTRIES[role][getattr(self, role)])
+                for role in REGISTRIES}
+
+    def part_options(self) -> dict[str, dict[str, Any]]:
+        """The options each part's constructor receives, by role."""
+        return split_options(self.parts(), self.options)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict of str/int/float/bool/list values (JSON and checkpoint safe)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["hidden_dims"] = list(self.hidden_dims)
+        out["options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.options.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "VAEConfig":
+        """The inverse of :meth:`to_dict`; ConfigError for a key that is not a field."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown VAE configuration keys {unknown}; valid: {sorted(names)}")
+        values = dict(values)
+        if "hidden_dims" in values and isinstance(values["hidden_dims"], list):
+            values["hidden_dims"] = tuple(values["hidden_dims"])
+        return cls(**values)
+
+    def build(self) -> tuple[nn.Module, nn.Module, nn.Module]:
+        """New ``(prior, likelihood, guide)`` modules; the guide is handed to the prior."""
+        shared = {"z_dim": self.z_dim, "x_dim": self.x_dim, "hidden_dims": self.hidden_dims,
+                  "activation": self.activation, "num_data": self.num_data}
+        options = self.part_options()
+        made: dict[str, nn.Module] = {}
+        for role in ("guide", "prior", "likelihood"):
+            cls = REGISTRIES[role][getattr(self, role)]
+            args = {k: v for k, v in shared.items() if k in shared_arguments(cls)}
+            if "guide" in shared_arguments(cls):
+                args["guide"] = made["guide"]
+            made[role] = cls(**args, **options[role])
+        return made["prior"], made["likelihood"], made["guide"]
+
+
 class VAE(PyroModule):
     """A VAE with prior p(z), likelihood p(x|z) and guide q(z|x).
 
     The model is ``z ~ p(z)``, ``x ~ p(x|z)`` for every example in the ``"data"`` plate;
-    the guide is ``z ~ q(z|x)``. With ``beta`` ≠ 1 the ``"z"`` site is scaled in both the
-    model and the guide, so ``Trace_ELBO`` minimises E_q[-log p(x|z)] + β·KL(q(z|x) || p(z)).
+    the guide is ``z ~ q(z|x)``. The ``"z"`` site is scaled by β (:attr:`beta`, times the
+    warm-up fraction inside :meth:`warmup`) in both the model and the guide, so
+    ``Trace_ELBO`` minimises E_q[-log p(x|z)] + β·KL(q(z|x) || p(z)).
 
     The prior, likelihood and guide stay plain ``torch.nn`` modules. ``model`` issues one
     ``pyro.param`` statement per parameter of the prior and the likelihood, ``guide`` one per
@@ -53,17 +167,31 @@ class VAE(PyroModule):
     ``vae.parameters()`` with one torch optimizer and skips those messages (two per weight
     and bias of every layer, each through the whole handler stack, at every step).
 
+    Build one with :func:`build_vae` (or :meth:`from_config`): it then carries its
+    :class:`VAEConfig` as :attr:`config`, which checkpoints store. A VAE assembled from
+    modules of one's own has ``config=None``; its checkpoints hold weights that
+    :func:`pvae.checkpoint.load` puts back into a VAE built the same way.
+
     Args:
-        prior, likelihood, guide: modules (see the registries).
+        prior, likelihood, guide: modules with the interfaces of :mod:`pvae.parts`.
         x_dim: the size of one flattened example; ``"x"`` has event shape ``(x_dim,)``.
         num_data: the dataset size N. Needed by guides that own per-example parameters:
             the plate then has size N and each batch's indices as ``subsample``, so the
             ELBO of a batch of B is scaled by N/B.
+        beta: β, the weight of the KL term.
+        config: the configuration the modules were built from, if any.
     """
 
     def __init__(self, prior: nn.Module, likelihood: nn.Module, guide: nn.Module, x_dim: int,
-                 num_data: int | None = None, beta: float = 1.0):
+                 num_data: int | None = None, beta: float = 1.0, config: VAEConfig | None = None):
         super().__init__()
+        for role, part, protocol in (("prior", prior, Prior), ("likelihood", likelihood, Likelihood),
+                                     ("guide", guide, Guide)):
+            if not isinstance(part, protocol):
+                missing = [n for n in protocol.__protocol_attrs__ if not hasattr(part, n)] \
+                    if hasattr(protocol, "__protocol_attrs__") else []
+                raise ConfigError(f"the {role} {type(part).__name__} lacks the {role} interface "
+                                  f"{missing or ''} (see pvae.parts.{protocol.__name__})")
         self.x_dim = int(x_dim)
         self.z_dim = int(prior.z_dim)
         self.num_data = num_data
@@ -71,24 +199,55 @@ class VAE(PyroModule):
         self.likelihood = likelihood
         self.q = guide
         self._direct = 0
-        if callable(getattr(self.q, "bind", None)):
+        self._warmup = 1.0
+        object.__setattr__(self, "config", config)
+        if guide.uses_model:
             self.q.bind(self.prior, self.likelihood)
         self.beta = beta
 
+    @classmethod
+    def from_config(cls, config: VAEConfig, beta: float = 1.0) -> "VAE":
+        """A new VAE (fresh weights from the global torch RNG) with ``config``'s architecture."""
+        prior, likelihood, guide = config.build()
+        return cls(prior, likelihood, guide, x_dim=config.x_dim, num_data=config.num_data,
+                   beta=beta, config=config)
+
     @property
     def beta(self) -> float:
-        """β, the weight of the KL term; setting it validates it."""
+        """β, the weight of the KL term; its one home. Setting it validates it."""
         return self._beta
 
     @beta.setter
     def beta(self, value: float) -> None:
-        beta_handler(value)
-        self._beta = float(value)
+        self._beta = check_beta(value)
 
     @property
-    def needs_index(self) -> bool:
-        """True when the guide owns per-example parameters and needs dataset indices."""
-        return bool(getattr(self.q, "needs_index", False))
+    def kl_weight(self) -> float:
+        """The scale on the ``"z"`` site now: β times the warm-up fraction (1 outside warm-up)."""
+        return self._beta * self._warmup
+
+    @contextlib.contextmanager
+    def warmup(self, fraction: float):
+        """Within this context the ``"z"`` site is scaled by ``fraction``·β (0 <= fraction <= 1)."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ConfigError(f"a warm-up fraction must lie in [0, 1], got {fraction}")
+        previous, self._warmup = self._warmup, float(fraction)
+        try:
+            yield self
+        finally:
+            self._warmup = previous
+
+    @property
+    def amortized(self) -> bool:
+        """False when the guide owns per-example parameters and needs dataset indices."""
+        return bool(self.q.amortized)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the VAE's parameters and buffers (CPU when it has none)."""
+        for t in (*self.parameters(), *self.buffers()):
+            return t.device
+        return torch.device("cpu")
 
     @contextlib.contextmanager
     def direct_params(self):
@@ -121,7 +280,7 @@ class VAE(PyroModule):
 
     def _plate(self, x: torch.Tensor, idx: torch.Tensor | None):
         if idx is None:
-            if self.needs_index:
+            if not self.amortized:
                 raise DataError("this guide owns per-example parameters: pass the dataset "
                                 "indices of the batch as idx")
             return pyro.plate("data", x.shape[0])
@@ -133,7 +292,7 @@ class VAE(PyroModule):
             self._param_statements("prior", "likelihood")
         pz = self.prior()
         with self._plate(x, idx):
-            with beta_handler(self._beta):
+            with beta_handler(self.kl_weight):
                 z = pyro.sample("z", pz)
             pyro.sample("x", self.likelihood(z), obs=x)
         return z
@@ -143,7 +302,7 @@ class VAE(PyroModule):
         if not self._direct:
             self._param_statements("q")
         with self._plate(x, idx):
-            with beta_handler(self._beta):
+            with beta_handler(self.kl_weight):
                 return pyro.sample("z", self.q(x, idx))
 
     def check_data(self, x: torch.Tensor, probabilities: bool = False) -> None:
@@ -183,27 +342,19 @@ class VAE(PyroModule):
         return self.likelihood.mean(self.prior().sample((n,)))
 
 
-def _pick(registry: dict, kind: str, name: str):
-    if name not in registry:
-        raise ConfigError(f"unknown {kind} {name!r}; choose one of: {', '.join(sorted(registry))}")
-    return registry[name]
-
-
 def build_vae(prior: str = "standard", guide: str = "mlp", likelihood: str = "bernoulli",
               z_dim: int = 50, hidden_dims: Sequence[int] = (200, 200), x_dim: int = 784,
               activation: str = "tanh", num_data: int | None = None, beta: float = 1.0,
-              **options: object) -> VAE:
+              **options: Any) -> VAE:
     """Build a :class:`VAE` from registry names; the default is the IWAE paper's 1-layer VAE.
 
-    ``options`` reach every part's constructor (each takes what it knows: e.g. the number
-    of mixture components or flow steps). The guide is built first and handed to the prior
-    as ``guide=``, for priors that share the encoder (the VampPrior).
+    The arguments become the VAE's frozen :class:`VAEConfig` (``vae.config``). ``options``
+    go to the parts that declare them (e.g. ``num_components`` of the ``mog`` prior, or
+    ``conv_channels`` of both a ``conv`` guide and a ``conv`` decoder); one that no chosen
+    part declares is a ConfigError naming it and the valid ones. ``beta`` sets
+    :attr:`VAE.beta`, which training uses as it is.
     """
-    if int(z_dim) < 1:
-        raise ConfigError(f"z_dim must be >= 1, got {z_dim}")
-    common = dict(z_dim=int(z_dim), x_dim=int(x_dim), hidden_dims=tuple(hidden_dims),
-                  activation=activation, num_data=num_data, **options)
-    q = _pick(GUIDES, "guide", guide)(**common)
-    p = _pick(PRIORS, "prior", prior)(guide=q, **common)
-    lik = _pick(LIKELIHOODS, "likelihood", likelihood)(**common)
-    return VAE(p, lik, q, x_dim=x_dim, num_data=num_data, beta=beta)
+    config = VAEConfig(prior=prior, guide=guide, likelihood=likelihood, z_dim=z_dim,
+                       hidden_dims=hidden_dims, x_dim=x_dim, activation=activation,
+                       num_data=num_data, options=options)
+    return VAE.from_config(config, beta=check_beta(beta))

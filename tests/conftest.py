@@ -37,3 +37,11 @@ def mnist_dir():
     from pvae.data import ensure_mnist
 
     return ensure_mnist(REPO / "data")
+
+
+def make_part(cls, **kwargs):
+    """``cls(...)`` with those of ``kwargs`` its constructor takes (shared sizes and options)."""
+    import inspect
+
+    params = inspect.signature(cls).parameters
+    return cls(**{k: v for k, v in kwargs.items() if k in params})

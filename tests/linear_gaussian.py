@@ -17,6 +17,8 @@ from pvae.vae import VAE
 class LinearGaussianLikelihood(nn.Module):
     """p(x|z) = N(Wz + b, σ²I) with fixed W, b, σ."""
 
+    data_kind = "continuous"
+
     def __init__(self, W: torch.Tensor, b: torch.Tensor, sigma: float):
         super().__init__()
         self.register_buffer("W", W)
@@ -51,7 +53,8 @@ def exact_log_px(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, sigma: float
 class ExactPosteriorGuide(nn.Module):
     """q(z|x) = p(z|x), the exact full-covariance posterior."""
 
-    needs_index = False
+    amortized = True
+    uses_model = False
 
     def __init__(self, W, b, sigma):
         super().__init__()
@@ -69,7 +72,8 @@ class ShiftedDiagonalGuide(nn.Module):
     """A deliberately worse guide: the posterior mean shifted by ``shift`` with the
     posterior's marginal standard deviations times ``widen``, diagonal."""
 
-    needs_index = False
+    amortized = True
+    uses_model = False
 
     def __init__(self, W, b, sigma, shift: float = 0.5, widen: float = 1.5):
         super().__init__()

@@ -1,6 +1,8 @@
 """Guides: shapes, reparameterized samples, and log q(z|x) against the density by hand."""
 import pytest
 import torch
+
+from conftest import make_part
 import torch.nn.functional as F
 
 from pvae.errors import ConfigError
@@ -8,11 +10,11 @@ from pvae.guides import GUIDES, ConvNormalEncoder, IAFEncoder, LowRankEncoder
 from pvae.nets import image_side
 
 AMORTIZED = [name for name, cls in GUIDES.items()
-             if not cls.needs_index and not callable(getattr(cls, "bind", None))]
+             if cls.amortized and not cls.uses_model]
 
 
 def _build(name, z_dim=3, x_dim=784):
-    return GUIDES[name](z_dim=z_dim, x_dim=x_dim, hidden_dims=(8,), activation="tanh",
+    return make_part(GUIDES[name], z_dim=z_dim, x_dim=x_dim, hidden_dims=(8,), activation="tanh",
                         num_data=None, conv_channels=2)
 
 

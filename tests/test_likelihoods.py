@@ -6,12 +6,14 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+from conftest import make_part
+
 from pvae.errors import ConfigError, DataError
 from pvae.likelihoods import LIKELIHOODS, Bernoulli, BernoulliImage, ContinuousBernoulli, Normal
 
 
 def _build(name, **options):
-    return LIKELIHOODS[name](z_dim=2, x_dim=784, hidden_dims=(8,), activation="tanh",
+    return make_part(LIKELIHOODS[name], z_dim=2, x_dim=784, hidden_dims=(8,), activation="tanh",
                              num_data=None, conv_channels=2, **options)
 
 

@@ -36,7 +36,7 @@ def test_needs_the_data_set_size():
 
 def test_registered_and_starts_at_the_prior():
     vae = build_vae(guide="local", num_data=N, z_dim=Z, x_dim=6, hidden_dims=(8,))
-    assert GUIDES["local"] is LocalGuide and vae.needs_index
+    assert GUIDES["local"] is LocalGuide and not vae.amortized
     q = vae.q(torch.zeros(3, 6), torch.tensor([0, 5, 11]))
     assert q.batch_shape == (3,) and q.event_shape == (Z,)
     assert torch.equal(q.mean, torch.zeros(3, Z))

@@ -6,6 +6,8 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+from conftest import make_part
+
 from pvae.errors import ConfigError
 from pvae.guides import NormalEncoder
 from pvae.priors import PRIORS, FlowPrior, LearnedNormal, MixturePrior, StandardNormal, VampPrior
@@ -13,7 +15,7 @@ from pvae.vae import build_vae
 
 
 def _build(name, z_dim=3, x_dim=6):
-    return PRIORS[name](z_dim=z_dim, x_dim=x_dim, hidden_dims=(8,), activation="tanh",
+    return make_part(PRIORS[name], z_dim=z_dim, x_dim=x_dim, hidden_dims=(8,), activation="tanh",
                         num_data=None, num_components=3, num_pseudo_inputs=4,
                         guide=NormalEncoder(z_dim=z_dim, x_dim=x_dim, hidden_dims=(8,)))
 

@@ -13,16 +13,18 @@ from pvae.errors import ConfigError
 from pvae.guides import GUIDES
 from pvae.likelihoods import LIKELIHOODS
 from pvae.priors import PRIORS
-from pvae.vae import build_vae
+from pvae.parts import options_taken
+from pvae.vae import VAEConfig, build_vae
 
 Z, N = 3, 4
-OPTIONS = dict(z_dim=Z, hidden_dims=(8,), x_dim=784, num_data=N, num_components=2,
-               num_pseudo_inputs=3, flow_steps=2, rank=2, conv_channels=2, refine_steps=1)
+SIZES = dict(z_dim=Z, hidden_dims=(8,), x_dim=784, num_data=N)
+OPTIONS = dict(num_components=2, num_pseudo_inputs=3, flow_steps=2, rank=2, conv_channels=2,
+               refine_steps=1)
 
 
 def _circular(prior, guide):
     cls = GUIDES[guide]
-    return prior == "vamp" and (cls.needs_index or callable(getattr(cls, "bind", None)))
+    return prior == "vamp" and (not cls.amortized or cls.uses_model)
 
 
 COMBOS = [c for c in itertools.product(sorted(PRIORS), sorted(GUIDES), sorted(LIKELIHOODS))
@@ -30,7 +32,9 @@ COMBOS = [c for c in itertools.product(sorted(PRIORS), sorted(GUIDES), sorted(LI
 
 
 def _build(prior, guide, likelihood):
-    return build_vae(prior=prior, guide=guide, likelihood=likelihood, **OPTIONS)
+    taken = options_taken(VAEConfig(prior=prior, guide=guide, likelihood=likelihood).parts())
+    return build_vae(prior=prior, guide=guide, likelihood=likelihood, **SIZES,
+                     **{k: v for k, v in OPTIONS.items() if k in taken})
 
 
 def _data(likelihood):
@@ -71,7 +75,7 @@ def test_combination_traces_steps_and_round_trips(prior, guide, likelihood):
 @pytest.mark.parametrize("guide", [g for g in sorted(GUIDES) if _circular("vamp", g)])
 def test_vamp_refuses_guides_it_cannot_mix(guide):
     with pytest.raises(ConfigError, match="VampPrior"):
-        build_vae(prior="vamp", guide=guide, **OPTIONS)
+        build_vae(prior="vamp", guide=guide, **SIZES, num_pseudo_inputs=3)
 
 
 @pytest.mark.parametrize("kind,registry", [("prior", PRIORS), ("guide", GUIDES),
@@ -107,9 +111,12 @@ def test_config_for_sends_unknown_keys_to_part_options(tmp_path):
     from pvae.experiment import ExperimentConfig
 
     base = ExperimentConfig(epochs=3, seed=4, options={"rank": 3})
-    cfg = config_for(base, {"prior": "mog", "num_components": 5, "z_dim": 8}, tmp_path / "a")
+    cfg = config_for(base, {"prior": "mog", "guide": "lowrank", "num_components": 5, "z_dim": 8},
+                     tmp_path / "a")
     assert (cfg.prior, cfg.z_dim, cfg.epochs, cfg.seed) == ("mog", 8, 3, 4)
     assert cfg.options == {"rank": 3, "num_components": 5} and cfg.out == str(tmp_path / "a")
+    other = config_for(base, {"prior": "mog"}, tmp_path / "b")
+    assert other.options == {}  # rank is the lowrank guide's: it does not reach an mlp guide
 
 
 def _fake_run(per_example):
@@ -186,3 +193,55 @@ def test_compare_keeps_going_past_a_diverged_run(tmp_path, monkeypatch):
     assert vamp.error.startswith("training diverged at epoch 2") and vamp.test_log_px is None
     assert flow.beats_baseline and flow.diff == pytest.approx(2.0)
     assert "failed: training diverged at epoch 2" in (tmp_path / "compare.md").read_text()
+
+
+def _prior(name, z_dim=2):
+    torch.manual_seed(3)
+    taken = options_taken(VAEConfig(prior=name).parts())
+    vae = build_vae(prior=name, z_dim=z_dim, hidden_dims=(8,),
+                    **{k: v for k, v in OPTIONS.items() if k in taken})
+    with torch.no_grad():  # move learned parameters off their symmetric starting values
+        for p in vae.prior.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return vae.prior
+
+
+@pytest.mark.parametrize("name", sorted(PRIORS))
+def test_every_prior_is_a_density_that_its_samples_follow(name):
+    pz = _prior(name)()
+    grid = torch.linspace(-9, 9, 361)
+    zz = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        density = pz.log_prob(zz).double().exp()
+    cell = float(grid[1] - grid[0]) ** 2
+    assert float(density.sum() * cell) == pytest.approx(1.0, abs=0.01)
+    grid_mean = (density[:, None] * zz.double()).sum(0) * cell
+    with torch.no_grad():
+        z = pz.sample((20000,))
+    se = z.double().std(0) / math.sqrt(z.shape[0])
+    assert torch.all((z.double().mean(0) - grid_mean).abs() < 5 * se + 1e-3), (z.mean(0), grid_mean)
+
+
+@pytest.mark.parametrize("name", sorted(PRIORS))
+def test_every_prior_expands_over_the_data_plate(name):
+    pz = _prior(name, z_dim=Z)()
+    z = torch.randn(5, Z)
+    with torch.no_grad():
+        expanded = pz.expand((5,))
+        assert expanded.batch_shape == (5,) and expanded.event_shape == (Z,)
+        assert torch.allclose(expanded.log_prob(z), pz.log_prob(z))
+
+
+@pytest.mark.parametrize("name", sorted(g for g in GUIDES if GUIDES[g].amortized))
+def test_every_amortized_guide_scores_its_own_samples_and_expands(name):
+    torch.manual_seed(0)
+    vae = _build("standard", name, "bernoulli")
+    x = _data("bernoulli")
+    with torch.no_grad():
+        torch.manual_seed(1)  # the same draws for a guide that refines stochastically
+        q = vae.q(x)
+        z = q.sample()
+        torch.manual_seed(1)
+        again = vae.q(x).log_prob(z.clone())  # a fresh distribution: no cached inverse
+        assert z.shape == (N, Z) and torch.allclose(q.log_prob(z), again, atol=1e-4)
+        assert q.expand((2, N)).log_prob(z).shape == (2, N)

@@ -1,0 +1,166 @@
+"""What a prior, a likelihood and a guide must provide, and how their options are checked.
+
+A part is an ``nn.Module`` class held in a registry (:data:`pvae.priors.PRIORS`, ...). Its
+constructor takes, by name, the shared sizes it needs (:data:`SHARED`) and then
+keyword-only *options*, each with a default: those keyword-only parameters are the part's
+declared options, and the type of each default is the type the option must have. Nothing
+else is accepted, so a misspelled option is an error, not a silent default.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+from numbers import Integral, Real
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+import torch
+from pyro.distributions import Distribution
+
+from .errors import ConfigError
+
+SHARED = ("z_dim", "x_dim", "hidden_dims", "activation", "num_data", "guide")
+"""Constructor arguments a part may take that are not options: the VAE's sizes (and, for a
+prior that mixes the guide, the guide module itself)."""
+
+
+@runtime_checkable
+class Prior(Protocol):
+    """p(z): ``prior()`` returns a distribution with event shape ``(z_dim,)`` and no batch shape."""
+
+    z_dim: int
+
+    def __call__(self) -> Distribution: ...
+
+
+@runtime_checkable
+class Likelihood(Protocol):
+    """p(x|z): ``likelihood(z)`` returns a distribution whose event is one flattened example.
+
+    ``data_kind`` is ``"binary"`` (a discrete log-likelihood; the data are binarized) or
+    ``"continuous"`` (a log-density); ``check(x)`` raises DataError outside the support;
+    ``mean(z)`` is E[x|z], the image a figure shows.
+    """
+
+    data_kind: str
+
+    def __call__(self, z: torch.Tensor) -> Distribution: ...
+
+    def mean(self, z: torch.Tensor) -> torch.Tensor: ...
+
+    def check(self, x: torch.Tensor) -> None: ...
+
+
+@runtime_checkable
+class Guide(Protocol):
+    """q(z|x): ``guide(x, idx)`` returns a distribution with batch ``(B,)``, event ``(z_dim,)``.
+
+    ``amortized`` is False for a guide that owns one q(z_n) per training example and reads
+    the dataset indices ``idx`` of the batch (it has no encoder for new data).
+    ``uses_model`` is True for a guide that runs the model's prior and likelihood (the
+    semi-amortized refinement): the VAE hands them over with ``bind(prior, likelihood)``.
+    """
+
+    amortized: bool
+    uses_model: bool
+
+    def __call__(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> Distribution: ...
+
+
+def declared_options(cls: type) -> dict[str, Any]:
+    """``{option: default}``: the keyword-only parameters of ``cls``'s constructor."""
+    params = inspect.signature(cls).parameters.values()
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def shared_arguments(cls: type) -> tuple[str, ...]:
+    """The names in :data:`SHARED` that ``cls``'s constructor takes."""
+    params = inspect.signature(cls).parameters
+    return tuple(name for name in SHARED if name in params
+                 and params[name].kind is not inspect.Parameter.KEYWORD_ONLY)
+
+
+def coerce_option(name: str, value: Any, default: Any) -> Any:
+    """``value`` as the type of ``default`` (bool, int, float, str or a tuple of ints).
+
+    ConfigError for a value of another type: a float that is not whole for an int option,
+    ``"abc"`` for a number, a non-finite float.
+    """
+    def bad(kind: str) -> ConfigError:
+        return ConfigError(f"option {name} must be {kind}, got {value!r}")
+
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise bad("true or false")
+    if isinstance(default, Integral):
+        return whole_number(name, value)
+    if isinstance(default, Real):
+        if isinstance(value, bool) or not isinstance(value, (Real, str)):
+            raise bad("a number")
+        try:
+            number = float(value)
+        except ValueError:
+            raise bad("a number") from None
+        if not math.isfinite(number):
+            raise bad("a finite number")
+        return number
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if isinstance(default, tuple):
+        items = value.split() if isinstance(value, str) else (
+            [value] if isinstance(value, (Integral, Real)) else value)
+        try:
+            return tuple(whole_number(name, v) for v in items)
+        except TypeError:
+            raise bad("a list of whole numbers") from None
+    return value
+
+
+def whole_number(name: str, value: Any) -> int:
+    """``value`` as an int; ConfigError for 2.5, ``"abc"``, True or NaN."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    if isinstance(value, Integral):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+    if isinstance(value, Real) and math.isfinite(float(value)) and float(value).is_integer():
+        return int(value)
+    raise ConfigError(f"{name} must be a whole number, got {value!r}")
+
+
+def split_options(parts: Mapping[str, tuple[str, type]],
+                  options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Route each option to every part that declares it, coerced to its declared type.
+
+    ``parts`` maps a role (``"prior"``) to ``(registry name, class)``. An option no part
+    declares is a ConfigError that names it, the closest valid spelling, and every option
+    the chosen parts take.
+    """
+    declared = {role: declared_options(cls) for role, (_, cls) in parts.items()}
+    routed: dict[str, dict[str, Any]] = {role: {} for role in parts}
+    valid = sorted({name for opts in declared.values() for name in opts})
+    for key, value in options.items():
+        owners = [role for role, opts in declared.items() if key in opts]
+        if not owners:
+            chosen = ", ".join(f"{role} {name!r}" for role, (name, _) in parts.items())
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown option {key!r}{hint} for {chosen}; their options are: "
+                              f"{', '.join(valid) or 'none'}")
+        for role in owners:
+            routed[role][key] = coerce_option(key, value, declared[role][key])
+    return routed
+
+
+def options_taken(parts: Mapping[str, tuple[str, type]]) -> set[str]:
+    """Every option name that one of ``parts`` declares."""
+    return {name for _, cls in parts.values() for name in declared_options(cls)}

@@ -1,0 +1,80 @@
+"""The VAE owns a frozen configuration; every part declares its options; misspellings fail."""
+import dataclasses
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from pvae import GUIDES, LIKELIHOODS, PRIORS
+from pvae.errors import ConfigError
+from pvae.parts import declared_options
+from pvae.vae import VAEConfig, build_vae
+
+
+def test_build_vae_records_every_name_size_and_option():
+    vae = build_vae(prior="mog", guide="conv", likelihood="normal", z_dim=3, hidden_dims=[16],
+                    num_components=4, conv_channels=2, decoder="conv", beta=2.0)
+    c = vae.config
+    assert (c.prior, c.guide, c.likelihood, c.z_dim, c.hidden_dims) == ("mog", "conv", "normal", 3, (16,))
+    assert dict(c.options) == {"num_components": 4, "conv_channels": 2, "decoder": "conv"}
+    assert vae.prior.locs.shape == (4, 3)
+    assert vae.q.net.body.conv[0].out_channels == 2 == vae.likelihood.decoder.c
+    assert VAEConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.z_dim = 4
+    with pytest.raises(TypeError):
+        c.options["num_components"] = 5
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(prior="mog", num_component=5), "'num_component' \\(did you mean 'num_components'\\?\\)"),
+    (dict(num_components=5), "unknown option 'num_components'.*prior 'standard'"),
+    (dict(prior="mog", num_components="abc"), "num_components must be a whole number"),
+    (dict(prior="mog", num_components=2.5), "num_components must be a whole number"),
+    (dict(z_dim=2.5), "z_dim must be a whole number"),
+    (dict(z_dim=0), "z_dim must be a positive whole number"),
+    (dict(hidden_dims=[16, -1]), "hidden_dims must be one or more positive"),
+    (dict(activation="sigmoid"), "unknown activation"),
+    (dict(likelihood="normal", learn_scale="yes"), "learn_scale must be true or false"),
+    (dict(likelihood="normal", likelihood_scale=float("nan")), "likelihood_scale must be a finite"),
+    (dict(beta=-1), "beta must be a finite number >= 0"),
+])
+def test_bad_options_are_one_config_error(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        build_vae(hidden_dims=kw.pop("hidden_dims", (8,)), **kw)
+
+
+@pytest.mark.parametrize("registry", [PRIORS, GUIDES, LIKELIHOODS])
+def test_every_part_declares_its_options_with_typed_defaults(registry):
+    for name, cls in registry.items():
+        for option, default in declared_options(cls).items():
+            assert isinstance(default, (bool, int, float, str, tuple)), (name, option)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "pvae.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--num-components", 5], "unknown option 'num_components'"),
+    (["compare", "--configs", "prior=mog,num_component=5", "--epochs", 1],
+     "'num_component' \\(did you mean 'num_components'\\?\\)"),
+    (["compare", "--configs", "prior=standard", "priro=mog", "--epochs", 1],
+     "'priro' \\(did you mean 'prior'\\?\\)"),
+    (["compare", "--configs", "prior=mog,num_components=abc", "--epochs", 1],
+     "num_components must be a whole number"),
+    (["compare", "--priors", "standard", "gauss", "--epochs", 1], "unknown prior 'gauss'"),
+    (["compare", "--configs", "prior=standard", "prior=standard,z_dim=50", "--epochs", 1],
+     "train the same model"),
+])
+def test_misspelled_options_fail_at_every_entry_point_before_any_training(tmp_path, args, message):
+    done = cli(*args, "--out", tmp_path / "out", "--data-dir", tmp_path / "no-data")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "no-data").exists()
