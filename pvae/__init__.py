@@ -1,28 +1,38 @@
-"""pvae: Variational Autoencoders written as Pyro probabilistic programs."""
+"""pvae: Variational Autoencoders written as Pyro probabilistic programs.
+
+The modules ``pvae.evaluate`` (importance-sampled log p(x)) and ``pvae.compare`` keep
+their names: their main functions are ``pvae.evaluate.evaluate`` and
+``pvae.compare.compare``.
+"""
+from . import compare, evaluate
 from .amortization import GapReport, LocalFit, fit_local, gap_report, refine
-from .checkpoint import load_vae
+from .checkpoint import Checkpoint, load
 from .data import MNIST, load_mnist, synthetic
-from .errors import CheckpointError, ConfigError, DataError, DivergenceError, PvaeError
-from .evaluate import EvalResult, evaluate, log_likelihood, psis_khat
+from .errors import (CheckpointError, ConfigError, DataError, DivergenceError, PvaeError,
+                     StorageError)
+from .evaluate import EvalResult, log_likelihood, psis_khat
 from .experiment import ExperimentConfig, run
 from .guides import GUIDES, LocalGuide, SemiAmortizedGuide
 from .likelihoods import LIKELIHOODS
-from .compare import CompareRow, compare
+from .compare import CompareRow
 from .objectives import IWAE, OBJECTIVES, beta_at, make_loss
+from .parts import Guide, Likelihood, Prior
 from .priors import PRIORS
-from .train import EpochRecord, FitResult, fit, make_optimizer, make_step
-from .vae import VAE, beta_handler, build_vae
+from .state import EpochRecord, TrainSettings, TrainState
+from .train import FitResult, fit, make_optimizer, make_step
+from .vae import VAE, VAEConfig, beta_handler, build_vae
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "VAE", "build_vae", "beta_handler",
+    "VAE", "VAEConfig", "build_vae", "beta_handler", "Prior", "Likelihood", "Guide",
     "PRIORS", "LIKELIHOODS", "GUIDES", "OBJECTIVES", "make_loss", "beta_at", "IWAE",
     "compare", "CompareRow",
-    "fit", "FitResult", "EpochRecord", "make_optimizer", "make_step",
+    "fit", "FitResult", "EpochRecord", "TrainState", "TrainSettings", "make_optimizer",
+    "make_step", "load", "Checkpoint",
     "LocalGuide", "SemiAmortizedGuide", "fit_local", "refine", "gap_report", "LocalFit", "GapReport",
-    "log_likelihood", "evaluate", "EvalResult", "psis_khat",
-    "load_mnist", "MNIST", "synthetic", "load_vae",
+    "evaluate", "log_likelihood", "EvalResult", "psis_khat",
+    "load_mnist", "MNIST", "synthetic",
     "ExperimentConfig", "run",
-    "PvaeError", "DataError", "ConfigError", "CheckpointError", "DivergenceError",
+    "PvaeError", "DataError", "ConfigError", "CheckpointError", "DivergenceError", "StorageError",
 ]

@@ -1,173 +1,177 @@
-"""Checkpoints: written atomically, read with one clear error for every way they can fail.
+"""Checkpoints: data, never code; checked before they are read; written atomically.
 
-A checkpoint holds the VAE's configuration (enough to rebuild it with
-:func:`pvae.vae.build_vae`), its weights, the optimizer state, Pyro's param store, every
-RNG state, the epoch, the step and the history, so that a resumed run continues exactly.
+A checkpoint file is three parts::
+
+    pvae checkpoint\\n
+    {"format": 2, "length": N, "sha256": "<hex>"}\\n
+    <N bytes: torch.save of {"vae": config dict or None, "beta": β, "weights": state dict,
+                             "train": TrainState dict or None}>
+
+The payload holds only tensors, numbers, strings, lists and dicts, and is read with
+``torch.load(weights_only=True)``, which refuses to build any other object: a file that
+someone shares cannot run code. Before that, its length and SHA-256 are checked, so a
+truncated or damaged file is refused instead of loading garbage weights. Every way a file
+can fail to be a checkpoint is one :class:`~pvae.errors.CheckpointError`.
 """
 from __future__ import annotations
 
-import os
-import pickle
-import random
-import tempfile
+import hashlib
+import io
+import json
+import pickletools
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import numpy as np
-import pyro
 import torch
 
-from .errors import CheckpointError, ConfigError, PvaeError
+from .errors import CheckpointError, PvaeError
+from .files import atomic_write
+from .state import TrainState
+from .vae import VAE, VAEConfig
 
-FORMAT = "pvae-checkpoint-1"
-MODEL_KEYS = ("prior", "guide", "likelihood", "z_dim", "hidden_dims", "x_dim", "activation",
-              "num_data", "options")
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(file)`` on a temporary file in ``path``'s folder, fsync it, rename it over
-    ``path``: a crash leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+MAGIC = b"pvae checkpoint\n"
+FORMAT = 2
+PREVIOUS_FORMAT = "pvae-checkpoint-1"
+HEADER_LIMIT = 4096
 
 
-def rng_state() -> dict[str, Any]:
-    """The states of Python's, NumPy's and torch's (CPU and CUDA) generators."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+class Checkpoint(NamedTuple):
+    """What a checkpoint holds: the VAE's configuration (None for a VAE assembled from one's
+    own modules), its β, its weights, and the training state (None if not from ``fit``)."""
+
+    config: VAEConfig | None
+    beta: float
+    weights: dict[str, torch.Tensor]
+    state: TrainState | None
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the generators saved by :func:`rng_state`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def to_bytes(vae: VAE, state: TrainState | None) -> bytes:
+    """The checkpoint of ``vae`` (and ``state``) as bytes: magic, header, payload."""
+    payload = {"vae": vae.config.to_dict() if vae.config is not None else None,
+               "beta": float(vae.beta), "weights": vae.state_dict(),
+               "train": state.to_dict() if state is not None else None}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    blob = buf.getvalue()
+    header = json.dumps({"format": FORMAT, "length": len(blob),
+                         "sha256": hashlib.sha256(blob).hexdigest()}).encode()
+    return MAGIC + header + b"\n" + blob
 
 
-def _free_params(model: torch.nn.Module) -> dict:
-    """Pyro's param-store state without ``model``'s own parameters (its state dict has them)."""
-    state = pyro.get_param_store().get_state()
-    own = {name for name, _ in model.named_parameters()}
-    return {key: {k: v for k, v in entries.items() if k not in own}
-            for key, entries in state.items()}
+def save(path: str | Path, vae: VAE, state: TrainState | None = None) -> None:
+    """Write the checkpoint of ``vae`` and ``state`` to ``path`` atomically."""
+    atomic_write(path, to_bytes(vae, state))
 
 
-def save(path: str | Path, *, config: dict, model: torch.nn.Module, optimizer_state: dict,
-         epoch: int, step: int, history: list, train_seconds: float) -> None:
-    """Write a checkpoint to ``path`` atomically (temporary file, fsync, rename).
-
-    ``param_store`` holds only the ``pyro.param`` s that are not ``model``'s parameters:
-    the model's weights are written once, in ``model``.
-    """
-    payload = {
-        "format": FORMAT,
-        "config": config,
-        "model": model.state_dict(),
-        "optimizer": optimizer_state,
-        "param_store": _free_params(model),
-        "rng": rng_state(),
-        "epoch": int(epoch),
-        "step": int(step),
-        "history": list(history),
-        "train_seconds": float(train_seconds),
-    }
-    atomic_write(path, lambda f: torch.save(payload, f))
-
-
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint; CheckpointError if it is missing, corrupt or not pvae's."""
+def read(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Check and read a checkpoint; CheckpointError if it is missing, damaged or not pvae's."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train one first (pvae train / "
                               "examples/mnist_svi.py) or point --checkpoint at its checkpoint.pt")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            OSError, AttributeError, ImportError) as err:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0][:120] if str(err) else ''}); delete it and "
-                              "train again, or resume from an intact copy") from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a pvae checkpoint (expected format {FORMAT!r})")
-    return payload
-
-
-def model_config(config: dict) -> dict:
-    """The part of a run's configuration that determines the VAE's architecture."""
-    return {k: config.get(k) for k in MODEL_KEYS}
-
-
-def load_vae(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the VAE stored in checkpoint ``path`` on ``device``; returns ``(vae, config)``.
-
-    Clears Pyro's param store first, so that no stale parameter of the same name overrides
-    the loaded weights.
-    """
-    from .vae import build_vae
-
-    payload = load(path, map_location=device)
-    config = payload["config"]
-    pyro.clear_param_store()
-    try:
-        mc = model_config(config)
-        vae = build_vae(prior=mc["prior"], guide=mc["guide"], likelihood=mc["likelihood"],
-                        z_dim=mc["z_dim"], hidden_dims=mc["hidden_dims"], x_dim=mc["x_dim"],
-                        activation=mc["activation"], num_data=mc["num_data"],
-                        **(mc["options"] or {}))
-    except (PvaeError, TypeError, KeyError) as err:
-        raise CheckpointError(f"checkpoint {path} names a model this pvae cannot build ({err}); "
-                              "it was written by another version") from err
-    load_weights(vae, payload, path)
-    return vae.to(device), config
-
-
-def load_weights(vae: torch.nn.Module, payload: dict, path: str | Path) -> None:
-    """Load the checkpoint's weights into ``vae``; CheckpointError when they do not fit."""
-    try:
-        vae.load_state_dict(payload["model"])
-    except (RuntimeError, KeyError) as err:
-        raise CheckpointError(f"checkpoint {path} does not fit this model ({str(err).splitlines()[0]}"
-                              "); it was written for another configuration: start without "
-                              "--resume or use the flags it was trained with") from err
-
-
-def check_compatible(payload: dict, config: dict, path: str | Path) -> None:
-    """Raise CheckpointError if ``payload`` was trained with another model configuration."""
-    old, new = model_config(payload["config"]), model_config(config)
-    diff = {k: (old[k], new[k]) for k in MODEL_KEYS if _norm(old[k]) != _norm(new[k])}
-    if diff:
-        detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-        raise CheckpointError(f"cannot resume from {path}: {detail}; rerun with the checkpoint's "
-                              "flags or without --resume")
-
-
-def _norm(v):
-    return list(v) if isinstance(v, tuple) else v
-
-
-def check_writable(out: str | Path) -> Path:
-    """Create ``out`` if needed and prove a file can be written there, else ConfigError."""
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
+        raw = path.read_bytes()
     except OSError as err:
-        raise ConfigError(f"cannot write to --out {out} ({err.strerror or err}); choose a "
-                          "writable folder") from err
-    return out
+        raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror or err}") from err
+    blob = _checked_payload(raw, path)
+    try:
+        payload = torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path} passed its checksum but its payload cannot be "
+                              f"read ({type(err).__name__}); it was written by an incompatible "
+                              "version of pvae or torch") from err
+    return _parse(payload, path)
+
+
+def _checked_payload(raw: bytes, path: Path) -> bytes:
+    if not raw.startswith(MAGIC):
+        raise CheckpointError(_what_it_is(raw, path))
+    end = raw.find(b"\n", len(MAGIC), len(MAGIC) + HEADER_LIMIT)
+    try:
+        header = json.loads(raw[len(MAGIC):end]) if end > 0 else None
+        fmt, length, digest = header["format"], int(header["length"]), str(header["sha256"])
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        raise CheckpointError(f"checkpoint {path} has a damaged header; delete it and train "
+                              "again, or use an intact copy") from None
+    if fmt != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is in format {fmt!r}, this pvae reads format "
+                              f"{FORMAT}; use the pvae version that wrote it")
+    blob = raw[end + 1:]
+    if len(blob) != length:
+        raise CheckpointError(f"checkpoint {path} is truncated or padded ({len(blob)} payload "
+                              f"bytes, expected {length}); delete it and train again, or use an "
+                              "intact copy")
+    if hashlib.sha256(blob).hexdigest() != digest:
+        raise CheckpointError(f"checkpoint {path} is damaged (its SHA-256 does not match its "
+                              "header); delete it and train again, or use an intact copy")
+    return blob
+
+
+def _what_it_is(raw: bytes, path: Path) -> str:
+    """The message for a file without pvae's magic: an old pvae checkpoint, or something else."""
+    if raw.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+                name = next(n for n in zf.namelist() if n.endswith("data.pkl"))
+                strings = {arg for _, arg, _ in pickletools.genops(zf.read(name))
+                           if isinstance(arg, str)}
+        except Exception:
+            strings = set()
+        if PREVIOUS_FORMAT in strings:
+            return (f"{path} is a checkpoint of pvae 0.1 (format {PREVIOUS_FORMAT!r}), a pickle "
+                    "that can run code when it is read; this pvae does not open it. Retrain "
+                    "the run (its metrics.json records every flag)")
+        return (f"{path} is a torch file but not a pvae checkpoint; pvae reads only the "
+                "checkpoint.pt that pvae train / fit(out_dir=...) write")
+    return f"{path} is not a pvae checkpoint (it does not start with pvae's header)"
+
+
+def _parse(payload: Any, path: Path) -> Checkpoint:
+    try:
+        if not isinstance(payload, dict):
+            raise TypeError(f"the payload is a {type(payload).__name__}, not a dict")
+        missing = [k for k in ("vae", "beta", "weights", "train") if k not in payload]
+        if missing:
+            raise KeyError(f"the payload lacks {missing}")
+        config = VAEConfig.from_dict(payload["vae"]) if payload["vae"] is not None else None
+        state = TrainState.from_dict(payload["train"]) if payload["train"] is not None else None
+        weights = payload["weights"]
+        if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor)
+                                                    for v in weights.values()):
+            raise TypeError("its weights are not a dict of tensors")
+        return Checkpoint(config, float(payload["beta"]), weights, state)
+    except (PvaeError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} is not one this pvae can use ({err}); it was "
+                              "written by another version or altered") from err
+
+
+def restore_weights(vae: VAE, weights: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Copy ``weights`` into ``vae``; CheckpointError when they do not fit its modules."""
+    try:
+        vae.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {path} does not fit this model "
+                              f"({str(err).splitlines()[0]}); it was written for another "
+                              "configuration") from err
+
+
+def load(path: str | Path, device: str | torch.device = "cpu", vae: VAE | None = None) -> VAE:
+    """The VAE stored in checkpoint ``path``, on ``device``, with its β.
+
+    The VAE is rebuilt from the checkpoint's configuration; pass ``vae`` to load the
+    weights into a VAE of one's own instead (required for a VAE assembled from custom
+    modules, whose checkpoint has no configuration). Pyro's param store is not touched.
+    """
+    ckpt = read(path)
+    if vae is None:
+        if ckpt.config is None:
+            raise CheckpointError(f"checkpoint {path} holds a VAE assembled from custom modules "
+                                  "(no configuration to rebuild it from); build it again in "
+                                  "Python and pass it: pvae.load(path, vae=my_vae)")
+        with torch.random.fork_rng(devices=[]):
+            vae = VAE.from_config(ckpt.config, beta=ckpt.beta)
+    else:
+        vae.beta = ckpt.beta
+    restore_weights(vae, ckpt.weights, path)
+    return vae.to(device)

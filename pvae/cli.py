@@ -80,6 +80,17 @@ def nonnegative_float(text: str) -> float:
     return value
 
 
+def seed_int(text: str) -> int:
+    """argparse type: a seed, an integer in [0, 2**32 - 1]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 4294967295], got {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite float > 0."""
     value = nonnegative_float(text)
@@ -137,9 +148,11 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of the KL term (scales the z site with poutine.scale)")
     g.add_argument("--beta-warmup-epochs", type=nonnegative_float, default=d.beta_warmup_epochs,
                    help="ramp beta linearly from 0 over this many epochs (per step)")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seed", type=seed_int, default=d.seed)
     g.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in OUT (without it, such a folder is refused)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-samples", type=positive_int, default=d.eval_samples, metavar="K",
@@ -185,7 +198,7 @@ command("train", "train and evaluate a VAE on MNIST (the main job)", add_experim
 def _plot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by pvae train")
     p.add_argument("--out", default=None, help="folder for the figures (default: the checkpoint's)")
-    p.add_argument("--data-dir", default=None, help="MNIST folder (default: the run's)")
+    p.add_argument("--data-dir", default="data", help="the MNIST folder (default: data)")
     p.add_argument("--test-subset", type=positive_int, default=2000, metavar="N")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
@@ -207,12 +220,11 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
                    help="evaluate the first N test images")
     p.add_argument("--chunk-size", type=positive_int, default=None, metavar="M",
                    help="latent draws (samples x images) per forward pass; bounds memory")
-    p.add_argument("--data-dir", default=None,
-                   help="where MNIST lives (default: the checkpoint's --data-dir)")
+    p.add_argument("--data-dir", default="data", help="the MNIST folder (default: data)")
     p.add_argument("--out", default=None, help="folder for metrics_eval.json and the figure "
                    "(default: the checkpoint's folder)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the importance samples")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -223,26 +235,28 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     import pyro
 
-    from .checkpoint import check_writable, load_vae
+    from . import checkpoint
     from .data import load_mnist
     from .errors import ConfigError
     from .evaluate import evaluate
     from .experiment import NO_TEST_EVALUATION, format_rows, versions, write_json
+    from .files import check_writable
     from .plotting import plot_evaluation
     from .train import resolve_device
 
     device = resolve_device(args.device)
-    vae, config = load_vae(args.checkpoint, device=device)
-    if vae.needs_index:
-        raise ConfigError(f"the guide {config.get('guide')!r} has no encoder for test images; "
+    vae = checkpoint.load(args.checkpoint, device=device)
+    if not vae.amortized:
+        raise ConfigError(f"the guide {vae.config.guide!r} has no encoder for test images; "
                           f"{NO_TEST_EVALUATION}")
     out = check_writable(args.out or Path(args.checkpoint).parent)
-    data_dir = args.data_dir or config.get("data_dir") or "data"
+    data_dir = args.data_dir
     data = load_mnist(data_dir, binarize=vae.likelihood.data_kind == "binary",
                       test_subset=args.test_subset)
     pyro.set_rng_seed(args.seed)
-    result = evaluate(vae.model, vae.guide, data.test_x.to(device), args.num_samples,
-                      args.chunk_size, progress=not args.no_progress and sys.stderr.isatty())
+    result = evaluate(vae.model, vae.guide, data.test_x.to(device), num_samples=args.num_samples,
+                      chunk_size=args.chunk_size,
+                      progress=not args.no_progress and sys.stderr.isatty())
     metrics = {**result.to_metrics(), "checkpoint": str(args.checkpoint),
                "data_dir": str(data_dir), "chunk_size": args.chunk_size, "seed": args.seed,
                "device": str(device), "versions": versions()}
@@ -252,11 +266,19 @@ def _evaluate(args: argparse.Namespace) -> int:
             ("test ELBO", f"{result.elbo_mean:.2f} ± {result.elbo_stderr:.2f}"),
             (f"test log p(x), K={result.num_samples}",
              f"{result.log_px_mean:.2f} ± {result.log_px_stderr:.2f}"),
-            ("PSIS k-hat max", f"{result.khat_max:.2f}"),
-            ("k-hat > 0.7", f"{100 * result.khat_frac_bad:.1f}% of images")]
+            *khat_rows(result)]
     print(format_rows(rows))
     print(f"wrote {out / 'metrics_eval.json'} and {figure}")
     return 0
+
+
+def khat_rows(result) -> list[tuple[str, str]]:
+    """The k-hat lines of a summary: unknown (not 0%) when K is too small to fit a tail."""
+    if result.khat_max != result.khat_max:
+        why = "unknown: K <= 20 is too few draws to fit a tail; raise --num-samples"
+        return [("PSIS k-hat", why)]
+    return [("PSIS k-hat max", f"{result.khat_max:.2f}"),
+            ("k-hat > 0.7", f"{100 * result.khat_frac_bad:.1f}% of images")]
 
 
 def add_compare_arguments(p: argparse.ArgumentParser) -> None:
@@ -304,8 +326,7 @@ def _gap_args(p: argparse.ArgumentParser) -> None:
                    help="importance samples per image for log p(x)")
     p.add_argument("--elbo-samples", type=positive_int, default=1000, metavar="S",
                    help="samples per image for L[q] and L[q*]")
-    p.add_argument("--data-dir", default=None,
-                   help="where MNIST lives (default: the checkpoint's --data-dir)")
+    p.add_argument("--data-dir", default="data", help="the MNIST folder (default: data)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--init", default="encoder", choices=["encoder", "prior"],
                    help="start each local fit from the encoder's output or from N(0, I)")
@@ -318,7 +339,7 @@ def _gap_args(p: argparse.ArgumentParser) -> None:
                    help="steps averaged per convergence check")
     p.add_argument("--patience", type=positive_int, default=5,
                    help="stop after this many windows without improvement")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -326,17 +347,18 @@ def _gap_args(p: argparse.ArgumentParser) -> None:
 def _gap(args: argparse.Namespace) -> int:
     import pyro
 
+    from . import checkpoint
     from .amortization import gap_report
-    from .checkpoint import check_writable, load_vae
     from .data import load_mnist
     from .experiment import format_rows, versions, write_json
+    from .files import check_writable
     from .plotting import plot_gap
     from .train import resolve_device
 
     device = resolve_device(args.device)
-    vae, config = load_vae(args.checkpoint, device=device)
+    vae = checkpoint.load(args.checkpoint, device=device)
     out = check_writable(args.out)
-    data_dir = args.data_dir or config.get("data_dir") or "data"
+    data_dir = args.data_dir
     data = load_mnist(data_dir, binarize=vae.likelihood.data_kind == "binary",
                       test_subset=args.test_subset)
     pyro.set_rng_seed(args.seed)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import json
 import logging
 import math
@@ -26,11 +27,12 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import ConfigError, DivergenceError
+from .parts import options_taken, whole_number
 
 log = logging.getLogger(__name__)
 
 PER_EXAMPLE_FILE = "test_log_px.npy"
-_SKIP_FIELDS = {"out", "resume", "progress", "device", "data_dir", "chunk_size"}
+_SKIP_FIELDS = {"out", "resume", "overwrite", "progress", "device", "data_dir", "chunk_size"}
 
 
 @dataclass(frozen=True)
@@ -93,15 +95,68 @@ def setting_name(setting: dict) -> str:
 
 
 def config_for(base, setting: dict, out: Path):
-    """``base`` with ``setting`` applied: config fields set directly, other keys as options."""
-    fields = {f.name for f in dataclasses.fields(base)}
-    direct = {k: v for k, v in setting.items() if k in fields and k != "options"}
+    """``base`` with ``setting`` applied: run flags set directly, other keys as part options.
+
+    ``base.options`` (flags such as ``--num-components``) reach the configurations whose
+    parts declare them; a setting's own options must be declared by one of its parts.
+    """
+    from .parts import declared_options
+    from .vae import REGISTRIES
+
+    fields = {f.name for f in dataclasses.fields(base)} - {"options"}
+    known = {name for registry in REGISTRIES.values() for cls in registry.values()
+             for name in declared_options(cls)}
+    for key in setting:
+        if key not in fields and key not in known:
+            close = difflib.get_close_matches(key, sorted(fields | known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown key {key!r}{hint} in configuration "
+                              f"{setting_name(setting)!r}; keys are run flags ({', '.join(sorted(fields))}) "
+                              f"or part options ({', '.join(sorted(known))})")
+    direct = {k: v for k, v in setting.items() if k in fields}
     if "hidden_dims" in direct:
         hd = direct["hidden_dims"]
         widths = str(hd).split() if isinstance(hd, str) else [hd]
-        direct["hidden_dims"] = tuple(int(h) for h in widths)
-    options = {**base.options, **{k: v for k, v in setting.items() if k not in fields}}
-    return dataclasses.replace(base, **direct, options=options, out=str(out), resume=False)
+        direct["hidden_dims"] = tuple(whole_number("hidden_dims", h) for h in widths)
+    merged = dataclasses.replace(base, **direct, options={}, out=str(out), resume=False)
+    taken = options_taken(merged.vae_config(None).parts())
+    options = {**{k: v for k, v in base.options.items() if k in taken},
+               **{k: v for k, v in setting.items() if k not in fields}}
+    return dataclasses.replace(merged, options=options)
+
+
+def plan(base, settings: Sequence[dict], out: Path, reuse: bool = False) -> list:
+    """Every configuration's run settings, checked before any is trained.
+
+    ConfigError for a configuration that does not validate (naming it), two that train the
+    same model, a shared option no configuration takes, or a sub-folder that holds a run
+    when neither ``reuse`` nor ``base.overwrite`` says what to do with it.
+    """
+    if not settings:
+        raise ConfigError("nothing to compare: give --configs 'prior=standard,guide=mlp' ... "
+                          "or a grid with --priors/--guides/--likelihoods/--losses")
+    configs, seen = [], {}
+    for setting in settings:
+        name = setting_name(setting)
+        try:
+            cfg = config_for(base, setting, out / _slug(name)).validate()
+        except ConfigError as err:
+            raise ConfigError(f"configuration {name!r}: {err}") from err
+        key = json.dumps(_comparable_config(cfg), sort_keys=True, default=str)
+        if key in seen:
+            raise ConfigError(f"configurations {seen[key]!r} and {name!r} train the same model; "
+                              "drop one")
+        seen[key] = name
+        held = any((Path(cfg.out) / f).exists() for f in ("metrics.json", "checkpoint.pt"))
+        if held and not (reuse or base.overwrite):
+            raise ConfigError(f"{cfg.out} holds a finished run; pass --reuse to read it, "
+                              "--overwrite to retrain it, or choose another --out")
+        configs.append(cfg)
+    unused = set(base.options) - {k for c in configs for k in c.options}
+    if unused:
+        raise ConfigError(f"option(s) {sorted(unused)} apply to none of the configurations; "
+                          "drop them or add a configuration whose parts take them")
+    return configs
 
 
 def _slug(name: str) -> str:
@@ -158,21 +213,16 @@ def compare(base, settings: Sequence[dict], out: str | Path,
     """
     from .experiment import run
 
-    if not settings:
-        raise ConfigError("nothing to compare: give --configs 'prior=standard,guide=mlp' ... "
-                          "or a grid with --priors/--guides/--likelihoods/--losses")
-    names = [setting_name(s) for s in settings]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"the configurations repeat: {names}")
     out = Path(out)
+    configs = plan(base, settings, out, reuse)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[CompareRow] = []
-    for name, setting in zip(names, settings):
-        sub = out / _slug(name)
-        cfg = config_for(base, setting, sub)
+    for setting, cfg in zip(settings, configs):
+        name, sub = setting_name(setting), Path(cfg.out)
         error = None
         try:
-            metrics = (_reusable(sub, cfg) if reuse else None) or run(cfg)
+            metrics = (_reusable(sub, cfg) if reuse else None) or \
+                run(dataclasses.replace(cfg, overwrite=reuse or base.overwrite))
         except DivergenceError as err:
             log.warning("%s: %s", name, err)
             metrics, error = {}, str(err).split(";")[0]

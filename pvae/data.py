@@ -76,13 +76,12 @@ TEST_BINARIZATION_SEED = 123
 @dataclass(frozen=True)
 class MNIST:
     """Flattened MNIST: ``train_x`` grayscale in [0, 1] of shape (N, 784); ``test_x``
-    binarized once (seed 123) when ``binarized``, else grayscale; integer labels."""
+    binarized once (seed 123) for a binary likelihood, else grayscale; integer labels."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
-    binarized: bool
 
 
 def raw_dir(data_dir: str | Path) -> Path:
@@ -303,7 +302,7 @@ def load_mnist(data_dir: str | Path = "data", binarize: bool = True,
     test_x = test.data[:nte].reshape(nte, -1).float().div_(255.0)
     if binarize:
         test_x = globals()["binarize"](test_x, torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
-    return MNIST(train_x, train.targets[:ntr].clone(), test_x, test.targets[:nte].clone(), binarize)
+    return MNIST(train_x, train.targets[:ntr].clone(), test_x, test.targets[:nte].clone())
 
 
 def minibatches(x: torch.Tensor, batch_size: int, generator: torch.Generator,

@@ -19,3 +19,7 @@ class CheckpointError(PvaeError):
 
 class DivergenceError(PvaeError, FloatingPointError):
     """The loss or a parameter became NaN/Inf during training."""
+
+
+class StorageError(PvaeError, OSError):
+    """A file could not be written (a full disk); what was there before is intact."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +17,10 @@ import numpy as np
 import pyro
 import torch
 
-from . import checkpoint as ckpt
 from .errors import ConfigError
-from .guides import GUIDES
+from .files import atomic_write, check_writable, run_lock
 from .likelihoods import LIKELIHOODS
-from .priors import PRIORS
+from .vae import VAEConfig
 
 log = logging.getLogger(__name__)
 NO_TEST_EVALUATION = ("pvae does not yet evaluate a model trained with per-example guide "
@@ -34,7 +34,8 @@ class ExperimentConfig:
     """Every setting of a run; the field names are the CLI flags with ``_`` for ``-``.
 
     ``options`` carries part-specific settings (e.g. ``num_components`` of the MoG prior)
-    to the constructors of the prior, guide and likelihood.
+    to the parts that declare them (:func:`pvae.vae.build_vae`). ``overwrite`` replaces a
+    finished run in ``out``; without it (or ``resume``) a folder holding a run is refused.
     """
 
     data_dir: str = "data"
@@ -52,6 +53,7 @@ class ExperimentConfig:
     eval_samples: int = 1000
     chunk_size: int | None = None
     resume: bool = False
+    overwrite: bool = False
     prior: str = "standard"
     guide: str = "mlp"
     likelihood: str = "bernoulli"
@@ -64,32 +66,37 @@ class ExperimentConfig:
 
     def validate(self) -> "ExperimentConfig":
         """Raise ConfigError for a nonsensical setting, naming the flag and what it accepts."""
-        for flag, name, registry in (("--prior", self.prior, PRIORS), ("--guide", self.guide, GUIDES),
-                                     ("--likelihood", self.likelihood, LIKELIHOODS)):
-            if name not in registry:
-                raise ConfigError(f"unknown {flag} {name!r}; choose one of: "
-                                  f"{', '.join(sorted(registry))}")
+        self.vae_config(None)
+        if not str(self.out).strip():
+            raise ConfigError("--out is empty; name the folder for the run's files, e.g. --out runs/a")
         checks = [("--epochs", self.epochs >= 1, "at least 1"),
                   ("--batch-size", self.batch_size >= 1, "at least 1"),
-                  ("--lr", self.lr > 0, "positive"),
-                  ("--z-dim", self.z_dim >= 1, "at least 1"),
-                  ("--hidden-dims", len(self.hidden_dims) > 0 and min(self.hidden_dims) >= 1,
-                   "one or more positive widths"),
+                  ("--lr", math.isfinite(self.lr) and self.lr > 0, "a finite number > 0"),
                   ("--eval-samples", self.eval_samples >= 1, "at least 1"),
                   ("--num-particles", self.num_particles >= 1, "at least 1"),
-                  ("--beta", self.beta >= 0 and self.beta != float("inf"), "a finite number >= 0"),
-                  ("--beta-warmup-epochs", self.beta_warmup_epochs >= 0, ">= 0"),
+                  ("--beta", self.beta >= 0 and math.isfinite(self.beta), "a finite number >= 0"),
+                  ("--beta-warmup-epochs", 0 <= self.beta_warmup_epochs <= self.epochs,
+                   f"between 0 and --epochs ({self.epochs})"),
+                  ("--seed", 0 <= self.seed <= 2**32 - 1, "in [0, 4294967295]"),
                   ("--chunk-size", self.chunk_size is None or self.chunk_size >= 1, "at least 1")]
         for flag, ok, what in checks:
             if not ok:
                 raise ConfigError(f"{flag} must be {what}, got {getattr(self, flag[2:].replace('-', '_'))}")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other: continue the run or "
+                              "replace it")
         return self
 
-    def model_config(self, num_data: int | None) -> dict:
-        """The configuration stored in checkpoints (model keys plus every flag)."""
+    def vae_config(self, num_data: int | None) -> VAEConfig:
+        """The architecture these flags describe (784-pixel MNIST images)."""
+        return VAEConfig(prior=self.prior, guide=self.guide, likelihood=self.likelihood,
+                         z_dim=self.z_dim, hidden_dims=self.hidden_dims, x_dim=784,
+                         activation=self.activation, num_data=num_data, options=self.options)
+
+    def to_dict(self) -> dict:
+        """Every flag's value, JSON-ready (``metrics.json``'s ``config``)."""
         d = dataclasses.asdict(self)
-        d.update(hidden_dims=list(self.hidden_dims), x_dim=784, num_data=num_data,
-                 options=dict(self.options))
+        d.update(hidden_dims=list(self.hidden_dims), options=dict(self.options))
         return d
 
 
@@ -101,8 +108,7 @@ def versions() -> dict[str, str]:
 
 def write_json(path: str | Path, obj: dict) -> None:
     """Write ``obj`` as JSON atomically."""
-    text = json.dumps(obj, indent=2, default=_jsonable).encode()
-    ckpt.atomic_write(path, lambda f: f.write(text))
+    atomic_write(path, json.dumps(obj, indent=2, default=_jsonable).encode())
 
 
 def _jsonable(v):
@@ -114,44 +120,49 @@ def _jsonable(v):
 
 
 def run(config: ExperimentConfig) -> dict:
-    """Train and evaluate one VAE on MNIST; return the metrics written to ``metrics.json``."""
+    """Train and evaluate one VAE on MNIST; return the metrics written to ``metrics.json``.
+
+    The run folder is locked for the whole run (:func:`pvae.files.run_lock`); one that holds
+    a finished run is refused unless ``config.resume`` or ``config.overwrite``.
+    """
     from .data import load_mnist
     from .train import fit, resolve_device
-    from .vae import build_vae
+    from .vae import VAE
 
     config.validate()
-    out = ckpt.check_writable(config.out)
     device = resolve_device(config.device)
-    binary = LIKELIHOODS[config.likelihood].data_kind == "binary"
-    data = load_mnist(config.data_dir, binarize=binary, train_subset=config.train_subset,
-                      test_subset=config.test_subset)
-    n_train = data.train_x.shape[0]
-    num_data = n_train if getattr(GUIDES[config.guide], "needs_index", False) else None
-    stored = config.model_config(num_data)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
-    vae = build_vae(prior=config.prior, guide=config.guide, likelihood=config.likelihood,
-                    z_dim=config.z_dim, hidden_dims=config.hidden_dims, x_dim=784,
-                    activation=config.activation, num_data=num_data, **config.options)
-    result = fit(vae, data.train_x, epochs=config.epochs, batch_size=config.batch_size,
-                 lr=config.lr, loss=config.loss, num_particles=config.num_particles,
-                 beta=config.beta, beta_warmup_epochs=config.beta_warmup_epochs,
-                 binarize=binary, test_x=data.test_x, out_dir=out, resume=config.resume,
-                 device=str(device), seed=config.seed, progress=config.progress, config=stored)
-    test_x = data.test_x.to(device)
-    metrics = {
-        "epochs": result.epochs,
-        "steps": result.steps,
-        "train_seconds": result.train_seconds,
-        "train_elbo": result.history[-1].train_elbo if result.history else None,
-        "history": [dataclasses.asdict(r) for r in result.history],
-    }
-    metrics.update(_evaluate(vae, test_x, config, out))
-    metrics.update(n_train=n_train, likelihood_kind="discrete (binary pixels)" if binary else
-                   "density (continuous pixels): not comparable with binary log p(x)",
-                   config=stored, versions=versions(), device=str(device))
-    draw_figures(vae, test_x, data.test_y, result.history, out)
-    write_json(out / "metrics.json", metrics)
+    with run_lock(config.out) as out:
+        if (out / "metrics.json").exists() and not (config.resume or config.overwrite):
+            raise ConfigError(f"{config.out} holds a finished run (metrics.json); resume it "
+                              "(--resume), replace it (--overwrite), or choose another --out")
+        binary = LIKELIHOODS[config.likelihood].data_kind == "binary"
+        data = load_mnist(config.data_dir, binarize=binary, train_subset=config.train_subset,
+                          test_subset=config.test_subset)
+        n_train = data.train_x.shape[0]
+        vae_config = config.vae_config(n_train if config.guide == "local" else None)
+        pyro.set_rng_seed(config.seed)
+        vae = VAE.from_config(vae_config, beta=config.beta)
+        result = fit(vae, data.train_x, epochs=config.epochs, batch_size=config.batch_size,
+                     lr=config.lr, loss=config.loss, num_particles=config.num_particles,
+                     beta_warmup_epochs=config.beta_warmup_epochs, binarize=binary,
+                     test_x=data.test_x, out_dir=out, resume=config.resume,
+                     overwrite=config.overwrite, device=str(device), seed=config.seed,
+                     progress=config.progress)
+        test_x = data.test_x.to(device)
+        metrics = {
+            "epochs": result.epochs,
+            "steps": result.steps,
+            "train_seconds": result.train_seconds,
+            "train_elbo": result.history[-1].train_elbo if result.history else None,
+            "history": [dataclasses.asdict(r) for r in result.history],
+        }
+        metrics.update(_evaluate(vae, test_x, config, out))
+        metrics.update(n_train=n_train, likelihood_kind="discrete (binary pixels)" if binary else
+                       "density (continuous pixels): not comparable with binary log p(x)",
+                       config=config.to_dict(), vae=vae.config.to_dict(), beta=vae.beta,
+                       versions=versions(), device=str(device))
+        draw_figures(vae, test_x, data.test_y, result.history, out)
+        write_json(out / "metrics.json", metrics)
     return metrics
 
 
@@ -159,7 +170,7 @@ def _evaluate(vae, test_x: torch.Tensor, config: ExperimentConfig, out: Path) ->
     from .evaluate import EvalResult, evaluate
     from .plotting import plot_evaluation
 
-    if vae.needs_index:
+    if not vae.amortized:
         log.warning("--guide %s owns parameters for the training images only and has no "
                     "encoder for test images, so metrics.json has no test numbers: %s",
                     config.guide, NO_TEST_EVALUATION)
@@ -182,7 +193,7 @@ def draw_figures(vae, test_x: torch.Tensor, test_y: torch.Tensor, history, out: 
     from .plotting import plot_elbo_curves, plot_latent, plot_reconstructions, plot_samples
 
     plot_samples(vae.sample(64), out / "samples.png")
-    if not vae.needs_index:
+    if vae.amortized:
         n = min(2000, test_x.shape[0])
         plot_reconstructions(test_x[:16], vae.reconstruct(test_x[:16]), out / "reconstructions.png")
         z, _ = encoder_moments(vae, test_x[:n])
@@ -191,23 +202,26 @@ def draw_figures(vae, test_x: torch.Tensor, test_y: torch.Tensor, history, out: 
         plot_elbo_curves(history, out / "elbo_curves.png")
 
 
-def plot_checkpoint(checkpoint: str | Path, out: str | Path | None = None,
-                    data_dir: str | None = None, test_subset: int | None = 2000,
+def plot_checkpoint(path: str | Path, out: str | Path | None = None,
+                    data_dir: str = "data", test_subset: int | None = 2000,
                     device: str = "auto") -> Path:
-    """Redraw a trained run's figures from its checkpoint into ``out`` (default: its folder)."""
+    """Redraw a trained run's figures from its checkpoint into ``out`` (default: its folder):
+    reconstructions, samples, the latent embedding and the ELBO curves (``evaluation.png``
+    comes from ``pvae evaluate``)."""
+    from . import checkpoint
     from .data import load_mnist
-    from .train import EpochRecord, resolve_device
+    from .train import resolve_device
 
     dev = resolve_device(device)
-    vae, config = ckpt.load_vae(checkpoint, device=dev)
-    history = [EpochRecord(**r) for r in ckpt.load(checkpoint)["history"]]
-    out = ckpt.check_writable(out or Path(checkpoint).parent)
-    if vae.needs_index:
+    ckpt = checkpoint.read(path)
+    vae = checkpoint.load(path, device=dev)
+    out = check_writable(out or Path(path).parent)
+    if not vae.amortized:
         raise ConfigError("this checkpoint's guide has no encoder for test images, so there are "
                           f"no reconstructions or latent embedding to draw; {NO_TEST_EVALUATION}")
-    binary = LIKELIHOODS[config["likelihood"]].data_kind == "binary"
-    data = load_mnist(data_dir or config["data_dir"], binarize=binary, train_subset=1,
+    data = load_mnist(data_dir, binarize=vae.likelihood.data_kind == "binary", train_subset=1,
                       test_subset=test_subset)
+    history = ckpt.state.history if ckpt.state is not None else ()
     draw_figures(vae, data.test_x.to(dev), data.test_y, history, out)
     return out
 

@@ -1,63 +1,70 @@
 """``fit()``: stochastic variational inference for a VAE, with checkpoints and a NaN guard.
 
 One epoch is one shuffled pass over the training set in minibatches (binarized afresh per
-batch for binary likelihoods), one optimisation step per batch with Adam (:func:`make_step`:
-the objective's differentiable loss on the model/guide pair, its backward pass, then one fused
-``torch.optim.Adam`` over the VAE's parameters; ``fast=False`` takes ``pyro.infer.SVI.step`` with
-``pyro.optim.Adam`` instead, the same update computed with one Adam per parameter). After each epoch the
-test ELBO is computed, the parameters are checked to be finite and a checkpoint is written
-atomically, so an interrupted run loses at most one epoch and ``resume=True`` continues
-to the same parameters as an uninterrupted run.
+batch for binary likelihoods), one optimisation step per batch (:func:`make_step`: the
+objective's differentiable loss on the model/guide pair, its backward pass, then one fused
+``torch.optim.Adam`` over the VAE's parameters). After each epoch the test ELBO is
+computed, the parameters are checked to be finite and the VAE with its
+:class:`~pvae.state.TrainState` is checkpointed atomically, so an interrupted run loses at
+most one epoch and ``resume=True`` continues to the same parameters as an uninterrupted run.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pyro
-import pyro.optim
 import pyro.poutine as poutine
 import torch
-from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.util import torch_item
 from tqdm.auto import tqdm
 
-from . import checkpoint as ckpt
+from . import checkpoint
 from .data import minibatches
-from .errors import ConfigError, DataError, DivergenceError
+from .errors import CheckpointError, ConfigError, DataError, DivergenceError
+from .files import run_lock
 from .objectives import beta_at, make_loss
+from .parts import whole_number
+from .state import EpochRecord, TrainSettings, TrainState, check_settings, rng_state, set_rng_state
 from .vae import VAE
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """One epoch's numbers, per image in nats. ``train_elbo`` is the running mean of the
-    training objective's bound (the ELBO at that epoch's β; the IWAE bound with
-    ``loss="iwae"``); ``test_elbo`` is the plain one-sample ELBO at β = 1."""
-
-    epoch: int
-    step: int
-    beta: float
-    train_elbo: float
-    test_elbo: float | None
-    seconds: float
+CHECKPOINT = "checkpoint.pt"
+SEED_LIMIT = 2**32 - 1
 
 
 @dataclass(frozen=True)
 class FitResult:
-    """What ``fit`` returns: the per-epoch history, total steps and optimisation wall time."""
+    """What ``fit`` returns: the final training state and the checkpoint it wrote (if any)."""
 
-    history: tuple[EpochRecord, ...]
-    epochs: int
-    steps: int
-    train_seconds: float
+    state: TrainState
     checkpoint: Path | None
+
+    @property
+    def history(self) -> tuple[EpochRecord, ...]:
+        """One :class:`EpochRecord` per epoch, resumed epochs included."""
+        return self.state.history
+
+    @property
+    def epochs(self) -> int:
+        """The number of epochs trained in all."""
+        return self.state.epoch
+
+    @property
+    def steps(self) -> int:
+        """The number of optimisation steps taken in all."""
+        return self.state.step
+
+    @property
+    def train_seconds(self) -> float:
+        """Wall time inside the optimisation loop, summed over every epoch."""
+        return self.state.train_seconds
 
 
 def resolve_device(device: str) -> torch.device:
@@ -73,50 +80,44 @@ def resolve_device(device: str) -> torch.device:
 
 
 @torch.no_grad()
-def elbo_per_example_mean(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> float:
-    """The mean over ``x`` of a one-sample ELBO estimate at β = 1 (nats per image)."""
-    elbo, beta, total = Trace_ELBO(), vae.beta, 0.0
-    vae.beta = 1.0
-    try:
-        for start in range(0, x.shape[0], batch_size):
-            total -= elbo.loss(vae.model, vae.guide, x[start:start + batch_size])
-    finally:
-        vae.beta = beta
-    return total / x.shape[0]
+def mean_elbo(vae: VAE, x: torch.Tensor) -> float:
+    """The mean over ``x`` of a one-sample estimate of the ELBO at β = 1 (nats per image).
 
-
-def make_optimizer(vae: VAE, lr: float, fast: bool = True):
-    """Adam with rate ``lr`` for ``vae``'s parameters.
-
-    ``fast``: one ``torch.optim.Adam`` over ``vae.parameters()`` (fused where torch has the
-    fused kernel for their device); else ``pyro.optim.Adam``, which makes one
-    ``torch.optim.Adam`` per parameter on first sight. Both apply the same update rule
-    (β₁ = 0.9, β₂ = 0.999, ε = 1e-8); the fused kernel rounds differently in the last bit.
+    Its draws come from forked RNGs, so evaluating during training leaves the training
+    run's random stream, and hence its parameters, exactly as they would be without it.
     """
-    if not fast:
-        return pyro.optim.Adam({"lr": lr})
+    from .evaluate import log_likelihood
+
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return float(log_likelihood(vae.model, vae.guide, x, num_samples=1).mean())
+
+
+def make_optimizer(vae: VAE, lr: float) -> torch.optim.Adam:
+    """One ``torch.optim.Adam`` with rate ``lr`` over the VAE's trainable parameters.
+
+    Fused where torch has the fused kernel for their device; β₁ = 0.9, β₂ = 0.999, ε = 1e-8,
+    the update ``pyro.optim.Adam`` applies per parameter.
+    """
     params = [p for p in vae.parameters() if p.requires_grad]
     try:
         return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
+    except (RuntimeError, ValueError):
         return torch.optim.Adam(params, lr=lr)
 
 
-def make_step(vae: VAE, objective: pyro.infer.ELBO, optimizer) -> Callable[..., float]:
+def make_step(vae: VAE, objective: pyro.infer.ELBO,
+              optimizer: torch.optim.Optimizer) -> Callable[..., float]:
     """Return ``step(*args) -> loss``: one gradient step on ``objective`` for ``vae``.
 
-    With a ``pyro.optim`` optimizer this is ``SVI(vae.model, vae.guide, optimizer,
-    objective).step``. With a ``torch.optim`` optimizer over the VAE's parameters (the
-    default) a step is ``loss = objective.differentiable_loss(vae.model, vae.guide, *args)``
-    inside :meth:`~pvae.vae.VAE.direct_params`, ``loss.backward()``, ``optimizer.step()`` and
-    ``zero_grad``. Both compute the same loss and gradients; the second skips SVI's
+    A step is ``loss = objective.differentiable_loss(vae.model, vae.guide, *args)`` inside
+    :meth:`~pvae.vae.VAE.direct_params`, ``loss.backward()``, ``optimizer.step()`` and
+    ``zero_grad``: the loss and gradients of ``pyro.infer.SVI(...).step`` without SVI's
     per-step capture of the params, its per-parameter optimizers and the ``pyro.param``
-    message per weight. Its first step checks that no free ``pyro.param`` (one that is not
-    a parameter of the VAE's modules) takes part in the objective: the torch optimizer
-    would not update it (ConfigError; ``fit(fast=False)`` optimises those too).
+    message per weight. The first step checks that no free ``pyro.param`` (one that is not a
+    parameter of the VAE's modules) takes part in the objective: this optimizer would not
+    update it (ConfigError; train such a model with ``pyro.infer.SVI``).
     """
-    if isinstance(optimizer, pyro.optim.PyroOptim):
-        return SVI(vae.model, vae.guide, optimizer, loss=objective).step
     model, guide = vae.model, vae.guide
     owned = {p for group in optimizer.param_groups for p in group["params"]}
     optimizer.zero_grad(set_to_none=True)
@@ -134,8 +135,8 @@ def make_step(vae: VAE, objective: pyro.infer.ELBO, optimizer) -> Callable[..., 
                 value = site["value"]
                 if getattr(value, "unconstrained", lambda: value)() not in owned:
                     raise ConfigError(f"pyro.param {name!r} is not a parameter of the VAE's "
-                                      "modules, so the fast path cannot optimise it; "
-                                      "use fit(..., fast=False)")
+                                      "modules, so fit cannot optimise it; make it an "
+                                      "nn.Parameter of a module or train with pyro.infer.SVI")
             checked = True
         if loss.requires_grad:
             loss.backward()
@@ -144,49 +145,6 @@ def make_step(vae: VAE, objective: pyro.infer.ELBO, optimizer) -> Callable[..., 
         return torch_item(loss)
 
     return step
-
-
-def optimizer_state(vae: VAE, optimizer) -> dict:
-    """The optimizer's state as ``{parameter name: torch state dict of a one-parameter Adam}``.
-
-    This is ``pyro.optim.PyroOptim.get_state()``'s layout; a single ``torch.optim.Adam``
-    is written in it too, so a checkpoint resumes on either path.
-    """
-    if isinstance(optimizer, pyro.optim.PyroOptim):
-        return optimizer.get_state()
-    names = {p: n for n, p in vae.named_parameters()}
-    full = optimizer.state_dict()
-    state, index = {}, 0
-    for group, saved in zip(optimizer.param_groups, full["param_groups"]):
-        hyper = {k: v for k, v in saved.items() if k != "params"}
-        for p in group["params"]:
-            if index in full["state"]:
-                state[names[p]] = {"state": {0: full["state"][index]},
-                                   "param_groups": [dict(hyper, params=[0])]}
-            index += 1
-    return state
-
-
-def load_optimizer_state(vae: VAE, optimizer, state: dict) -> None:
-    """Restore the state written by :func:`optimizer_state` into ``optimizer``."""
-    if isinstance(optimizer, pyro.optim.PyroOptim):
-        optimizer.set_state(state)
-        return
-    names = {p: n for n, p in vae.named_parameters()}
-    full = optimizer.state_dict()
-    index, hyper = 0, None
-    for group, saved in zip(optimizer.param_groups, full["param_groups"]):
-        for p in group["params"]:
-            entry = state.get(names[p])
-            if entry is not None:
-                full["state"][index] = entry["state"][0]
-                hyper = hyper or entry["param_groups"][0]
-            index += 1
-    if hyper is not None:
-        keep = ("params", "foreach", "fused", "capturable", "differentiable")
-        for saved in full["param_groups"]:
-            saved.update({k: v for k, v in hyper.items() if k not in keep and k in saved})
-    optimizer.load_state_dict(full)
 
 
 def _check_finite(vae: VAE, epoch: int, step: int, good: Path | None) -> None:
@@ -203,64 +161,109 @@ def _diverged(what: str, epoch: int, step: int, good: Path | None) -> None:
 
 
 def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
-        lr: float = 1e-3, loss: str = "elbo", num_particles: int = 1, beta: float = 1.0,
-        beta_warmup_epochs: float = 0, binarize: bool = True, test_x: torch.Tensor | None = None,
-        out_dir: str | Path | None = None, resume: bool = False, device: str = "auto",
-        seed: int = 0, progress: bool = True, config: dict | None = None,
-        fast: bool = True) -> FitResult:
-    """Maximise the ELBO of ``vae`` on ``train_x`` by SVI with Adam.
+        lr: float = 1e-3, loss: str = "elbo", num_particles: int = 1,
+        beta_warmup_epochs: float = 0, binarize: bool | None = None,
+        test_x: torch.Tensor | None = None, out_dir: str | Path | None = None,
+        resume: bool = False, overwrite: bool = False, device: str = "auto",
+        seed: int | None = None, progress: bool = True) -> FitResult:
+    """Maximise the ELBO of ``vae`` on ``train_x`` by SVI with Adam, at the VAE's own β.
 
     Loss per step = −ELBO of the batch = Σ_i E_q[−log p(x_i|z)] + β_t·KL(q(z|x_i) || p(z)),
-    with β_t = ``beta``·min(1, t / (``beta_warmup_epochs``·steps per epoch)). ``train_x``
-    holds the dataset (grayscale in [0, 1] when ``binarize``; each batch is then binarized
-    afresh). With ``out_dir`` a checkpoint ``checkpoint.pt`` is written after every epoch;
-    ``resume`` continues from it. Pyro's param store is cleared first: the VAE owns it.
-    The fast path (default) steps with the objective's ``differentiable_loss`` and one fused
-    Adam; ``fast=False`` steps with ``pyro.infer.SVI`` and ``pyro.optim.Adam`` (see
-    :func:`make_step`). Both reach the same numbers up to float rounding.
+    with β_t = ``vae.beta``·min(1, t / (``beta_warmup_epochs``·steps per epoch)). ``train_x``
+    is a float tensor ``(N, x_dim)``; with ``binarize`` (default: when the likelihood is
+    binary) it holds probabilities in [0, 1] and each batch is binarized afresh. Integer,
+    bool and other floating dtypes are converted to the VAE's (:func:`as_training_data`).
+
+    ``out_dir``: a checkpoint ``checkpoint.pt`` after every epoch, the folder locked against
+    a second run. A folder that holds a checkpoint already is refused unless ``resume``
+    (continue it; its training settings must match these) or ``overwrite``. ``seed`` seeds
+    Pyro's, torch's and NumPy's global RNGs and each epoch's shuffle; with None the global
+    RNGs are left as they are and the shuffle seed is drawn from torch's. Pyro's param store
+    is not touched. The VAE moves to ``device``; the data follow it.
 
     Raises DivergenceError (keeping the last good checkpoint) if the loss or a parameter
     becomes NaN/Inf.
     """
-    if int(epochs) < 0 or int(batch_size) < 1 or not lr > 0:
-        raise ConfigError(f"need epochs >= 0, batch_size >= 1 and lr > 0; got {epochs}, "
-                          f"{batch_size}, {lr}")
-    if beta_warmup_epochs < 0:
-        raise ConfigError(f"--beta-warmup-epochs must be >= 0, got {beta_warmup_epochs}")
+    epochs, batch_size = whole_number("epochs", epochs), whole_number("batch_size", batch_size)
+    num_particles = whole_number("num_particles", num_particles)
+    seed = None if seed is None else whole_number("seed", seed)
+    checks = (("epochs", epochs, epochs >= 0, ">= 0"),
+              ("batch_size", batch_size, batch_size >= 1, ">= 1"),
+              ("num_particles", num_particles, num_particles >= 1, ">= 1"),
+              ("lr", lr, _finite(lr) and lr > 0, "a finite number > 0"),
+              ("beta_warmup_epochs", beta_warmup_epochs,
+               _finite(beta_warmup_epochs) and beta_warmup_epochs >= 0, "a finite number >= 0"),
+              ("seed", seed, seed is None or 0 <= seed <= SEED_LIMIT, f"in [0, {SEED_LIMIT}]"))
+    for name, value, ok, what in checks:
+        if not ok:
+            raise ConfigError(f"{name} must be {what}, got {value!r}")
+    if resume and overwrite:
+        raise ConfigError("resume and overwrite exclude each other: continue the run or replace it")
     dev = resolve_device(device)
+    binarize = vae.likelihood.data_kind == "binary" if binarize is None else bool(binarize)
+    dtype = next((p.dtype for p in vae.parameters() if p.is_floating_point()), torch.float32)
+    train_x = as_training_data(train_x, "the training data", dtype)
+    test_x = None if test_x is None else as_training_data(test_x, "the test data", dtype)
     _check_inputs(vae, train_x, test_x, binarize)
-    config = dict(config or {})
-    path = ckpt.check_writable(out_dir) / "checkpoint.pt" if out_dir is not None else None
+    if resume and out_dir is None:
+        raise ConfigError("resume needs out_dir (the folder holding checkpoint.pt)")
+    with run_lock(out_dir) if out_dir is not None else contextlib.nullcontext() as out:
+        path = out / CHECKPOINT if out is not None else None
+        if path is not None and path.exists() and not (resume or overwrite):
+            raise ConfigError(f"{out} already holds a run's checkpoint; resume it (--resume), "
+                              "replace it (--overwrite), or choose another --out")
+        if seed is not None:
+            pyro.set_rng_seed(int(seed))
+        settings = TrainSettings(batch_size=batch_size, lr=float(lr), loss=loss,
+                                 num_particles=num_particles, beta=vae.beta,
+                                 beta_warmup_epochs=float(beta_warmup_epochs), binarize=binarize,
+                                 seed=int(seed) if seed is not None else -1)
+        vae.to(dev)
+        vae.zero_grad(set_to_none=True)
+        optimizer = make_optimizer(vae, lr)
+        objective = make_loss(loss, num_particles)
+        state = _resume(vae, optimizer, path, settings) if resume else None
+        if state is None:
+            if seed is None:
+                settings = _with_seed(settings, int(torch.randint(0, SEED_LIMIT, ())))
+            state = TrainState(0, 0, (), 0.0, settings, {}, {})
+        state = _train(vae, optimizer, objective, state, train_x.to(dev),
+                       test_x.to(dev) if test_x is not None else None, epochs, path, progress)
+    return FitResult(state, path)
 
-    pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
-    vae.to(dev)
-    train_x = train_x.to(dev)
-    test_x = test_x.to(dev) if test_x is not None else None
-    vae.zero_grad(set_to_none=True)
-    optimizer = make_optimizer(vae, lr, fast)
-    objective = make_loss(loss, num_particles)
-    history: list[EpochRecord] = []
-    start_epoch, step, train_seconds = 0, 0, 0.0
-    if resume:
-        start_epoch, step, train_seconds, history = _resume(vae, optimizer, path, config)
+
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(float(v)) and not isinstance(v, bool)
+    except (TypeError, ValueError):
+        return False
+
+
+def _with_seed(settings: TrainSettings, seed: int) -> TrainSettings:
+    return dataclasses.replace(settings, seed=seed)
+
+
+def _train(vae: VAE, optimizer, objective, state: TrainState, train_x: torch.Tensor,
+           test_x: torch.Tensor | None, epochs: int, path: Path | None,
+           progress: bool) -> TrainState:
+    s = state.settings
     step_fn = make_step(vae, objective, optimizer)
-
     n = train_x.shape[0]
-    steps_per_epoch = math.ceil(n / batch_size)
-    warmup_steps = round(beta_warmup_epochs * steps_per_epoch)
-    plate_size = vae.num_data if vae.needs_index else None
-    for epoch in range(start_epoch + 1, int(epochs) + 1):
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        batches = minibatches(train_x, batch_size, gen, binarize=binarize)
+    steps_per_epoch = math.ceil(n / s.batch_size)
+    warmup_steps = round(s.beta_warmup_epochs * steps_per_epoch)
+    plate_size = None if vae.amortized else vae.num_data
+    history, step, train_seconds = list(state.history), state.step, state.train_seconds
+    for epoch in range(state.epoch + 1, epochs + 1):
+        gen = torch.Generator().manual_seed(s.seed * 1_000_003 + epoch)
+        batches = minibatches(train_x, s.batch_size, gen, binarize=s.binarize)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}",
                    disable=not progress, leave=False, dynamic_ncols=True)
         tic, total, seen = time.perf_counter(), 0.0, 0
         with pyro.validation_enabled(False):
             for idx, xb in bar:
-                vae.beta = beta_at(step, beta, warmup_steps)
-                args = (xb, idx) if vae.needs_index else (xb,)
-                batch_loss = step_fn(*args)
+                with vae.warmup(beta_at(step, 1.0, warmup_steps)):
+                    batch_loss = step_fn(*((xb,) if vae.amortized else (xb, idx)))
+                    kl_weight = vae.kl_weight
                 step += 1
                 if not math.isfinite(batch_loss):
                     _diverged(f"the loss is {batch_loss}", epoch, step, path)
@@ -268,59 +271,66 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
                 total += batch_loss * (b / plate_size if plate_size else 1.0)
                 seen += b
                 if step % 10 == 0:
-                    bar.set_postfix(elbo=f"{-total / seen:.2f}", beta=f"{vae.beta:.2f}")
+                    bar.set_postfix(elbo=f"{-total / seen:.2f}", beta=f"{kl_weight:.2f}")
         seconds = time.perf_counter() - tic
         train_seconds += seconds
         bar.close()
         _check_finite(vae, epoch, step, path)
-        test_elbo = (elbo_per_example_mean(vae, test_x)
-                     if test_x is not None and not vae.needs_index else None)
-        record = EpochRecord(epoch, step, vae.beta, -total / seen, test_elbo, seconds)
+        elbo = mean_elbo(vae, test_x) if test_x is not None and vae.amortized else None
+        record = EpochRecord(epoch, step, kl_weight, -total / seen, elbo, seconds)
         history.append(record)
         log.info("epoch %d: train ELBO %.2f, test ELBO %s nats/image, %.1f s", epoch,
-                 record.train_elbo, "n/a" if test_elbo is None else f"{test_elbo:.2f}", seconds)
+                 record.train_elbo, "n/a" if elbo is None else f"{elbo:.2f}", seconds)
+        state = TrainState(epoch, step, tuple(history), train_seconds, s,
+                           optimizer.state_dict(), rng_state())
         if path is not None:
-            ckpt.save(path, config=config, model=vae, optimizer_state=optimizer_state(vae, optimizer),
-                      epoch=epoch, step=step, history=[asdict(r) for r in history],
-                      train_seconds=train_seconds)
-    return FitResult(tuple(history), max(int(epochs), start_epoch), step, train_seconds, path)
+            checkpoint.save(path, vae, state)
+    return state
+
+
+def as_training_data(x, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` as a floating tensor of ``dtype``: what is unambiguous is converted, the rest refused.
+
+    bool and integer tensors (0/1 pixels, or counts) and floating tensors of another
+    precision (float64 from ``torch.from_numpy``, float16) become ``dtype``; an empty
+    tensor, a complex one or something that is not a tensor is a DataError.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"{name} must be a torch.Tensor of shape (N, x_dim), got "
+                        f"{type(x).__name__}; wrap a NumPy array with torch.from_numpy")
+    if x.is_complex():
+        raise DataError(f"{name} is complex ({x.dtype}); pass real pixel values")
+    if x.dim() >= 1 and x.shape[0] == 0:
+        raise DataError(f"{name} is empty (0 examples); pass at least one")
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def _check_inputs(vae: VAE, train_x: torch.Tensor, test_x: torch.Tensor | None,
                   binarize: bool) -> None:
-    vae.check_data(train_x, probabilities=binarize)  # binarized per batch later
+    vae.check_data(train_x, probabilities=binarize)
     if test_x is not None:
         vae.check_data(test_x)
-    if vae.needs_index and vae.num_data != train_x.shape[0]:
+    if not vae.amortized and vae.num_data != train_x.shape[0]:
         raise ConfigError(f"the guide holds parameters for {vae.num_data} examples but the "
                           f"training set has {train_x.shape[0]}; build it with "
                           f"num_data={train_x.shape[0]}")
 
 
-def _resume(vae: VAE, optimizer, path: Path | None, config: dict):
-    if path is None:
-        raise ConfigError("resume needs out_dir (the folder holding checkpoint.pt)")
-    payload = ckpt.load(path, map_location=next(vae.parameters()).device)
-    ckpt.check_compatible(payload, config, path)
-    ckpt.load_weights(vae, payload, path)
-    _restore_free_params(vae, payload["param_store"])
-    load_optimizer_state(vae, optimizer, payload["optimizer"])
-    ckpt.set_rng_state(payload["rng"])
-    history = [EpochRecord(**r) for r in payload["history"]]
-    log.info("resumed from %s at epoch %d (step %d)", path, payload["epoch"], payload["step"])
-    return payload["epoch"], payload["step"], payload["train_seconds"], history
-
-
-def _restore_free_params(vae: VAE, state: dict) -> None:
-    """Put back the param-store entries that are not the VAE's own weights.
-
-    The VAE's weights come from its state dict; the store is cleared so that the model's
-    and guide's ``pyro.param`` statements register the module's own tensors again rather
-    than meeting stale ones under their names.
-    """
-    pyro.clear_param_store()
-    own = {name for name, _ in vae.named_parameters()}
-    store = pyro.get_param_store()
-    for name, value in state["params"].items():
-        if name not in own:
-            store.setdefault(name, value.detach().clone(), state["constraints"].get(name))
+def _resume(vae: VAE, optimizer, path: Path, settings: TrainSettings) -> TrainState:
+    ckpt = checkpoint.read(path, map_location=vae.device)
+    if ckpt.state is None:
+        raise CheckpointError(f"{path} holds weights but no training state; it cannot be resumed")
+    if vae.config is not None and ckpt.config is not None and ckpt.config != vae.config:
+        old, new = ckpt.config.to_dict(), vae.config.to_dict()
+        detail = ", ".join(f"{k}: checkpoint {old[k]!r} vs now {new[k]!r}"
+                           for k in old if old[k] != new[k])
+        raise CheckpointError(f"cannot resume from {path}: {detail}; rerun with the checkpoint's "
+                              "flags or without --resume")
+    saved = ckpt.state.settings
+    asked = _with_seed(settings, saved.seed) if settings.seed == -1 else settings
+    check_settings(saved, asked, str(path.parent))
+    checkpoint.restore_weights(vae, ckpt.weights, path)
+    optimizer.load_state_dict(ckpt.state.optimizer)
+    set_rng_state(ckpt.state.rng)
+    log.info("resumed from %s at epoch %d (step %d)", path, ckpt.state.epoch, ckpt.state.step)
+    return ckpt.state

@@ -291,28 +291,26 @@ def test_cli_evaluate_writes_metrics_and_figure(tmp_path, monkeypatch, capsys):
     import pvae.data
     from pvae import checkpoint
     from pvae.cli import main
-    from pvae.experiment import ExperimentConfig
 
-    config = ExperimentConfig(z_dim=4, hidden_dims=(16,), data_dir="somewhere").model_config(None)
     torch.manual_seed(0)
     vae = build_vae(z_dim=4, hidden_dims=(16,))
-    checkpoint.save(tmp_path / "checkpoint.pt", config=config, model=vae, optimizer_state={},
-                    epoch=1, step=1, history=[], train_seconds=0.0)
+    checkpoint.save(tmp_path / "checkpoint.pt", vae)
     calls = []
 
     def fake_load_mnist(data_dir, binarize, train_subset=None, test_subset=None):
         calls.append((data_dir, binarize, test_subset))
         x = pvae.data.synthetic(test_subset, binary=binarize)
-        return pvae.data.MNIST(x, torch.zeros(len(x)), x, torch.zeros(len(x)), binarize)
+        return pvae.data.MNIST(x, torch.zeros(len(x)), x, torch.zeros(len(x)))
 
     monkeypatch.setattr(pvae.data, "load_mnist", fake_load_mnist)
     code = main(["evaluate", "--checkpoint", str(tmp_path / "checkpoint.pt"), "--num-samples",
-                 "50", "--test-subset", "12", "--chunk-size", "120", "--device", "cpu"])
+                 "50", "--test-subset", "12", "--chunk-size", "120", "--device", "cpu",
+                 "--data-dir", "somewhere"])
     assert code == 0 and calls == [("somewhere", True, 12)]
     metrics = json.loads((tmp_path / "metrics_eval.json").read_text())
     assert metrics["n_test"] == 12 and metrics["eval_samples"] == 50
     assert (tmp_path / "evaluation_K50.png").stat().st_size > 1000
-    loaded, _ = checkpoint.load_vae(tmp_path / "checkpoint.pt")
+    loaded = checkpoint.load(tmp_path / "checkpoint.pt")
     pyro.set_rng_seed(0)
     direct = evaluate(loaded.model, loaded.guide, fake_load_mnist("", True, test_subset=12).test_x,
                       num_samples=50, chunk_size=120, progress=False)

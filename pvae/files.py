@@ -1,0 +1,122 @@
+"""Files of a run folder: atomic writes, a lock against two runs in one folder, a write check.
+
+A run folder (``--out``) belongs to one process at a time: :func:`run_lock` holds an
+exclusive ``fcntl.flock`` on ``OUT/.pvae.lock`` for as long as a run writes there. The
+kernel drops the lock when its process dies, however it dies, so a lock left by a killed
+run is taken over by the next one without any guesswork about stale PIDs.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import ConfigError, StorageError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None
+
+LOCK_NAME = ".pvae.lock"
+_held: dict[Path, tuple[int, int]] = {}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one.
+
+    The bytes go to a temporary file in ``path``'s folder, are fsynced and renamed over
+    ``path``; the file gets the permissions of the user's umask, like any file the user
+    creates. A full disk (or a quota) is a StorageError that says the previous ``path``
+    is intact; the temporary file is removed.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = f"the previous {path.name} is intact" if path.exists() else \
+                f"no {path.name} was written"
+            raise StorageError(f"the disk holding {path.parent} is full ({err.strerror}) while "
+                               f"writing {path.name}; {kept}. Free some space and rerun "
+                               "(with --resume to continue training)") from err
+        raise
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_writable(out: str | Path) -> Path:
+    """Create the folder ``out`` if needed and prove a file can be written there."""
+    if out is None or str(out).strip() == "":
+        raise ConfigError("--out is empty; name the folder for the run's files, e.g. --out runs/a")
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"cannot write to --out {out} ({err.strerror or err}); choose a "
+                          "writable folder") from err
+    return out
+
+
+@contextlib.contextmanager
+def run_lock(out: str | Path) -> Iterator[Path]:
+    """Hold the run folder ``out`` for this process; ConfigError if another process holds it.
+
+    Re-entrant within a process. On taking the lock, temporary files that an interrupted
+    :func:`atomic_write` left behind (``.NAME.*.tmp``) are removed: no one else writes there.
+    """
+    out = check_writable(out).resolve()
+    if out in _held:
+        fd, count = _held[out]
+        _held[out] = (fd, count + 1)
+        try:
+            yield out
+        finally:
+            _release(out)
+        return
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ConfigError(f"another pvae run ({holder}) is writing to {out}; wait for it "
+                              "to finish or choose another --out") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+    for stale in out.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    _held[out] = (fd, 1)
+    try:
+        yield out
+    finally:
+        _release(out)
+
+
+def _release(out: Path) -> None:
+    fd, count = _held[out]
+    if count > 1:
+        _held[out] = (fd, count - 1)
+        return
+    del _held[out]
+    os.close(fd)

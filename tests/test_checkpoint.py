@@ -1,0 +1,161 @@
+"""Checkpoints are data, never code: checked, refused with one CheckpointError, rebuilt exactly."""
+import hashlib
+import io
+import json
+import os
+import random
+
+import pytest
+import torch
+
+import pvae
+from pvae import checkpoint
+from pvae.errors import CheckpointError
+from pvae.state import TrainSettings, TrainState, rng_state
+from pvae.vae import build_vae
+
+SETTINGS = TrainSettings(batch_size=64, lr=1e-3, loss="elbo", num_particles=1, beta=2.5,
+                         beta_warmup_epochs=0.0, binarize=True, seed=3)
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return build_vae(z_dim=3, hidden_dims=(16,), **kw)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    vae = tiny(prior="mog", num_components=4, beta=2.5)
+    state = TrainState(1, 5, (), 0.5, SETTINGS, {}, rng_state())
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save(path, vae, state)
+    return vae, path
+
+
+def test_load_rebuilds_config_beta_and_weights(saved):
+    vae, path = saved
+    loaded = pvae.load(path)
+    assert loaded.config == vae.config and loaded.beta == 2.5
+    assert loaded.config.options["num_components"] == 4
+    for (name, a), (_, b) in zip(vae.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    ckpt = checkpoint.read(path)
+    assert ckpt.state.settings == SETTINGS and ckpt.state.step == 5
+
+
+def test_loading_leaves_the_global_rng_and_param_store_alone(saved):
+    import pyro
+
+    _, path = saved
+    pyro.param("users_own", torch.ones(2))
+    before = torch.get_rng_state()
+    pvae.load(path)
+    assert torch.equal(before, torch.get_rng_state())
+    assert "users_own" in pyro.get_param_store()
+
+
+def test_a_pickle_that_runs_code_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    old_style = tmp_path / "old.pt"
+    torch.save({"format": "x", "boom": Evil()}, old_style)
+    with pytest.raises(CheckpointError, match="not a pvae checkpoint"):
+        pvae.load(old_style)
+    buf = io.BytesIO()
+    torch.save({"vae": None, "beta": 1.0, "weights": {}, "train": None, "boom": Evil()}, buf)
+    blob = buf.getvalue()
+    header = json.dumps({"format": 2, "length": len(blob),
+                         "sha256": hashlib.sha256(blob).hexdigest()}).encode()
+    forged = tmp_path / "forged.pt"
+    forged.write_bytes(checkpoint.MAGIC + header + b"\n" + blob)
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        pvae.load(forged)
+    assert not marker.exists()
+
+
+def test_a_checkpoint_of_the_previous_format_says_what_it_is(tmp_path):
+    path = tmp_path / "v1.pt"
+    torch.save({"format": "pvae-checkpoint-1", "config": {}, "model": {}}, path)
+    with pytest.raises(CheckpointError, match="pvae 0.1.*can run code"):
+        pvae.load(path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda raw: raw[: len(raw) // 2], "truncated"),
+    (lambda raw: raw[:-1] + bytes([raw[-1] ^ 1]), "damaged"),
+    (lambda raw: raw.replace(b'"format": 2', b'"format": 9'), "format 9"),
+    (lambda raw: raw[:20] + b"{not json" + raw[40:], "damaged header"),
+    (lambda raw: b"", "not a pvae checkpoint"),
+])
+def test_damaged_files_are_refused(saved, damage, message):
+    _, path = saved
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(CheckpointError, match=message):
+        pvae.load(path)
+
+
+def test_a_payload_missing_a_key_is_refused(tmp_path):
+    buf = io.BytesIO()
+    torch.save({"vae": None, "beta": 1.0, "train": None}, buf)
+    blob = buf.getvalue()
+    header = json.dumps({"format": 2, "length": len(blob),
+                         "sha256": hashlib.sha256(blob).hexdigest()}).encode()
+    path = tmp_path / "c.pt"
+    path.write_bytes(checkpoint.MAGIC + header + b"\n" + blob)
+    with pytest.raises(CheckpointError, match="lacks.*weights"):
+        pvae.load(path)
+
+
+def test_fuzz_random_and_bit_flipped_files_all_give_checkpoint_error(saved, tmp_path):
+    _, path = saved
+    good = path.read_bytes()
+    rng = random.Random(0)
+    target = tmp_path / "fuzz.pt"
+    for i in range(400):
+        if i < 200:
+            raw = bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 3000)))
+            if i % 4 == 0:
+                raw = checkpoint.MAGIC + raw
+        else:
+            raw = bytearray(good)
+            for _ in range(20):
+                raw[rng.randrange(len(raw))] ^= 1 << rng.randrange(8)
+            raw = bytes(raw)
+        target.write_bytes(raw)
+        with pytest.raises(CheckpointError):
+            pvae.load(target)
+
+
+def test_a_vae_of_custom_modules_loads_into_a_vae_built_the_same_way(tmp_path):
+    from linear_gaussian import make_problem, make_vae
+
+    W, b, sigma = make_problem()
+    vae = make_vae(W, b, sigma)
+    vae.beta = 0.5
+    checkpoint.save(tmp_path / "c.pt", vae)
+    with pytest.raises(CheckpointError, match="custom modules"):
+        pvae.load(tmp_path / "c.pt")
+    other = make_vae(W, b, sigma)
+    assert pvae.load(tmp_path / "c.pt", vae=other).beta == 0.5
+
+
+def test_weights_for_another_architecture_are_refused(saved):
+    _, path = saved
+    with pytest.raises(CheckpointError, match="does not fit"):
+        pvae.load(path, vae=build_vae(z_dim=5, hidden_dims=(16,)))
+
+
+def test_checkpoint_and_metrics_files_follow_the_umask(tmp_path):
+    from pvae.files import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "f.json", b"{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644
+
