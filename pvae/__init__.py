@@ -19,7 +19,7 @@ from .objectives import IWAE, OBJECTIVES, beta_at, make_loss
 from .parts import Guide, Likelihood, Prior
 from .priors import PRIORS
 from .state import EpochRecord, TrainSettings, TrainState
-from .train import FitResult, fit, make_optimizer, make_step
+from .train import fit, make_optimizer, make_step
 from .vae import VAE, VAEConfig, beta_handler, build_vae
 
 __version__ = "0.2.0"
@@ -28,7 +28,7 @@ __all__ = [
     "VAE", "VAEConfig", "build_vae", "beta_handler", "Prior", "Likelihood", "Guide",
     "PRIORS", "LIKELIHOODS", "GUIDES", "OBJECTIVES", "make_loss", "beta_at", "IWAE",
     "compare", "CompareRow",
-    "fit", "FitResult", "EpochRecord", "TrainState", "TrainSettings", "make_optimizer",
+    "fit", "EpochRecord", "TrainState", "TrainSettings", "make_optimizer",
     "make_step", "load", "Checkpoint",
     "LocalGuide", "SemiAmortizedGuide", "fit_local", "refine", "gap_report", "LocalFit", "GapReport",
     "evaluate", "log_likelihood", "EvalResult", "psis_khat",

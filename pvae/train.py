@@ -15,7 +15,6 @@ import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -37,34 +36,6 @@ from .vae import VAE
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 SEED_LIMIT = 2**32 - 1
-
-
-@dataclass(frozen=True)
-class FitResult:
-    """What ``fit`` returns: the final training state and the checkpoint it wrote (if any)."""
-
-    state: TrainState
-    checkpoint: Path | None
-
-    @property
-    def history(self) -> tuple[EpochRecord, ...]:
-        """One :class:`EpochRecord` per epoch, resumed epochs included."""
-        return self.state.history
-
-    @property
-    def epochs(self) -> int:
-        """The number of epochs trained in all."""
-        return self.state.epoch
-
-    @property
-    def steps(self) -> int:
-        """The number of optimisation steps taken in all."""
-        return self.state.step
-
-    @property
-    def train_seconds(self) -> float:
-        """Wall time inside the optimisation loop, summed over every epoch."""
-        return self.state.train_seconds
 
 
 def resolve_device(device: str) -> torch.device:
@@ -165,7 +136,7 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
         beta_warmup_epochs: float = 0, binarize: bool | None = None,
         test_x: torch.Tensor | None = None, out_dir: str | Path | None = None,
         resume: bool = False, overwrite: bool = False, device: str = "auto",
-        seed: int | None = None, progress: bool = True) -> FitResult:
+        seed: int | None = None, progress: bool = True) -> TrainState:
     """Maximise the ELBO of ``vae`` on ``train_x`` by SVI with Adam, at the VAE's own β.
 
     Loss per step = −ELBO of the batch = Σ_i E_q[−log p(x_i|z)] + β_t·KL(q(z|x_i) || p(z)),
@@ -181,6 +152,7 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
     RNGs are left as they are and the shuffle seed is drawn from torch's. Pyro's param store
     is not touched. The VAE moves to ``device``; the data follow it.
 
+    Returns the final :class:`~pvae.state.TrainState` (epoch, step, history, seconds).
     Raises DivergenceError (keeping the last good checkpoint) if the loss or a parameter
     becomes NaN/Inf.
     """
@@ -222,14 +194,15 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
         vae.zero_grad(set_to_none=True)
         optimizer = make_optimizer(vae, lr)
         objective = make_loss(loss, num_particles)
-        state = _resume(vae, optimizer, path, settings) if resume else None
-        if state is None:
+        if resume:
+            state = _resume(vae, optimizer, path, settings)
+        else:
             if seed is None:
-                settings = _with_seed(settings, int(torch.randint(0, SEED_LIMIT, ())))
+                settings = dataclasses.replace(settings, seed=int(torch.randint(0, SEED_LIMIT, ())))
             state = TrainState(0, 0, (), 0.0, settings, {}, {})
         state = _train(vae, optimizer, objective, state, train_x.to(dev),
                        test_x.to(dev) if test_x is not None else None, epochs, path, progress)
-    return FitResult(state, path)
+    return state
 
 
 def _finite(v) -> bool:
@@ -238,9 +211,6 @@ def _finite(v) -> bool:
     except (TypeError, ValueError):
         return False
 
-
-def _with_seed(settings: TrainSettings, seed: int) -> TrainSettings:
-    return dataclasses.replace(settings, seed=seed)
 
 
 def _train(vae: VAE, optimizer, objective, state: TrainState, train_x: torch.Tensor,
@@ -327,7 +297,7 @@ def _resume(vae: VAE, optimizer, path: Path, settings: TrainSettings) -> TrainSt
         raise CheckpointError(f"cannot resume from {path}: {detail}; rerun with the checkpoint's "
                               "flags or without --resume")
     saved = ckpt.state.settings
-    asked = _with_seed(settings, saved.seed) if settings.seed == -1 else settings
+    asked = dataclasses.replace(settings, seed=saved.seed) if settings.seed == -1 else settings
     check_settings(saved, asked, str(path.parent))
     checkpoint.restore_weights(vae, ckpt.weights, path)
     optimizer.load_state_dict(ckpt.state.optimizer)

@@ -25,7 +25,8 @@ from .errors import ConfigError, DataError
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .nets import ACTIVATIONS
-from .parts import Guide, Likelihood, Prior, shared_arguments, split_options, whole_number
+from .parts import (Guide, Likelihood, Prior, coerce_option, shared_arguments, split_options,
+                    whole_number)
 from .priors import PRIORS
 
 REGISTRIES = {"prior": PRIORS, "guide": GUIDES, "likelihood": LIKELIHOODS}
@@ -79,34 +80,24 @@ class VAEConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for role, registry in REGISTRIES.items():
-            name = getattr(self, role)
-            if not isinstance(name, str) or name not in registry:
-                raise ConfigError(f"unknown {role} {name!r}; choose one of: "
+        for role, registry in {**REGISTRIES, "activation": ACTIVATIONS}.items():
+            if getattr(self, role) not in registry:
+                raise ConfigError(f"unknown {role} {getattr(self, role)!r}; choose one of: "
                                   f"{', '.join(sorted(registry))}")
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"unknown activation {self.activation!r}; choose one of: "
-                              f"{', '.join(sorted(ACTIVATIONS))}")
-        hidden = self.hidden_dims
-        hidden = hidden.split() if isinstance(hidden, str) else (
-            [hidden] if isinstance(hidden, (int, float)) else hidden)
-        sizes = {"z_dim": self.z_dim, "x_dim": self.x_dim}
-        if self.num_data is not None:
-            sizes["num_data"] = self.num_data
-        fixed = {k: whole_number(k, v) for k, v in sizes.items()}
-        fixed["hidden_dims"] = tuple(whole_number("hidden_dims", h) for h in hidden)
-        for name, value in fixed.items():
-            if min(value if isinstance(value, tuple) else (value,), default=0) < 1:
-                what = "one or more positive whole numbers" if name == "hidden_dims" else \
-                    "a positive whole number"
-                raise ConfigError(f"{name} must be {what}, got {getattr(self, name)!r}")
+        sizes = {"z_dim": (self.z_dim,), "x_dim": (self.x_dim,),
+                 "hidden_dims": coerce_option("hidden_dims", self.hidden_dims, ()),
+                 "num_data": () if self.num_data is None else (self.num_data,)}
+        for name, values in sizes.items():
+            values = tuple(whole_number(name, v) for v in values)
+            if min(values, default=1 if name == "num_data" else 0) < 1:
+                raise ConfigError(f"{name} must be positive whole number(s), "
+                                  f"got {getattr(self, name)!r}")
+            object.__setattr__(self, name, values if name == "hidden_dims" else
+                               (values[0] if values else None))
         if not isinstance(self.options, Mapping):
-            raise ConfigError(f"options must be a mapping of option names to values, got "
-                              f"{type(self.options).__name__}")
-        routed = split_options(self.parts(), self.options)
-        merged = {k: v for opts in routed.values() for k, v in opts.items()}
-        for name, value in {**fixed, "options": MappingProxyType(dict(sorted(merged.items())))}.items():
-            object.__setattr__(self, name, value)
+            raise ConfigError(f"options must be a mapping of names to values, got {self.options!r}")
+        merged = {k: v for opts in self.part_options().values() for k, v in opts.items()}
+        object.__setattr__(self, "options", MappingProxyType(dict(sorted(merged.items()))))
 
     def parts(self) -> dict[str, tuple[str, type]]:
         """``{role: (registry name, class)}`` for the prior, guide and likelihood."""
@@ -155,43 +146,31 @@ class VAE(PyroModule):
     """A VAE with prior p(z), likelihood p(x|z) and guide q(z|x).
 
     The model is ``z ~ p(z)``, ``x ~ p(x|z)`` for every example in the ``"data"`` plate;
-    the guide is ``z ~ q(z|x)``. The ``"z"`` site is scaled by β (:attr:`beta`, times the
-    warm-up fraction inside :meth:`warmup`) in both the model and the guide, so
-    ``Trace_ELBO`` minimises E_q[-log p(x|z)] + β·KL(q(z|x) || p(z)).
+    the guide is ``z ~ q(z|x)``. The ``"z"`` site is scaled by :attr:`kl_weight` (β, times
+    the warm-up fraction inside :meth:`warmup`) in both, so ``Trace_ELBO`` minimises
+    E_q[-log p(x|z)] + β·KL(q(z|x) || p(z)).
 
-    The prior, likelihood and guide stay plain ``torch.nn`` modules. ``model`` issues one
-    ``pyro.param`` statement per parameter of the prior and the likelihood, ``guide`` one per
-    parameter of the guide, under the names of ``named_parameters()`` (``"q.net.body.0.weight"``),
-    so ``pyro.infer.SVI`` with a ``pyro.optim`` optimizer trains the VAE like any Pyro
-    program. Inside :meth:`direct_params` they issue none: ``pvae.train.fit`` optimises
-    ``vae.parameters()`` with one torch optimizer and skips those messages (two per weight
-    and bias of every layer, each through the whole handler stack, at every step).
+    The parts stay plain ``torch.nn`` modules. ``model`` states each parameter of the prior
+    and likelihood with ``pyro.param``, ``guide`` each of the guide's, under the names of
+    ``named_parameters()``, so ``pyro.infer.SVI`` trains the VAE like any Pyro program;
+    inside :meth:`direct_params` they state none (``pvae.train.fit`` holds the parameters
+    in one torch optimizer and skips those messages at every step).
 
-    Build one with :func:`build_vae` (or :meth:`from_config`): it then carries its
-    :class:`VAEConfig` as :attr:`config`, which checkpoints store. A VAE assembled from
-    modules of one's own has ``config=None``; its checkpoints hold weights that
-    :func:`pvae.checkpoint.load` puts back into a VAE built the same way.
-
-    Args:
-        prior, likelihood, guide: modules with the interfaces of :mod:`pvae.parts`.
-        x_dim: the size of one flattened example; ``"x"`` has event shape ``(x_dim,)``.
-        num_data: the dataset size N. Needed by guides that own per-example parameters:
-            the plate then has size N and each batch's indices as ``subsample``, so the
-            ELBO of a batch of B is scaled by N/B.
-        beta: β, the weight of the KL term.
-        config: the configuration the modules were built from, if any.
+    :func:`build_vae` (or :meth:`from_config`) records the :class:`VAEConfig` as
+    :attr:`config`, which checkpoints store; a VAE assembled from one's own modules
+    (``prior``, ``likelihood``, ``guide`` with the interfaces of :mod:`pvae.parts`) has
+    ``config=None``. ``num_data`` is the dataset size N for a guide that owns per-example
+    parameters: the plate then has size N with the batch's indices as ``subsample``, so
+    the ELBO of a batch of B is scaled by N/B.
     """
 
     def __init__(self, prior: nn.Module, likelihood: nn.Module, guide: nn.Module, x_dim: int,
                  num_data: int | None = None, beta: float = 1.0, config: VAEConfig | None = None):
         super().__init__()
-        for role, part, protocol in (("prior", prior, Prior), ("likelihood", likelihood, Likelihood),
-                                     ("guide", guide, Guide)):
+        for part, protocol in ((prior, Prior), (likelihood, Likelihood), (guide, Guide)):
             if not isinstance(part, protocol):
-                missing = [n for n in protocol.__protocol_attrs__ if not hasattr(part, n)] \
-                    if hasattr(protocol, "__protocol_attrs__") else []
-                raise ConfigError(f"the {role} {type(part).__name__} lacks the {role} interface "
-                                  f"{missing or ''} (see pvae.parts.{protocol.__name__})")
+                raise ConfigError(f"{type(part).__name__} lacks the attributes of a "
+                                  f"pvae.parts.{protocol.__name__}; see its docstring")
         self.x_dim = int(x_dim)
         self.z_dim = int(prior.z_dim)
         self.num_data = num_data

@@ -34,8 +34,8 @@ def test_build_vae_records_every_name_size_and_option():
     (dict(prior="mog", num_components="abc"), "num_components must be a whole number"),
     (dict(prior="mog", num_components=2.5), "num_components must be a whole number"),
     (dict(z_dim=2.5), "z_dim must be a whole number"),
-    (dict(z_dim=0), "z_dim must be a positive whole number"),
-    (dict(hidden_dims=[16, -1]), "hidden_dims must be one or more positive"),
+    (dict(z_dim=0), "z_dim must be positive whole number"),
+    (dict(hidden_dims=[16, -1]), "hidden_dims must be positive whole number"),
     (dict(activation="sigmoid"), "unknown activation"),
     (dict(likelihood="normal", learn_scale="yes"), "learn_scale must be true or false"),
     (dict(likelihood="normal", likelihood_scale=float("nan")), "likelihood_scale must be a finite"),
@@ -78,3 +78,40 @@ def test_misspelled_options_fail_at_every_entry_point_before_any_training(tmp_pa
     assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr
     assert re.search(message, lines[0]), lines[0]
     assert not (tmp_path / "no-data").exists()
+
+
+def test_no_public_function_shadows_a_module():
+    import importlib
+    import types
+
+    import pvae
+
+    for name in pvae.__all__:
+        try:
+            module = importlib.import_module(f"pvae.{name}")
+        except ModuleNotFoundError:
+            continue
+        assert getattr(pvae, name) is module, name
+    import pvae.evaluate as ev
+    assert isinstance(ev, types.ModuleType) and callable(ev.evaluate) and callable(ev.log_likelihood)
+
+
+LAYERS = ["errors", "parts", "nets", "files", "state", "weights", "localfit", "priors",
+          "likelihoods", "guides", "vae", "checkpoint", "objectives", "evaluate", "amortization",
+          "data", "train", "plotting", "experiment", "compare", "cli"]
+
+
+def test_modules_import_only_downward_and_no_private_names():
+    import ast
+
+    files = {p.stem: p for p in (REPO / "pvae").glob("*.py") if p.stem != "__init__"}
+    assert set(files) == set(LAYERS), set(files) ^ set(LAYERS)
+    for name, path in files.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 1):
+                continue
+            targets = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+            for target in targets:
+                assert LAYERS.index(target) < LAYERS.index(name), f"{name} imports {target}"
+            private = [a.name for a in node.names if a.name.startswith("_")]
+            assert not private, f"{name} imports {private} from {targets}"

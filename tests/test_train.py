@@ -39,7 +39,7 @@ def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(tmp_p
     resumed, resumed_result = train(tmp_path / "b", epochs=3, resume=True, vae=tiny(seed=5))
     for (name, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters()):
         assert torch.equal(a, b), name
-    assert resumed_result.steps == full_result.steps == 15
+    assert resumed_result.step == full_result.step == 15
     assert [r.train_elbo for r in resumed_result.history] == [r.train_elbo for r in full_result.history]
     assert ckpt.read(tmp_path / "b" / "checkpoint.pt").state.epoch == 3
 
@@ -101,7 +101,7 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_pat
         train(tmp_path, epochs=1)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     _, result = train(tmp_path, epochs=1, overwrite=True)
-    assert ckpt.read(tmp_path / "checkpoint.pt").state.epoch == 1 == result.epochs
+    assert ckpt.read(tmp_path / "checkpoint.pt").state.epoch == 1 == result.epoch
 
 
 def test_evaluating_during_training_does_not_change_the_trained_weights(tmp_path):

@@ -1,0 +1,239 @@
+"""Hostile input and faults: every case is one clear error line, and nothing is lost.
+
+Each command-line case runs pvae in a subprocess on tiny data and asserts the exit status
+2, a last line ``error: ...`` that names the problem, no traceback, and that every file of
+the finished run next to it is byte-for-byte intact. The Python cases assert the same
+through the API's exceptions.
+"""
+import hashlib
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO
+from pvae import build_vae, fit
+from pvae.errors import ConfigError, DataError, StorageError
+
+TINY = ["--epochs", 1, "--train-subset", 200, "--test-subset", 50, "--eval-samples", 30,
+        "--hidden-dims", 16, "--z-dim", 4, "--device", "cpu", "--no-progress"]
+
+
+def pvae(*args, script=None):
+    cmd = [sys.executable, str(REPO / "examples" / script)] if script else \
+        [sys.executable, "-m", "pvae.cli"]
+    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".pvae.lock"}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, mnist_dir):
+    """A finished one-epoch run: its folder (checkpoint, metrics, figures) and MNIST's."""
+    out = tmp_path_factory.mktemp("hostile") / "run"
+    done = pvae("--data-dir", mnist_dir, "--out", out, *TINY, script="mnist_svi.py")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out, mnist_dir
+
+
+def flip(raw: bytes, at: int) -> bytes:
+    return raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1:]
+
+
+def old_format_file(path: Path, marker: Path) -> None:
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"format": "pvae-checkpoint-1", "code": Evil()}, path)
+
+
+def garbage_mnist(root: Path, mnist_dir: Path) -> Path:
+    raw = root / "MNIST" / "raw"
+    shutil.copytree(Path(mnist_dir) / "MNIST" / "raw", raw)
+    images = raw / "train-images-idx3-ubyte"
+    data = bytearray(images.read_bytes())
+    for i in range(16, len(data), 997):
+        data[i] ^= 0x5A
+    images.write_bytes(bytes(data))
+    return root
+
+
+# (case id, how to build the arguments from (run folder, MNIST folder, scratch folder), the
+# message the error line must match)
+CLI_CASES = [
+    ("rerun-finished-out", lambda r, m, t: ["train", "--data-dir", m, "--out", r, *TINY],
+     "holds a finished run.*--overwrite"),
+    ("empty-out", lambda r, m, t: ["train", "--data-dir", m, "--out", "", *TINY], "--out is empty"),
+    ("out-is-a-file", lambda r, m, t: ["train", "--data-dir", m, "--out", r / "metrics.json",
+                                       *TINY], "cannot write to --out"),
+    ("seed-negative", lambda r, m, t: ["train", "--seed", -1], "--seed: must lie in"),
+    ("seed-too-large", lambda r, m, t: ["train", "--seed", 2**32], "--seed: must lie in"),
+    ("warmup-1e308", lambda r, m, t: ["train", "--data-dir", m, "--out", t / "o", *TINY,
+                                      "--beta-warmup-epochs", "1e308"],
+     "--beta-warmup-epochs must be between 0 and --epochs"),
+    ("lr-nan", lambda r, m, t: ["train", "--lr", "nan"], "--lr: must be a finite number"),
+    ("unknown-option", lambda r, m, t: ["train", "--data-dir", m, "--out", t / "o", *TINY,
+                                        "--num-components", 5], "unknown option 'num_components'"),
+    ("resume-with-new-lr", lambda r, m, t: ["train", "--data-dir", m, "--out", r, *TINY,
+                                            "--resume", "--lr", 0.5],
+     "cannot resume.*lr 0.5 \\(the checkpoint has 0.001\\)"),
+    ("resume-and-overwrite", lambda r, m, t: ["train", "--data-dir", m, "--out", r, *TINY,
+                                              "--resume", "--overwrite"], "exclude each other"),
+    ("test-subset-too-large", lambda r, m, t: ["train", "--data-dir", m, "--out", t / "o",
+                                               "--test-subset", 20000, "--epochs", 1],
+     "--test-subset 20000 is larger"),
+    ("garbage-pixels", lambda r, m, t: ["train", "--data-dir", garbage_mnist(t / "d", m), "--out",
+                                        t / "o", *TINY], "does not match MNIST.*delete"),
+    ("compare-bad-value", lambda r, m, t: ["compare", "--configs", "prior=mog,num_components=abc",
+                                           "--out", t / "c", *TINY],
+     "num_components must be a whole number"),
+    ("compare-misspelled-key", lambda r, m, t: ["compare", "--configs", "prior=standard",
+                                                "priro=mog", "--out", t / "c", *TINY],
+     "did you mean 'prior'"),
+    ("compare-unknown-prior", lambda r, m, t: ["compare", "--priors", "standard", "gauss",
+                                               "--out", t / "c", *TINY], "unknown prior 'gauss'"),
+    ("evaluate-missing", lambda r, m, t: ["evaluate", "--checkpoint", t / "none.pt"], "no checkpoint"),
+    ("evaluate-random-bytes", lambda r, m, t: ["evaluate", "--checkpoint",
+                                               _write(t / "r.pt", os.urandom(5000))],
+     "not a pvae checkpoint"),
+    ("evaluate-truncated", lambda r, m, t: ["evaluate", "--checkpoint", _write(
+        t / "t.pt", (r / "checkpoint.pt").read_bytes()[:4000])], "truncated"),
+    ("evaluate-bit-flipped", lambda r, m, t: ["evaluate", "--checkpoint", _write(
+        t / "f.pt", flip((r / "checkpoint.pt").read_bytes(), 5000))], "damaged"),
+    ("evaluate-old-pickle-runs-no-code", lambda r, m, t: ["evaluate", "--checkpoint",
+                                                          _old(t)], "pvae 0.1.*can run code"),
+    ("gap-test-subset-too-large", lambda r, m, t: ["gap", "--checkpoint", r / "checkpoint.pt",
+                                                   "--data-dir", m, "--out", t / "g",
+                                                   "--test-subset", 20000],
+     "--test-subset 20000 is larger"),
+    ("plot-bad-device", lambda r, m, t: ["plot", "--checkpoint", r / "checkpoint.pt",
+                                         "--device", "tpu"], "--device: invalid choice"),
+]
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _old(tmp: Path) -> Path:
+    old_format_file(tmp / "old.pt", tmp / "ran")
+    return tmp / "old.pt"
+
+
+@pytest.mark.parametrize("case, build, message", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_cli_refuses_with_one_clear_line_and_keeps_the_run(finished, tmp_path, case, build, message):
+    run, mnist_dir = finished
+    before = snapshot(run)
+    done = pvae(*build(run, Path(mnist_dir), tmp_path))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert lines and "error:" in lines[-1] and re.search(message, lines[-1]), done.stderr
+    assert len(lines[-1]) < 600
+    assert snapshot(run) == before
+    assert not (tmp_path / "ran").exists()
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_a_second_run_on_a_busy_folder_is_refused(finished, tmp_path):
+    run, mnist_dir = finished
+    out = tmp_path / "busy"
+    code = ("import sys, time\nfrom pvae.files import run_lock\n"
+            f"with run_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = pvae("train", "--data-dir", mnist_dir, "--out", out, *TINY)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"another pvae run (pid {holder.pid})" in done.stderr.strip().splitlines()[-1]
+
+
+def test_a_few_importance_samples_report_khat_as_unknown_not_zero(finished, tmp_path):
+    run, mnist_dir = finished
+    done = pvae("evaluate", "--checkpoint", run / "checkpoint.pt", "--data-dir", mnist_dir,
+                "--num-samples", 20, "--test-subset", 10, "--out", tmp_path, "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "unknown" in done.stdout and "0.0% of images" not in done.stdout
+
+
+def tiny_vae():
+    torch.manual_seed(0)
+    return build_vae(z_dim=3, hidden_dims=(16,))
+
+
+X = torch.rand(64, 784)
+
+API_CASES = [
+    ("epochs-2.7", lambda: fit(tiny_vae(), X, epochs=2.7, device="cpu", progress=False),
+     ConfigError, "epochs must be a whole number"),
+    ("batch-size-2.5", lambda: fit(tiny_vae(), X, epochs=1, batch_size=2.5, device="cpu",
+                                   progress=False), ConfigError, "batch_size must be a whole"),
+    ("warmup-nan", lambda: fit(tiny_vae(), X, epochs=1, beta_warmup_epochs=math.nan,
+                               device="cpu", progress=False), ConfigError,
+     "beta_warmup_epochs must be a finite"),
+    ("z-dim-2.5", lambda: build_vae(z_dim=2.5), ConfigError, "z_dim must be a whole number"),
+    ("pixels-0-255", lambda: fit(tiny_vae(), (X * 255).to(torch.uint8), epochs=1, device="cpu",
+                                 progress=False), DataError, r"\[0, 1\].*x / 255"),
+    ("empty-train", lambda: fit(tiny_vae(), X[:0], epochs=1, device="cpu", progress=False),
+     DataError, "training data is empty"),
+    ("empty-test", lambda: fit(tiny_vae(), X, test_x=X[:0], epochs=1, device="cpu",
+                               progress=False), DataError, "test data is empty"),
+    ("nan-pixels", lambda: fit(tiny_vae(), X.masked_fill(X > 0.99, math.nan), epochs=1,
+                               device="cpu", progress=False), DataError, "NaN"),
+    ("numpy-array", lambda: fit(tiny_vae(), X.numpy(), epochs=1, device="cpu", progress=False),
+     DataError, "torch.from_numpy"),
+]
+
+
+@pytest.mark.parametrize("case, call, error, message", API_CASES, ids=[c[0] for c in API_CASES])
+def test_api_refuses_with_one_clear_error(case, call, error, message):
+    with pytest.raises(error, match=message) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs, where mounting is allowed (root on Linux); skipped elsewhere."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {done.stderr.strip()[:100]}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_says_so_and_keeps_the_last_checkpoint(small_disk):
+    x = torch.bernoulli(torch.rand(128, 784, generator=torch.Generator().manual_seed(0)))
+    out = small_disk / "run"
+    fit(tiny_vae(), x, epochs=1, batch_size=64, out_dir=out, device="cpu", progress=False, seed=0)
+    good = (out / "checkpoint.pt").read_bytes()
+    with open(small_disk / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    with pytest.raises(StorageError, match="disk .* is full.*previous checkpoint.pt is intact"):
+        fit(tiny_vae(), x, epochs=3, batch_size=64, out_dir=out, resume=True, device="cpu",
+            progress=False, seed=0)
+    assert (out / "checkpoint.pt").read_bytes() == good
+    assert not list(out.glob(".*.tmp"))
