@@ -1,8 +1,6 @@
-"""Guides q(z|x): amortized encoders that return a distribution over ``z`` per example.
+"""Guides q(z|x) (the interface: :class:`pvae.parts.Guide`), picked by name from :data:`GUIDES`.
 
-Every guide is picked by name from :data:`GUIDES`. ``forward(x, idx)`` returns a
-distribution with batch shape ``(B,)`` and event shape ``(z_dim,)``; ``idx`` holds the
-dataset indices of the batch, which only non-amortized guides use.
+Scales are softplus(·) + 1e-5.
 """
 from __future__ import annotations
 
@@ -13,18 +11,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .localfit import refine_moments
+from .localfit import MIN_SCALE, refine_moments
 from .errors import ConfigError
 from .nets import ConvEncoder, Split, autoregressive_flow, inv_softplus, mlp
 
-MIN_SCALE = 1e-5
 
-
-class NormalEncoder(nn.Module):
-    """q_φ(z|x) = N(μ_φ(x), diag σ_φ(x)²), with σ = softplus(·) + 1e-5 from one MLP."""
+class _Guide(nn.Module):
+    """The flags of :class:`pvae.parts.Guide` most guides have: amortized, not using the model."""
 
     amortized = True
     uses_model = False
+
+
+class NormalEncoder(_Guide):
+    """q_φ(z|x) = N(μ_φ(x), diag σ_φ(x)²), μ and σ from one MLP."""
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
                  activation: str = "tanh"):
@@ -38,17 +38,12 @@ class NormalEncoder(nn.Module):
         return loc, F.softplus(raw) + MIN_SCALE
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> dist.Distribution:
-        loc, scale = self.encode(x)
-        return dist.Normal(loc, scale).to_event(1)
+        return dist.Normal(*self.encode(x)).to_event(1)
 
 
 class ConvNormalEncoder(NormalEncoder):
-    """q_φ(z|x) = N(μ_φ(x), diag σ_φ(x)²) from a convolutional encoder of the image.
-
-    The flattened ``x`` is reshaped to one ``side×side`` channel (x_dim = 784 -> 28×28),
-    passed through two stride-2 convolutions (``conv_channels``, default 32, then twice
-    that) and an MLP head with ``hidden_dims``; see :class:`pvae.nets.ConvEncoder`.
-    """
+    """The Normal encoder with a :class:`pvae.nets.ConvEncoder` (``conv_channels``) for the MLP:
+    x reshaped to one ``side×side`` channel (x_dim = 784 -> 28×28)."""
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
                  activation: str = "tanh", *, conv_channels: int = 32):
@@ -58,16 +53,9 @@ class ConvNormalEncoder(NormalEncoder):
         self.net = Split(body, 2)
 
 
-class LowRankEncoder(nn.Module):
-    """q_φ(z|x) = N(μ_φ(x), F_φ(x) F_φ(x)ᵀ + diag d_φ(x)), F of shape (z_dim, ``rank``).
-
-    A full-covariance Gaussian of rank ``rank`` (default 2) plus a diagonal, so the
-    posterior can tilt: correlations between latents that the diagonal encoder ignores.
-    d = (softplus(·) + 1e-5)². One MLP outputs μ, d and F.
-    """
-
-    amortized = True
-    uses_model = False
+class LowRankEncoder(_Guide):
+    """q_φ(z|x) = N(μ_φ(x), F_φ(x) F_φ(x)ᵀ + diag d_φ(x)), F of shape (z_dim, ``rank``),
+    d = (softplus(·) + 1e-5)², all from one MLP: a posterior that can tilt."""
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
                  activation: str = "tanh", *, rank: int = 2):
@@ -81,54 +69,36 @@ class LowRankEncoder(nn.Module):
         out = self.net(x)
         loc, raw, factor = out.split([self.z_dim, self.z_dim, self.z_dim * self.rank], dim=-1)
         factor = factor.reshape(*out.shape[:-1], self.z_dim, self.rank)
-        diag = (F.softplus(raw) + MIN_SCALE) ** 2
-        return dist.LowRankMultivariateNormal(loc, factor, diag)
+        return dist.LowRankMultivariateNormal(loc, factor, (F.softplus(raw) + MIN_SCALE) ** 2)
 
 
-class IAFEncoder(nn.Module):
-    """q_φ(z|x): the Normal encoder's z₀ ~ N(μ_φ(x), diag σ_φ(x)²) followed by IAF steps.
-
-    z = f_S(⋯ f_1(z₀)) with ``flow_steps`` (default 2) inverse autoregressive affine maps
-    f_s(y)_i = m_s(y_<i) + exp(s_s(y_<i))·y_i (:func:`pvae.nets.autoregressive_flow`;
-    widths ``flow_hidden``), and log q(z|x) = log N(z₀; μ, σ²) − Σ_s log-det-Jacobian(f_s).
-
-    The flow is unconditional: its maps are shared by all x and do not see the encoder's
-    context; the amortized base carries the dependence on x. Sampling is one pass per
-    step and the log-density of the guide's own samples reuses the cached inverse, so
-    ``Trace_ELBO`` costs one MADE pass per step. Because the maps do not depend on x,
-    the log-density of any other z (e.g. inside a VampPrior, which mixes this guide at
-    K pseudo-inputs) inverts the flow once for all K components.
+class IAFEncoder(_Guide):
+    """q_φ(z|x): z₀ ~ N(μ_φ(x), diag σ_φ(x)²) then z = f_S(⋯ f_1(z₀)), ``flow_steps`` affine
+    autoregressive maps (:func:`pvae.nets.autoregressive_flow`, widths ``flow_hidden``) shared
+    by all x: log q(z|x) = log N(z₀; μ, σ²) − Σ_s log-det-Jacobian(f_s). A sample's density
+    reuses the cached inverse; any other z (a VampPrior's K components) inverts once for all K.
     """
-
-    amortized = True
-    uses_model = False
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
                  activation: str = "tanh", *, flow_steps: int = 2,
                  flow_hidden: tuple[int, ...] = ()):
         super().__init__()
         self.z_dim = int(z_dim)
-        self.base = NormalEncoder(z_dim=z_dim, x_dim=x_dim, hidden_dims=hidden_dims,
-                                  activation=activation)
+        self.base = NormalEncoder(z_dim, x_dim, hidden_dims, activation)
         self.flows = autoregressive_flow(self.z_dim, flow_steps, flow_hidden)
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> dist.Distribution:
         return dist.TransformedDistribution(self.base(x), list(self.flows))
 
 
-class LocalGuide(nn.Module):
-    """Non-amortized q(z_n) = N(m_n, diag softplus(ρ_n)²): free parameters per datapoint n.
+class LocalGuide(_Guide):
+    """Non-amortized q(z_n) = N(m_n, diag softplus(ρ_n)²), starting at N(0, init_scale² I).
 
-    ``loc`` (m) and ``raw_scale`` (ρ) are ``(num_data, z_dim)`` parameters; ``forward(x, idx)``
-    takes the rows ``idx`` (the ``"data"`` plate's subsample indices), so a batch's loss
-    touches only its own rows and the plate scales it by N/B. Each q(z_n) starts at
-    N(0, init_scale² I), the standard-normal prior for the default ``init_scale=1``. With
-    no encoder it cannot infer z for new data: it is for fitting a fixed data set and for
-    comparing with amortized inference (:mod:`pvae.amortization`).
+    ``loc`` (m) and ``raw_scale`` (ρ) are ``(num_data, z_dim)``; ``forward(x, idx)`` takes the
+    rows ``idx`` (the ``"data"`` plate's subsample), so a batch touches only its own rows.
     """
 
     amortized = False
-    uses_model = False
 
     def __init__(self, z_dim: int, num_data: int | None = None, *, init_scale: float = 1.0):
         super().__init__()
@@ -152,20 +122,13 @@ class LocalGuide(nn.Module):
         return dist.Normal(self.loc[idx], F.softplus(self.raw_scale[idx]) + MIN_SCALE).to_event(1)
 
 
-class SemiAmortizedGuide(nn.Module):
-    """Semi-amortized q (Kim et al. 2018): N(μ_φ(x), σ_φ(x)) refined by SVI on each example.
-
-    ``forward`` runs ``refine_steps`` Adam steps (rate ``refine_lr``, ``refine_particles``
-    samples) on every example's ELBO E_q[log p(z) + log p(x|z) − log q(z)] with the decoder
-    held fixed, starting from the encoder's output, and returns the refined N(μ_K, σ_K).
-    The refinement is not differentiated through: the returned moments are
-    μ_0 + stop_grad(μ_K − μ_0) (same for σ), so the decoder is trained on the refined
-    posterior and the encoder gets the ELBO's gradient at (μ_K, σ_K) through its initial
-    point, as if ∂μ_K/∂μ_0 = I. It needs the model's prior and likelihood: the VAE passes
-    them with :meth:`bind`. ``refine_steps=0`` is the plain Normal encoder.
+class SemiAmortizedGuide(_Guide):
+    """Semi-amortized q (Kim et al. 2018): N(μ_K, σ_K) after ``refine_steps`` Adam steps (rate
+    ``refine_lr``, ``refine_particles`` samples) on each example's ELBO from the encoder's
+    (μ_0, σ_0), returned as μ_0 + stop_grad(μ_K − μ_0) (same for σ); see the amortization page
+    of the docs. It needs p(z) and p(x|z) from :meth:`bind`; ``refine_steps=0`` is the encoder.
     """
 
-    amortized = True
     uses_model = True
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
@@ -178,8 +141,7 @@ class SemiAmortizedGuide(nn.Module):
         self.z_dim = int(z_dim)
         self.refine_steps, self.refine_lr = int(refine_steps), float(refine_lr)
         self.refine_particles = int(refine_particles)
-        self.encoder = NormalEncoder(z_dim=z_dim, x_dim=x_dim, hidden_dims=hidden_dims,
-                                     activation=activation)
+        self.encoder = NormalEncoder(z_dim, x_dim, hidden_dims, activation)
         self._model: tuple = ()
 
     def bind(self, prior: nn.Module, likelihood: nn.Module) -> None:
@@ -191,7 +153,7 @@ class SemiAmortizedGuide(nn.Module):
         return self.encoder.encode(x)
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> dist.Distribution:
-        loc0, scale0 = self.encoder.encode(x)
+        loc0, scale0 = self.encode(x)
         if self.refine_steps == 0:
             return dist.Normal(loc0, scale0).to_event(1)
         if not self._model:
@@ -200,8 +162,7 @@ class SemiAmortizedGuide(nn.Module):
         loc, scale = refine_moments(*self._model, x, loc0, scale0, self.refine_steps,
                                     self.refine_lr, self.refine_particles)
         loc = loc0 + (loc - loc0).detach()
-        scale = scale0 + (scale - scale0).detach()
-        return dist.Normal(loc, scale).to_event(1)
+        return dist.Normal(loc, scale0 + (scale - scale0).detach()).to_event(1)
 
 
 GUIDES: dict[str, type[nn.Module]] = {

@@ -1,8 +1,7 @@
-"""Priors p(z): modules whose call returns a distribution with event shape ``(z_dim,)``.
+"""Priors p(z) (the interface: :class:`pvae.parts.Prior`), picked by name from :data:`PRIORS`.
 
-Every prior is picked by name from :data:`PRIORS`. A prior's ``forward()`` takes no data;
-the VAE expands the returned distribution over the ``"data"`` plate. Learned quantities
-are ``nn.Parameter`` s (the VAE turns them into Pyro params); constants are buffers.
+Learned quantities are ``nn.Parameter`` s (the VAE turns them into Pyro params); constants
+are buffers.
 """
 from __future__ import annotations
 
@@ -16,17 +15,14 @@ from torch import nn
 from .errors import ConfigError
 from .nets import autoregressive_flow
 
-MIN_SCALE = 1e-5
-
 
 class DiagonalNormalMixture(dist.MixtureSameFamily):
     """p(z) = Σ_k π_k N(z; μ_k, diag σ_k²) whose ``log_prob`` never holds (…, K, z_dim).
 
     With a_k = 1/σ_k², b_k = μ_k/σ_k² and c_k = Σ_d (μ_kd² a_kd + 2 log σ_kd + log 2π),
-    log N(z; μ_k, σ_k) = −½ (z²·a_k − 2 z·b_k + c_k): two matrix products over z_dim,
-    computed in float64 against cancellation, so a batch of M latents costs M × K memory,
-    not M × K × z_dim (the VampPrior's K = 500 components made that gigabytes).
-    Sampling is ``MixtureSameFamily``'s.
+    log N(z; μ_k, σ_k) = −½ (z²·a_k − 2 z·b_k + c_k): two matrix products over z_dim, in
+    float64 against cancellation, so M latents cost M × K memory, not M × K × z_dim (the
+    VampPrior's K = 500 made that gigabytes). Sampling is ``MixtureSameFamily``'s.
     """
 
     def __init__(self, logits: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor,
@@ -51,11 +47,7 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
 
 
 class StandardNormal(nn.Module):
-    """p(z) = N(0, I) with event shape ``(z_dim,)``.
-
-    Its location and scale are buffers, so they follow the module to its device and are
-    not re-allocated on every call.
-    """
+    """p(z) = N(0, I); its location and scale are buffers, so they follow the module's device."""
 
     def __init__(self, z_dim: int):
         super().__init__()
@@ -68,11 +60,9 @@ class StandardNormal(nn.Module):
 
 
 class LearnedNormal(nn.Module):
-    """p(z) = N(μ, diag exp(2·s)) with learned μ (init 0) and log-scale s (init 0).
+    """p(z) = N(μ, diag exp(2·s)) with learned μ and log-scale s, both initialised at 0 (N(0, I)).
 
-    At initialisation it equals :class:`StandardNormal`. With a learned decoder the
-    prior's location and scale are redundant with the decoder's first layer, so this
-    mostly buys a different parameterisation; it is the simplest learned prior.
+    With a learned decoder μ and s are redundant with its first layer: the simplest learned prior.
     """
 
     def __init__(self, z_dim: int):
@@ -86,10 +76,10 @@ class LearnedNormal(nn.Module):
 
 
 class MixturePrior(nn.Module):
-    """p(z) = Σ_k π_k N(z; μ_k, diag σ_k²), a learned mixture of K diagonal Gaussians.
+    """p(z) = Σ_k π_k N(z; μ_k, diag σ_k²), a learned mixture of K = ``num_components`` Gaussians.
 
     π = softmax(logits) (init uniform), μ_k ~ N(0, I) at initialisation so the components
-    start apart, σ_k = softplus(ρ_k) + 1e-5 (init 1). Option ``num_components`` (K, default 10).
+    start apart, σ_k = softplus(ρ_k) + 1e-5 (init 1).
     """
 
     def __init__(self, z_dim: int, *, num_components: int = 10):
@@ -103,24 +93,16 @@ class MixturePrior(nn.Module):
         self.raw_scales = nn.Parameter(torch.full((k, self.z_dim), math.log(math.e - 1.0)))
 
     def forward(self) -> dist.Distribution:
-        return DiagonalNormalMixture(self.logits, self.locs, F.softplus(self.raw_scales) + MIN_SCALE)
+        return DiagonalNormalMixture(self.logits, self.locs, F.softplus(self.raw_scales) + 1e-5)
 
 
 class VampPrior(nn.Module):
     """The VampPrior (Tomczak & Welling, 2018): p(z) = (1/K) Σ_k q(z | u_k).
 
-    The components are the VAE's own guide evaluated at K learned pseudo-inputs u_k,
-    which live in data space. With ``bounded_pseudo_inputs=True`` (the default, for images
-    in [0, 1]) u = hardtanh(a) = min(max(a, 0), 1) for a free parameter a initialised
-    N(0.05, 0.01²), as in the paper: inside [0, 1] the pseudo-inputs move at the full
-    learning rate (a sigmoid there has slope ≈ 0.05 and left them frozen near their
-    initial blank images while the encoder contorted to spread the components: test ELBO
-    −158 against −129 after 10 MNIST epochs); with False, u = a, initialised N(0, 0.01²).
-    Option ``num_pseudo_inputs`` (K, default 500).
-
-    The guide is held as a plain reference, not a child module: its parameters belong to
-    the VAE's ``q`` and are registered (and trained) once, under the names ``q.*``. The
-    mixture's gradient reaches both the pseudo-inputs and the encoder.
+    The guide q at K = ``num_pseudo_inputs`` learned u_k; with ``bounded_pseudo_inputs``
+    u = hardtanh(a), a ~ N(0.05, 0.01²) at first, as in the paper (a sigmoid froze the u_k
+    near blank images: test ELBO −158 against −129 after 10 MNIST epochs), else u = a ~
+    N(0, 0.01²). ``encoder`` (the guide) is a reference, not a child: its parameters are ``q.*``.
     """
 
     def __init__(self, z_dim: int, x_dim: int, guide: nn.Module | None = None, *,
@@ -129,28 +111,19 @@ class VampPrior(nn.Module):
         if guide is None:
             raise ConfigError("the VampPrior needs the encoder: build it with "
                               "build_vae(prior='vamp', ...) or pass guide=<the guide module>")
-        if not guide.amortized:
-            raise ConfigError("the VampPrior needs an amortized guide q(z|x) to evaluate at its "
-                              "pseudo-inputs; a per-datapoint guide has none: pick another "
-                              "prior or guide")
-        if guide.uses_model:
-            raise ConfigError(f"the VampPrior evaluates the guide at its pseudo-inputs, and "
-                              f"{type(guide).__name__} itself uses the prior (it is bound to the "
-                              "model), which would recurse: use an encoder guide (mlp, conv, "
-                              "lowrank, iaf) with prior 'vamp'")
+        if not guide.amortized or guide.uses_model:
+            why = ("a per-datapoint guide has none" if not guide.amortized else
+                   f"{type(guide).__name__} itself uses the prior, which would recurse")
+            raise ConfigError(f"the VampPrior evaluates an encoder q(z|x) at its pseudo-inputs and "
+                              f"{why}: use guide mlp, conv, lowrank or iaf with prior 'vamp'")
         k = int(num_pseudo_inputs)
         if k < 1:
             raise ConfigError(f"num_pseudo_inputs must be >= 1, got {num_pseudo_inputs}")
         self.z_dim = int(z_dim)
         self.bounded = bool(bounded_pseudo_inputs)
-        object.__setattr__(self, "_encoder", guide)
+        object.__setattr__(self, "encoder", guide)
         init = (0.05 if self.bounded else 0.0) + 0.01 * torch.randn(k, int(x_dim))
         self.raw_pseudo_inputs = nn.Parameter(init)
-
-    @property
-    def encoder(self) -> nn.Module:
-        """The guide q(z|x) whose components make up the mixture (not a child module)."""
-        return self._encoder
 
     @property
     def pseudo_inputs(self) -> torch.Tensor:
@@ -159,36 +132,26 @@ class VampPrior(nn.Module):
         return F.hardtanh(raw, 0.0, 1.0) if self.bounded else raw
 
     def forward(self) -> dist.Distribution:
-        components = self._encoder(self.pseudo_inputs)
-        k = self.raw_pseudo_inputs.shape[0]
-        logits = torch.zeros(k, device=self.raw_pseudo_inputs.device,
-                             dtype=self.raw_pseudo_inputs.dtype)
+        components = self.encoder(self.pseudo_inputs)
+        logits = self.raw_pseudo_inputs.new_zeros(self.raw_pseudo_inputs.shape[0])
         base = getattr(components, "base_dist", None)
         if isinstance(base, dist.Normal) and components.reinterpreted_batch_ndims == 1:
             return DiagonalNormalMixture(logits, base.loc, base.scale)
         return dist.MixtureSameFamily(dist.Categorical(logits=logits), components)
 
 
-class FlowPrior(nn.Module):
-    """p(z) = N(0, I) pushed through learned affine autoregressive maps (a MAF prior).
-
-    u = f_S(⋯ f_1(z)) ~ N(0, I) for a stack of ``flow_steps`` (default 2) MADE-based affine
-    maps f_s, so log p(z) = log N(u; 0, I) + Σ_s log-det-Jacobian(f_s) costs one
-    network pass per step (the density is what training evaluates); drawing samples
-    inverts the maps one variable at a time. Option ``flow_hidden`` sets the MADE widths
-    (empty: one layer of 3·z_dim + 1).
-    """
+class FlowPrior(StandardNormal):
+    """A MAF prior: u = f_S(⋯ f_1(z)) ~ N(0, I) for ``flow_steps`` affine autoregressive maps
+    (:func:`pvae.nets.autoregressive_flow`, widths ``flow_hidden``), so log p(z) =
+    log N(u; 0, I) + Σ_s log-det-Jacobian(f_s), one pass per step; sampling costs z_dim."""
 
     def __init__(self, z_dim: int, *, flow_steps: int = 2, flow_hidden: tuple[int, ...] = ()):
-        super().__init__()
-        self.z_dim = int(z_dim)
-        self.register_buffer("loc", torch.zeros(self.z_dim))
-        self.register_buffer("scale", torch.ones(self.z_dim))
+        super().__init__(z_dim)
         self.flows = autoregressive_flow(self.z_dim, flow_steps, flow_hidden)
 
     def forward(self) -> dist.Distribution:
-        base = dist.Normal(self.loc, self.scale).to_event(1)
-        return dist.TransformedDistribution(base, [f.inv for f in reversed(self.flows)])
+        return dist.TransformedDistribution(super().forward(),
+                                            [f.inv for f in reversed(self.flows)])
 
 
 PRIORS: dict[str, type[nn.Module]] = {
