@@ -1,7 +1,5 @@
 """Compare configurations: train each with the same seed and budget, tabulate log p(x).
 
-:func:`compare` calls :func:`pvae.experiment.run` once per configuration (each in its own
-sub-folder of ``out``), then writes ``compare.md``, ``compare.csv`` and ``compare.png``.
 The first configuration is the baseline. A configuration *beats* it when its mean test
 log p(x) is higher by more than two standard errors of the difference:
 
@@ -15,6 +13,7 @@ Runs whose likelihoods are of different kinds (discrete vs density) are not comp
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import difflib
@@ -26,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from . import experiment
 from .errors import ConfigError, DivergenceError
-from .parts import options_taken, whole_number
+from .experiment import PER_EXAMPLE_FILE, format_number
+from .parts import coerce_option, declared_options, options_taken
 
 log = logging.getLogger(__name__)
-
-PER_EXAMPLE_FILE = "test_log_px.npy"
 _SKIP_FIELDS = {"out", "resume", "overwrite", "progress", "device", "data_dir", "chunk_size"}
 
 
@@ -54,15 +53,16 @@ class CompareRow:
     error: str | None = None
 
 
+METRIC_FIELDS = ("test_elbo", "test_log_px", "test_log_px_stderr", "psis_khat_max",
+                 "train_seconds")
+
+
 def _value(text: str):
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     for kind in (int, float):
-        try:
+        with contextlib.suppress(ValueError):
             return kind(text)
-        except ValueError:
-            pass
     return text
 
 
@@ -94,30 +94,33 @@ def setting_name(setting: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in setting.items())
 
 
+def option_names() -> set[str]:
+    """Every option that some prior, guide or likelihood declares."""
+    from .vae import REGISTRIES
+
+    return {name for registry in REGISTRIES.values() for cls in registry.values()
+            for name in declared_options(cls)}
+
+
 def config_for(base, setting: dict, out: Path):
     """``base`` with ``setting`` applied: run flags set directly, other keys as part options.
 
     ``base.options`` (flags such as ``--num-components``) reach the configurations whose
     parts declare them; a setting's own options must be declared by one of its parts.
     """
-    from .parts import declared_options
-    from .vae import REGISTRIES
-
     fields = {f.name for f in dataclasses.fields(base)} - {"options"}
-    known = {name for registry in REGISTRIES.values() for cls in registry.values()
-             for name in declared_options(cls)}
+    known = option_names()
     for key in setting:
         if key not in fields and key not in known:
             close = difflib.get_close_matches(key, sorted(fields | known), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"unknown key {key!r}{hint} in configuration "
-                              f"{setting_name(setting)!r}; keys are run flags ({', '.join(sorted(fields))}) "
-                              f"or part options ({', '.join(sorted(known))})")
+                              f"{setting_name(setting)!r}; keys are run flags "
+                              f"({', '.join(sorted(fields))}) or part options "
+                              f"({', '.join(sorted(known))})")
     direct = {k: v for k, v in setting.items() if k in fields}
     if "hidden_dims" in direct:
-        hd = direct["hidden_dims"]
-        widths = str(hd).split() if isinstance(hd, str) else [hd]
-        direct["hidden_dims"] = tuple(whole_number("hidden_dims", h) for h in widths)
+        direct["hidden_dims"] = coerce_option("hidden_dims", direct["hidden_dims"], ())
     merged = dataclasses.replace(base, **direct, options={}, out=str(out), resume=False)
     taken = options_taken(merged.vae_config(None).parts())
     options = {**{k: v for k, v in base.options.items() if k in taken},
@@ -138,8 +141,9 @@ def plan(base, settings: Sequence[dict], out: Path, reuse: bool = False) -> list
     configs, seen = [], {}
     for setting in settings:
         name = setting_name(setting)
+        sub = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("=", "-").replace(",", "__"))
         try:
-            cfg = config_for(base, setting, out / _slug(name)).validate()
+            cfg = config_for(base, setting, out / (sub or "run")).validate()
         except ConfigError as err:
             raise ConfigError(f"configuration {name!r}: {err}") from err
         key = json.dumps(_comparable_config(cfg), sort_keys=True, default=str)
@@ -159,24 +163,16 @@ def plan(base, settings: Sequence[dict], out: Path, reuse: bool = False) -> list
     return configs
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("=", "-").replace(",", "__")) or "run"
-
-
 def _comparable_config(cfg) -> dict:
-    d = dataclasses.asdict(cfg)
-    d["hidden_dims"] = list(cfg.hidden_dims)
-    return {k: v for k, v in d.items() if k not in _SKIP_FIELDS}
+    return {k: v for k, v in cfg.to_dict().items() if k not in _SKIP_FIELDS}
 
 
-def _reusable(sub: Path, cfg) -> dict | None:
-    path = sub / "metrics.json"
-    if not path.exists():
-        return None
-    metrics = json.loads(path.read_text())
+def _reusable(cfg) -> dict | None:
+    path = Path(cfg.out) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
     stored = metrics.get("config", {})
-    want = _comparable_config(cfg)
-    return metrics if all(stored.get(k) == v for k, v in want.items()) else None
+    same = all(stored.get(k) == v for k, v in _comparable_config(cfg).items())
+    return metrics if metrics and same else None
 
 
 def _per_example(out: str):
@@ -204,46 +200,37 @@ def _difference(row: CompareRow, base: CompareRow) -> CompareRow:
 
 def compare(base, settings: Sequence[dict], out: str | Path,
             reuse: bool = False) -> list[CompareRow]:
-    """Train and evaluate ``base`` modified by each setting; write the table and the figure.
+    """Run ``base`` modified by each setting (:func:`pvae.experiment.run`, in a sub-folder of
+    ``out`` each); write ``compare.md``, ``compare.csv`` and ``compare.png``; return the rows.
 
-    Every run uses ``base``'s seed, epochs, batch size and data subsets. A run that
-    diverges (NaN) is kept in the table as failed, and the others go on. With ``reuse``, a
-    sub-folder whose ``metrics.json`` was written for the same configuration is read
-    instead of retrained. Returns the rows, baseline first.
+    A run that diverges (NaN) is kept in the table as failed, and the others go on. With
+    ``reuse``, a sub-folder whose ``metrics.json`` has the same configuration is read instead.
     """
-    from .experiment import run
+    from .plotting import plot_comparison
 
     out = Path(out)
     configs = plan(base, settings, out, reuse)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[CompareRow] = []
     for setting, cfg in zip(settings, configs):
-        name, sub = setting_name(setting), Path(cfg.out)
-        error = None
+        name, error = setting_name(setting), None
         try:
-            metrics = (_reusable(sub, cfg) if reuse else None) or \
-                run(dataclasses.replace(cfg, overwrite=reuse or base.overwrite))
+            metrics = (_reusable(cfg) if reuse else None) or \
+                experiment.run(dataclasses.replace(cfg, overwrite=reuse or base.overwrite))
         except DivergenceError as err:
             log.warning("%s: %s", name, err)
             metrics, error = {}, str(err).split(";")[0]
         rows.append(CompareRow(
-            name=name, out=str(sub), test_elbo=metrics.get("test_elbo"),
-            test_log_px=metrics.get("test_log_px"),
-            test_log_px_stderr=metrics.get("test_log_px_stderr"),
-            psis_khat_max=metrics.get("psis_khat_max"), train_seconds=metrics.get("train_seconds"),
-            likelihood_kind=str(metrics.get("likelihood_kind", cfg.likelihood)), error=error))
+            name=name, out=cfg.out, error=error, **{k: metrics.get(k) for k in METRIC_FIELDS},
+            likelihood_kind=str(metrics.get("likelihood_kind", cfg.likelihood))))
     rows = [_difference(r, rows[0]) for r in rows]
-    write_table(rows, out, base)
-    from .plotting import plot_comparison
-
+    (out / "compare.md").write_text(format_table(rows, base))
+    with open(out / "compare.csv", "w", newline="") as table:
+        writer = csv.DictWriter(table, fieldnames=[f.name for f in dataclasses.fields(CompareRow)])
+        writer.writeheader()
+        writer.writerows(dataclasses.asdict(r) for r in rows)
     plot_comparison(rows, out / "compare.png")
     return rows
-
-
-def _f(v, digits: int = 2) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    return f"{v:.{digits}f}"
 
 
 def format_table(rows: Sequence[CompareRow], base=None) -> str:
@@ -260,9 +247,13 @@ def format_table(rows: Sequence[CompareRow], base=None) -> str:
         else:
             delta = f"{r.diff:+.2f} ± {r.diff_stderr:.2f}{' (paired)' if r.paired else ''}"
             delta += " **better**" if r.beats_baseline else ""
-        lines.append(f"| {r.name} | {_f(r.test_elbo)} | {_f(r.test_log_px)} ± "
-                     f"{_f(r.test_log_px_stderr)} | {delta} | {_f(r.psis_khat_max)} "
-                     f"| {_f(r.train_seconds, 0)} |")
+        khat = format_number(r.psis_khat_max)
+        if r.psis_khat_max is None and r.test_log_px is not None:
+            khat = "unknown"  # evaluated, but no Pareto tail was fitted (e.g. K <= 20)
+        numbers = [format_number(r.test_elbo), format_number(r.test_log_px) + " ± "
+                   + format_number(r.test_log_px_stderr), delta, khat,
+                   format_number(r.train_seconds, 0)]
+        lines.append(f"| {r.name} | {' | '.join(numbers)} |")
     notes = ["", "Nats per test image. **better**: mean log p(x) above the baseline "
              "(first row) by more than 2 standard errors of the difference."]
     if any(r.diff is not None and not r.paired for r in rows[1:]):
@@ -279,15 +270,3 @@ def format_table(rows: Sequence[CompareRow], base=None) -> str:
                      f"{base.seed}, train subset {base.train_subset or 'all'}, test subset "
                      f"{base.test_subset or 'all'}, K = {base.eval_samples} importance samples.")
     return "\n".join(lines + notes) + "\n"
-
-
-def write_table(rows: Sequence[CompareRow], out: str | Path, base=None) -> None:
-    """Write ``out/compare.md`` and ``out/compare.csv``."""
-    out = Path(out)
-    (out / "compare.md").write_text(format_table(rows, base))
-    with open(out / "compare.csv", "w", newline="") as f:
-        fields = [fl.name for fl in dataclasses.fields(CompareRow)]
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow(dataclasses.asdict(r))

@@ -18,11 +18,12 @@ import pyro
 import torch
 
 from .errors import ConfigError
-from .files import atomic_write, check_writable, run_lock
+from .files import atomic_write, run_lock
 from .likelihoods import LIKELIHOODS
 from .vae import VAEConfig
 
 log = logging.getLogger(__name__)
+PER_EXAMPLE_FILE = "test_log_px.npy"  # per-image log p(x); compare pairs runs on it
 NO_TEST_EVALUATION = ("pvae does not yet evaluate a model trained with per-example guide "
                       "parameters on new images (each test image would need its own local fit "
                       "against the model); train with an amortized guide (--guide mlp, iaf, ...) "
@@ -67,8 +68,6 @@ class ExperimentConfig:
     def validate(self) -> "ExperimentConfig":
         """Raise ConfigError for a nonsensical setting, naming the flag and what it accepts."""
         self.vae_config(None)
-        if not str(self.out).strip():
-            raise ConfigError("--out is empty; name the folder for the run's files, e.g. --out runs/a")
         checks = [("--epochs", self.epochs >= 1, "at least 1"),
                   ("--batch-size", self.batch_size >= 1, "at least 1"),
                   ("--lr", math.isfinite(self.lr) and self.lr > 0, "a finite number > 0"),
@@ -81,7 +80,8 @@ class ExperimentConfig:
                   ("--chunk-size", self.chunk_size is None or self.chunk_size >= 1, "at least 1")]
         for flag, ok, what in checks:
             if not ok:
-                raise ConfigError(f"{flag} must be {what}, got {getattr(self, flag[2:].replace('-', '_'))}")
+                value = getattr(self, flag[2:].replace("-", "_"))
+                raise ConfigError(f"{flag} must be {what}, got {value}")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite exclude each other: continue the run or "
                               "replace it")
@@ -112,8 +112,6 @@ def write_json(path: str | Path, obj: dict) -> None:
 
 
 def _jsonable(v):
-    if isinstance(v, torch.Tensor):
-        return v.tolist()
     if isinstance(v, Path):
         return str(v)
     raise TypeError(f"cannot write {type(v).__name__} to JSON")
@@ -126,6 +124,8 @@ def run(config: ExperimentConfig) -> dict:
     a finished run is refused unless ``config.resume`` or ``config.overwrite``.
     """
     from .data import load_mnist
+    from .evaluate import EvalResult, evaluate
+    from .plotting import plot_evaluation
     from .train import fit, resolve_device
     from .vae import VAE
 
@@ -142,101 +142,80 @@ def run(config: ExperimentConfig) -> dict:
         vae_config = config.vae_config(n_train if config.guide == "local" else None)
         pyro.set_rng_seed(config.seed)
         vae = VAE.from_config(vae_config, beta=config.beta)
-        result = fit(vae, data.train_x, epochs=config.epochs, batch_size=config.batch_size,
-                     lr=config.lr, loss=config.loss, num_particles=config.num_particles,
-                     beta_warmup_epochs=config.beta_warmup_epochs, binarize=binary,
-                     test_x=data.test_x, out_dir=out, resume=config.resume,
-                     overwrite=config.overwrite, device=str(device), seed=config.seed,
-                     progress=config.progress)
+        state = fit(vae, data.train_x, epochs=config.epochs, batch_size=config.batch_size,
+                    lr=config.lr, loss=config.loss, num_particles=config.num_particles,
+                    beta_warmup_epochs=config.beta_warmup_epochs, binarize=binary,
+                    test_x=data.test_x, out_dir=out, resume=config.resume,
+                    overwrite=config.overwrite, device=str(device), seed=config.seed,
+                    progress=config.progress)
         test_x = data.test_x.to(device)
-        metrics = {
-            "epochs": result.epochs,
-            "steps": result.steps,
-            "train_seconds": result.train_seconds,
-            "train_elbo": result.history[-1].train_elbo if result.history else None,
-            "history": [dataclasses.asdict(r) for r in result.history],
-        }
-        metrics.update(_evaluate(vae, test_x, config, out))
+        metrics = {"epochs": state.epoch, "steps": state.step,
+                   "train_seconds": state.train_seconds,
+                   "train_elbo": state.history[-1].train_elbo if state.history else None,
+                   "history": [dataclasses.asdict(r) for r in state.history]}
+        if vae.amortized:
+            evaluation = evaluate(vae.model, vae.guide, test_x, num_samples=config.eval_samples,
+                                  chunk_size=config.chunk_size, progress=config.progress)
+            plot_evaluation(evaluation, out / "evaluation.png")
+            np.save(out / PER_EXAMPLE_FILE, np.asarray(evaluation.log_px))
+            metrics.update(evaluation.to_metrics())
+        else:
+            log.warning("--guide %s owns parameters for the training images only and has no "
+                        "encoder for test images, so metrics.json has no test numbers: %s",
+                        config.guide, NO_TEST_EVALUATION)
+            metrics.update(EvalResult.missing_metrics())
         metrics.update(n_train=n_train, likelihood_kind="discrete (binary pixels)" if binary else
                        "density (continuous pixels): not comparable with binary log p(x)",
                        config=config.to_dict(), vae=vae.config.to_dict(), beta=vae.beta,
                        versions=versions(), device=str(device))
-        draw_figures(vae, test_x, data.test_y, result.history, out)
+        draw_figures(vae, test_x, data.test_y, state.history, out)
         write_json(out / "metrics.json", metrics)
     return metrics
 
 
-def _evaluate(vae, test_x: torch.Tensor, config: ExperimentConfig, out: Path) -> dict:
-    from .evaluate import EvalResult, evaluate
-    from .plotting import plot_evaluation
-
-    if not vae.amortized:
-        log.warning("--guide %s owns parameters for the training images only and has no "
-                    "encoder for test images, so metrics.json has no test numbers: %s",
-                    config.guide, NO_TEST_EVALUATION)
-        return EvalResult.missing_metrics()
-    result = evaluate(vae.model, vae.guide, test_x, num_samples=config.eval_samples,
-                      chunk_size=config.chunk_size, progress=config.progress)
-    plot_evaluation(result, out / "evaluation.png")
-    np.save(out / "test_log_px.npy", np.asarray(result.log_px))
-    return result.to_metrics()
-
-
 @torch.no_grad()
-def draw_figures(vae, test_x: torch.Tensor, test_y: torch.Tensor, history, out: Path) -> None:
-    """Reconstructions, prior samples, the 2-D latent embedding and the ELBO curves.
-
-    A guide without an encoder (per-example parameters) gets no reconstructions and no
-    latent embedding of test images.
-    """
+def draw_figures(vae, test_x: torch.Tensor, test_y: torch.Tensor, history,
+                 out: Path) -> list[Path]:
+    """Draw prior samples and, when there are any, the ELBO curves of ``history``; with an
+    encoder also reconstructions and the 2-D latent embedding of ``test_x`` (at most 2000
+    images). Returns the files written."""
     from .amortization import encoder_moments
     from .plotting import plot_elbo_curves, plot_latent, plot_reconstructions, plot_samples
 
-    plot_samples(vae.sample(64), out / "samples.png")
+    written = [plot_samples(vae.sample(64), out / "samples.png")]
     if vae.amortized:
         n = min(2000, test_x.shape[0])
-        plot_reconstructions(test_x[:16], vae.reconstruct(test_x[:16]), out / "reconstructions.png")
+        written.append(plot_reconstructions(test_x[:16], vae.reconstruct(test_x[:16]),
+                                            out / "reconstructions.png"))
         z, _ = encoder_moments(vae, test_x[:n])
-        plot_latent(z, test_y[:n], out / "latent.png")
+        written.append(plot_latent(z, test_y[:n], out / "latent.png"))
     if history:
-        plot_elbo_curves(history, out / "elbo_curves.png")
+        written.append(plot_elbo_curves(history, out / "elbo_curves.png"))
+    return written
 
 
-def plot_checkpoint(path: str | Path, out: str | Path | None = None,
-                    data_dir: str = "data", test_subset: int | None = 2000,
-                    device: str = "auto") -> Path:
-    """Redraw a trained run's figures from its checkpoint into ``out`` (default: its folder):
-    reconstructions, samples, the latent embedding and the ELBO curves (``evaluation.png``
-    comes from ``pvae evaluate``)."""
-    from . import checkpoint
-    from .data import load_mnist
-    from .train import resolve_device
-
-    dev = resolve_device(device)
-    ckpt = checkpoint.read(path)
-    vae = checkpoint.load(path, device=dev)
-    out = check_writable(out or Path(path).parent)
-    if not vae.amortized:
-        raise ConfigError("this checkpoint's guide has no encoder for test images, so there are "
-                          f"no reconstructions or latent embedding to draw; {NO_TEST_EVALUATION}")
-    data = load_mnist(data_dir, binarize=vae.likelihood.data_kind == "binary", train_subset=1,
-                      test_subset=test_subset)
-    history = ckpt.state.history if ckpt.state is not None else ()
-    draw_figures(vae, data.test_x.to(dev), data.test_y, history, out)
-    return out
+def test_rows(metrics: dict) -> list[tuple[str, str]]:
+    """The test-set rows of a run's summary (``metrics.json``). PSIS k-hat is unknown (not 0%)
+    when no Pareto tail could be fitted, e.g. because K <= 20 draws are too few."""
+    k = metrics.get("eval_samples")
+    rows = [("test images", str(metrics.get("n_test") or "none")),
+            *estimate_rows(metrics, [("test ELBO", "test_elbo"),
+                                     ("test log p(x)" + (f", K={k}" if k else ""), "test_log_px")])]
+    khat = metrics.get("psis_khat_max")
+    if khat is None and k:
+        why = "K <= 20 is too few draws to fit a tail" if k <= 20 else "no tail could be fitted"
+        return rows + [("PSIS k-hat", f"unknown: {why}")]
+    rows.append(("PSIS k-hat max", format_number(khat)))
+    if khat is not None:
+        rows.append(("k-hat > 0.7", f"{100 * metrics['psis_khat_frac_bad']:.1f}% of images"))
+    return rows
 
 
-def format_summary(metrics: dict) -> str:
-    """A short plain-text table of a run's main numbers."""
-    rows = [("epochs / steps", f"{metrics['epochs']} / {metrics['steps']}"),
-            ("train seconds", f"{metrics['train_seconds']:.1f}"),
-            ("train ELBO", _fmt(metrics.get("train_elbo"))),
-            ("test ELBO", _fmt(metrics.get("test_elbo"))),
-            ("test log p(x)" + (f", K={metrics['eval_samples']}" if metrics.get("eval_samples") else ""),
-             f"{_fmt(metrics.get('test_log_px'))} ± {_fmt(metrics.get('test_log_px_stderr'))}"),
-            ("PSIS k-hat max", _fmt(metrics.get("psis_khat_max"))),
-            ("test images", str(metrics.get("n_test") or "none"))]
-    return format_rows(rows)
+def estimate_rows(values: dict, labels: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A ``(label, "mean ± s.e.")`` row per ``(label, key)``: ``values[key]`` and
+    ``values[key + "_stderr"]``."""
+    return [(label, f"{format_number(values.get(key))} ± "
+                    f"{format_number(values.get(key + '_stderr'))}") for label, key in labels]
 
 
 def format_rows(rows: list[tuple[str, str]]) -> str:
@@ -245,5 +224,8 @@ def format_rows(rows: list[tuple[str, str]]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows) + "\n(nats per image)"
 
 
-def _fmt(v) -> str:
-    return "n/a" if v is None else f"{v:.2f}"
+def format_number(v, digits: int = 2) -> str:
+    """``v`` with ``digits`` decimals; ``n/a`` for None or a non-finite number."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:.{digits}f}"
