@@ -86,54 +86,40 @@ def coerce_option(name: str, value: Any, default: Any) -> Any:
     ConfigError for a value of another type: a float that is not whole for an int option,
     ``"abc"`` for a number, a non-finite float.
     """
-    def bad(kind: str) -> ConfigError:
-        return ConfigError(f"option {name} must be {kind}, got {value!r}")
-
+    if isinstance(default, tuple):
+        items = value.split() if isinstance(value, str) else (
+            value if isinstance(value, (list, tuple)) else [value])
+        return tuple(whole_number(name, v) for v in items)
     if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise bad("true or false")
+        if not isinstance(value, (bool, str)) or str(value).lower() not in ("true", "false"):
+            raise ConfigError(f"option {name} must be true or false, got {value!r}")
+        return str(value).lower() == "true"
     if isinstance(default, Integral):
         return whole_number(name, value)
     if isinstance(default, Real):
-        if isinstance(value, bool) or not isinstance(value, (Real, str)):
-            raise bad("a number")
         try:
-            number = float(value)
-        except ValueError:
-            raise bad("a number") from None
+            number = math.nan if isinstance(value, bool) else float(value)
+        except (TypeError, ValueError):
+            number = math.nan
         if not math.isfinite(number):
-            raise bad("a finite number")
+            raise ConfigError(f"option {name} must be a finite number, got {value!r}")
         return number
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value
-    if isinstance(default, tuple):
-        items = value.split() if isinstance(value, str) else (
-            [value] if isinstance(value, (Integral, Real)) else value)
-        try:
-            return tuple(whole_number(name, v) for v in items)
-        except TypeError:
-            raise bad("a list of whole numbers") from None
+    if not isinstance(value, type(default)):
+        raise ConfigError(f"option {name} must be a {type(default).__name__}, got {value!r}")
     return value
 
 
 def whole_number(name: str, value: Any) -> int:
     """``value`` as an int; ConfigError for 2.5, ``"abc"``, True or NaN."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{name} must be a whole number, got {value!r}")
-    if isinstance(value, Integral):
-        return int(value)
+    number = value
     if isinstance(value, str):
         try:
-            return int(value.strip())
+            number = int(value.strip())
         except ValueError:
-            raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
-    if isinstance(value, Real) and math.isfinite(float(value)) and float(value).is_integer():
-        return int(value)
+            number = None
+    if isinstance(number, Real) and not isinstance(number, bool) and math.isfinite(number) \
+            and float(number).is_integer():
+        return int(number)
     raise ConfigError(f"{name} must be a whole number, got {value!r}")
 
 

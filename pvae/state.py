@@ -50,11 +50,6 @@ class TrainSettings:
     binarize: bool
     seed: int
 
-    def differences(self, other: "TrainSettings") -> dict[str, tuple[Any, Any]]:
-        """``{field: (self's value, other's value)}`` for every field that differs."""
-        return {f.name: (getattr(self, f.name), getattr(other, f.name))
-                for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)}
-
 
 @dataclass(frozen=True)
 class TrainState:
@@ -69,12 +64,8 @@ class TrainState:
     rng: dict
 
     def to_dict(self) -> dict:
-        """Plain dicts, lists, numbers and tensors: what ``torch.load(weights_only=True)`` reads."""
-        return {"epoch": self.epoch, "step": self.step,
-                "history": [dataclasses.asdict(r) for r in self.history],
-                "train_seconds": self.train_seconds,
-                "settings": dataclasses.asdict(self.settings),
-                "optimizer": self.optimizer, "rng": self.rng}
+        """Plain dicts, tuples, numbers and tensors: what ``torch.load(weights_only=True)`` reads."""
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainState":
@@ -111,9 +102,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def check_settings(saved: TrainSettings, asked: TrainSettings, where: str) -> None:
     """ConfigError naming every setting in which a resumed run differs from its checkpoint."""
-    diff = saved.differences(asked)
+    diff = [f"{f.name} {getattr(asked, f.name)!r} (the checkpoint has {getattr(saved, f.name)!r})"
+            for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(asked, f.name)]
     if diff:
-        detail = ", ".join(f"{k} {b!r} (the checkpoint has {a!r})" for k, (a, b) in diff.items())
-        raise ConfigError(f"cannot resume {where} with changed training settings: {detail}; "
-                          "resume with the checkpoint's settings, or start a new run in another "
-                          "--out")
+        raise ConfigError(f"cannot resume {where} with changed training settings: "
+                          f"{', '.join(diff)}; resume with the checkpoint's settings, or start a "
+                          "new run in another --out")

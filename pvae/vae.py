@@ -50,10 +50,10 @@ def beta_handler(beta: float):
 def check_beta(beta: Any) -> float:
     """β as a float; ConfigError unless it is a finite number >= 0."""
     try:
-        value = float(beta)
+        value = math.nan if isinstance(beta, bool) else float(beta)
     except (TypeError, ValueError):
-        raise ConfigError(f"beta must be a finite number >= 0, got {beta!r}") from None
-    if isinstance(beta, bool) or not (value >= 0 and math.isfinite(value)):
+        value = math.nan
+    if not (value >= 0 and math.isfinite(value)):
         raise ConfigError(f"beta must be a finite number >= 0, got {beta!r}")
     return value
 
@@ -62,11 +62,9 @@ def check_beta(beta: Any) -> float:
 class VAEConfig:
     """Everything that determines a VAE's architecture: registry names, sizes and options.
 
-    Frozen and validated on creation: unknown registry names, sizes that are not positive
-    whole numbers, and options that none of the chosen parts declares
-    (:func:`pvae.parts.split_options`) are ConfigErrors. ``options`` is stored read-only,
-    each value coerced to its declared type. β is not here: it weights the objective, not
-    the architecture, and lives on the VAE (:attr:`VAE.beta`).
+    Frozen and checked on creation (unknown names, sizes that are not positive whole
+    numbers and options no chosen part declares are ConfigErrors); ``options`` is read-only,
+    each value of its declared type. β weights the objective and lives on the VAE.
     """
 
     prior: str = "standard"
