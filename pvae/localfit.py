@@ -1,11 +1,6 @@
-"""Per-example Gaussian fits q(z_n) = N(m_n, diag s_n²) by stochastic gradient ascent on the ELBO.
-
-The machinery below both the amortization-gap report (:mod:`pvae.amortization`) and the
-semi-amortized guide (:class:`pvae.guides.SemiAmortizedGuide`) use: :func:`optimise_local`
-maximises Σ_n L_n(m_n, s_n), L_n = E_q[log p(x_n, z) − log q(z)], from any function that
-returns differentiable log-weights; :func:`refine_moments` does it for a prior and a
-likelihood module. :func:`local_guide` is the fitted q as a Pyro guide, and
-:func:`mixture_guide` the defensive mixture ½ q(z|x) + ½ q_n(z) with an amortized guide.
+"""Per-example Gaussian fits q(z_n) = N(m_n, diag s_n²) by gradient ascent on the ELBO
+L_n = E_q[log p(x_n, z) − log q(z)] (for :mod:`pvae.amortization` and the semi-amortized
+guide), and the fitted q as a Pyro guide, alone or mixed with q(z|x) (:func:`mixture_guide`).
 """
 from __future__ import annotations
 
@@ -26,50 +21,33 @@ from .nets import inv_softplus
 from .weights import DATA_PLATE, check_count
 
 MIN_SCALE = 1e-5
-LogWeights = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
-"""``(loc, scale, S) -> (S, B)`` differentiable log-weights log p(x_n, z) − log q(z), z ~ q."""
-
-
-def check_budget(**values: int | None) -> None:
-    """ConfigError unless every value is None or an integer >= 1 (step and sample counts)."""
-    for name, value in values.items():
-        check_count(name, value, allow_none=True)
 
 
 def local_guide(loc: torch.Tensor, scale: torch.Tensor) -> Callable:
-    """A guide function ``guide(x, idx=None)``: z_n ~ N(loc_n, diag scale_n²) in the data plate.
+    """guide(x, idx): z_n ~ N(loc[idx_n], diag scale[idx_n]²) in the data plate."""
 
-    ``idx`` selects rows of ``loc``/``scale`` when the examples are a subset.
-    """
-
-    def guide(x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-        m, s = (loc, scale) if idx is None else (loc[idx], scale[idx])
+    def guide(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         with pyro.plate(DATA_PLATE, x.shape[0]):
-            return pyro.sample("z", dist.Normal(m, s).to_event(1))
+            return pyro.sample("z", dist.Normal(loc[idx], scale[idx]).to_event(1))
 
     return guide
 
 
-def optimise_local(log_weight_fn: LogWeights, loc0: torch.Tensor, scale0: torch.Tensor, *,
+def optimise_local(log_weight_fn: Callable, loc0: torch.Tensor, scale0: torch.Tensor, *,
                    num_particles: int = 16, lr: float = 1e-2, max_steps: int = 5000,
                    patience: int | None = 5, window: int = 50, progress: bool = False,
                    desc: str = "local fit") -> tuple[torch.Tensor, torch.Tensor, int, bool, list]:
-    """Maximise Σ_n L_n(m_n, s_n) over per-example (m_n, s = softplus(ρ_n) + 1e-5) with Adam.
+    """Maximise Σ_n L_n over per-example (m_n, s_n = softplus(ρ_n) + 1e-5) with one Adam.
 
-    ``log_weight_fn(loc, scale, S)`` returns ``(S, B)`` differentiable log weights. One
-    optimizer holds all examples; their parameters are independent, so each gets exactly
-    its own ELBO's gradient. Only the local parameters receive gradients
-    (``torch.autograd.grad``): nothing else's ``.grad`` is touched. Stopping rule (Cremer et
-    al.): average the batch-mean ELBO over ``window`` steps; stop when ``patience``
-    consecutive windows bring no improvement over the best, or after ``max_steps``;
-    ``patience=None`` runs exactly ``max_steps`` steps and returns the last iterate; with
-    the patience rule the result is the average of the last full window's iterates, which
-    removes most of Adam's step noise around the optimum. Pyro's validation checks run on
-    the first step only. Returns
-    ``(loc, scale, steps, converged, window_means)``, detached.
-    """
-    check_budget(max_steps=max_steps, patience=patience, window=window,
-                 num_particles=num_particles)
+    ``log_weight_fn(loc, scale, S)``: ``(S, B)`` differentiable log p(x_n, z) − log q(z),
+    z ~ q; only (m, ρ) get gradients. Stops (Cremer et al.) when ``patience`` windows of
+    ``window`` steps bring no better mean ELBO, returning the last window's mean iterate, or
+    after ``max_steps`` (``patience=None``: exactly, the last iterate). Returns detached
+    ``(loc, scale, steps, converged, window_means)``."""
+    for name, count in dict(max_steps=max_steps, window=window,
+                            num_particles=num_particles).items():
+        check_count(name, count)
+    check_count("patience", patience, allow_none=True)
     if not lr > 0:
         raise ConfigError(f"lr must be > 0, got {lr}")
     loc = loc0.detach().clone().requires_grad_(True)
@@ -111,12 +89,8 @@ def optimise_local(log_weight_fn: LogWeights, loc0: torch.Tensor, scale0: torch.
 
 def refine_moments(prior, likelihood, x: torch.Tensor, loc0: torch.Tensor,
                    scale0: torch.Tensor, steps: int, lr: float, num_particles: int = 1):
-    """``steps`` Adam steps on L_n = E_q[log p(z) + log p(x_n|z) − log q(z)] from (loc0, scale0).
-
-    For use inside a guide: it calls the prior and likelihood modules directly (no Pyro
-    sample sites, and their parameters are hidden from enclosing handlers by
-    ``poutine.block``); only the local (loc, scale) get gradients. Returns them detached.
-    """
+    """(loc, scale) after ``steps`` Adam steps on L_n from (loc0, scale0), detached; for use
+    inside a guide: no Pyro sites, the modules' parameters hidden by ``poutine.block``."""
 
     def lw(loc, scale, s):
         q = dist.Normal(loc, scale).to_event(1)
@@ -124,24 +98,17 @@ def refine_moments(prior, likelihood, x: torch.Tensor, loc0: torch.Tensor,
         return prior().log_prob(z) + likelihood(z).log_prob(x) - q.log_prob(z)
 
     with poutine.block():
-        loc, scale, *_ = optimise_local(lw, loc0, scale0, num_particles=num_particles, lr=lr,
-                                        max_steps=steps, patience=None, window=steps)
-    return loc, scale
+        return optimise_local(lw, loc0, scale0, num_particles=num_particles, lr=lr,
+                              max_steps=steps, patience=None, window=steps)[:2]
 
 
 class _HalfHalf(TorchDistribution):
-    """The mixture ½a + ½b of two distributions with the same shapes, as an IS proposal.
-
-    Draws are stratified: with a batch of two or more dims (particles at dim −2, examples
-    at −1) they alternate a, b along the particle dim, so k draws hold ⌈k/2⌉ from a and
-    ⌊k/2⌋ from b (deterministic-mixture importance sampling: unbiased for even k, and free
-    of the binomial noise in how many draws come from each). Otherwise each draw picks a
-    or b at random.
-    """
+    """The mixture ½a + ½b of two same-shaped distributions as an IS proposal: with particles
+    at dim −2 the draws alternate a, b along it (stratified: unbiased for even k, without
+    binomial noise in the split); otherwise each picks a or b at random."""
 
     arg_constraints: dict = {}
     support = constraints.real_vector
-    has_rsample = False
 
     def __init__(self, a: dist.Distribution, b: dist.Distribution):
         self.a, self.b = a, b
@@ -154,8 +121,7 @@ class _HalfHalf(TorchDistribution):
         za, zb = self.a.sample(sample_shape), self.b.sample(sample_shape)
         shape = za.shape[: za.dim() - len(self.event_shape)]
         if len(self.batch_shape) >= 2:
-            k = shape[-2]
-            pick = (torch.arange(k, device=za.device) % 2 == 0).unsqueeze(-1).expand(shape)
+            pick = (torch.arange(shape[-2], device=za.device) % 2 == 0).unsqueeze(-1).expand(shape)
         else:
             pick = torch.rand(shape, device=za.device) < 0.5
         return torch.where(pick.reshape(pick.shape + (1,) * len(self.event_shape)), za, zb)

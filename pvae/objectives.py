@@ -1,9 +1,7 @@
-"""Objectives: the loss SVI minimises, and the β warm-up schedule.
+"""Objectives, picked by name from :data:`OBJECTIVES`, and the β warm-up schedule.
 
-Every objective is picked by name from :data:`OBJECTIVES`. β itself is not part of the
-loss object: :class:`pvae.vae.VAE` scales the ``"z"`` site with ``poutine.scale``, so any
-ELBO here minimises E_q[-log p(x|z)] + β·KL(q(z|x) || p(z)); see :class:`IWAE` for
-what β means in the importance-weighted bound.
+β is not part of a loss: :class:`pvae.vae.VAE` scales the ``"z"`` site with ``poutine.scale``,
+so an ELBO here minimises E_q[-log p(x|z)] + β·KL(q(z|x) || p(z)) (the IWAE bound: :class:`IWAE`).
 """
 from __future__ import annotations
 
@@ -18,9 +16,7 @@ from pyro.poutine.util import site_is_subsample
 from pyro.util import warn_if_nan
 
 from .errors import ConfigError
-from .weights import DATA_PLATE, Structure, log_weights
-
-PARTICLE_PLATE = "iwae_particles"
+from .weights import DATA_PLATE, check_count, trace_log_weights
 
 
 def elbo(num_particles: int = 1) -> pyro.infer.ELBO:
@@ -37,68 +33,36 @@ def meanfield(num_particles: int = 1) -> pyro.infer.ELBO:
 class IWAE(pyro.infer.ELBO):
     """The importance-weighted bound of Burda et al. (2016), per example.
 
-    For each example x_b, with K = ``num_particles`` draws z_bk ~ q(z|x_b) and log-weights
-    ``w_bk = log p(x_b|z_bk) + log p(z_bk) − log q(z_bk|x_b)``::
+    With K = ``num_particles`` draws z_bk ~ q(z|x_b) and log-weights w_bk (:mod:`pvae.weights`)::
 
         L_K = Σ_b [ logsumexp_k w_bk − log K ],   loss = −(N/B)·L_K
 
-    where N/B is the ``"data"`` plate's subsample scale. E[L_1] is the ELBO; E[L_K] ≤ Σ_b log p(x_b)
-    and rises towards it as K grows. The logsumexp runs over particles for each
-    example separately, and the subsample scale N/B multiplies the bound *after* it.
-    Pyro's ``RenyiELBO(alpha=0)`` agrees with this only when every site lies in the data
-    plate and the plate is not subsampled: it applies N/B to the log-weights *inside*
-    the logsumexp, and as soon as one site lies outside the plate it sums the
-    log-weights over the batch before the logsumexp, which is the much looser bound for
-    the whole batch as one joint latent. Here a site outside the plate is an error
-    (:meth:`log_weights` returns the ``(K, B)`` matrix all of these are built from).
-
-    β: the VAE scales the ``"z"`` site by β in the model and the guide, so the weights
-    become ``log p(x|z) + β·(log p(z) − log q(z|x))`` and the objective is
-    E log (1/K) Σ_k p(x|z_k) [p(z_k)/q(z_k|x)]^β. For K = 1 that is the β-ELBO; for β = 1
-    it is the IWAE bound on log p(x); otherwise it bounds log ∫ p(x|z) p(z)^β q(z|x)^(1−β) dz,
-    not log p(x). β = 0 (the first step of a warm-up) drops the z terms, leaving
-    log (1/K) Σ_k p(x|z_k), a bound on log E_q p(x|z).
-
-    Every sample site must sit in exactly one plate, the VAE's ``"data"`` plate at dim −1,
-    and the guide must be reparameterizable; the gradient is the standard reparameterized
-    IWAE gradient. The weights are :func:`pvae.weights.log_weights` with ``scaled=True``,
-    the particles vectorized with an outer plate at dim −2.
+    N/B, the ``"data"`` plate's subsample scale, applies *after* the logsumexp; E[L_1] is the
+    ELBO, E[L_K] ≤ Σ_b log p(x_b) rises towards it with K. Pyro's ``RenyiELBO(alpha=0)``
+    applies N/B inside, and with a site outside the plate sums over the batch first (a joint,
+    looser bound); here every site must sit in ``"data"`` at dim −1 alone, the guide with
+    ``rsample``. With ``"z"`` scaled by β, w = log p(x|z) + β·(log p(z) − log q(z|x)): the
+    β-ELBO for K = 1; for K > 1 the IWAE bound at β = 1, else a bound on
+    log ∫ p(x|z) p(z)^β q(z|x)^(1−β) dz (log E_q p(x|z) at β = 0), not on log p(x).
     """
 
     def __init__(self, num_particles: int = 1):
-        super().__init__(num_particles=int(num_particles), max_plate_nesting=1,
-                         vectorize_particles=True)
-
-    def _particles(self, fn):
-        """``fn`` inside the particle plate of :meth:`log_weights` (K draws at dim −2)."""
-        return pyro.plate(PARTICLE_PLATE, self.num_particles, dim=-2)(fn)
+        super().__init__(num_particles=check_count("num_particles", int(num_particles)),
+                         max_plate_nesting=1, vectorize_particles=True)
 
     def _get_trace(self, model, guide, args, kwargs):
-        """One vectorized (model, guide) trace pair over all K particles, for inspection."""
-        guide_trace = poutine.trace(self._particles(guide)).get_trace(*args, **kwargs)
+        """One vectorized (model, guide) trace pair over the K particles at dim −2."""
+        particles = pyro.plate("iwae_particles", self.num_particles, dim=-2)
+        guide_trace = poutine.trace(particles(guide)).get_trace(*args, **kwargs)
         model_trace = poutine.trace(
-            poutine.replay(self._particles(model), trace=guide_trace)).get_trace(*args, **kwargs)
+            poutine.replay(particles(model), trace=guide_trace)).get_trace(*args, **kwargs)
         return model_trace, guide_trace
 
     def log_weights(self, model, guide, *args, **kwargs) -> tuple[torch.Tensor, float]:
-        """Return the ``(K, B)`` log-weights w_bk (β applied, subsample scale removed) and N/B.
-
-        ``args[0]`` is the batch x. The traces of the one pass are kept to check that every
-        guide site has ``rsample`` and to read N/B off the ``"data"`` plate.
-        """
-        traces = []
-
-        def recorded(fn):
-            def run(*a, **kw):
-                trace = poutine.trace(fn).get_trace(*a, **kw)
-                traces.append(trace)
-                return trace.nodes["_RETURN"]["value"]
-            return run
-
-        x, *rest = args
-        lw = log_weights(recorded(model), recorded(guide), x, self.num_particles, *rest,
-                         scaled=True, structure=Structure(particle_dim=-2), **kwargs)
-        guide_trace, model_trace = traces
+        """The ``(K, B)`` log-weights w_bk of the batch ``args[0]`` and N/B, from one
+        :meth:`_get_trace` pass (whose guide sites must all have ``rsample``)."""
+        model_trace, guide_trace = self._get_trace(model, guide, args, kwargs)
+        lw = trace_log_weights(model_trace, guide_trace, -2, scaled=True)
         for name, site in guide_trace.nodes.items():
             if site["type"] == "sample" and not site_is_subsample(site) \
                     and not site["fn"].has_rsample:
@@ -106,7 +70,8 @@ class IWAE(pyro.infer.ELBO):
                                   f"has {type(site['fn']).__name__}, which has no rsample")
         frame = next(f for trace in (model_trace, guide_trace) for site in trace.nodes.values()
                      for f in site.get("cond_indep_stack", ()) if f.name == DATA_PLATE)
-        return lw, float((frame.full_size or frame.size) / frame.size)
+        data_scale = float((frame.full_size or frame.size) / frame.size)
+        return lw.expand(self.num_particles, args[0].shape[0]), data_scale
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """−(N/B)·Σ_b [logsumexp_k w_bk − log K], differentiable in the parameters."""
@@ -122,26 +87,15 @@ class IWAE(pyro.infer.ELBO):
             return float(self.differentiable_loss(model, guide, *args, **kwargs))
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """The loss as a float, after backpropagating it into every param's ``.grad``.
-
-        ``SVI.step`` collects the params this touches with ``poutine.trace(param_only=True)``.
-        """
+        """The loss as a float, after backpropagating it into every param's ``.grad``."""
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         if loss.requires_grad:
             loss.backward(retain_graph=self.retain_graph)
         return float(loss.detach())
 
 
-def iwae(num_particles: int = 1) -> IWAE:
-    """Loss = −Σ_b [logsumexp_k w_bk − log K]: the per-example IWAE bound with K particles."""
-    return IWAE(num_particles=num_particles)
-
-
 OBJECTIVES: dict[str, Callable[..., pyro.infer.ELBO]] = {
-    "elbo": elbo,
-    "meanfield": meanfield,
-    "iwae": iwae,
-}
+    "elbo": elbo, "meanfield": meanfield, "iwae": IWAE}
 
 
 def make_loss(name: str = "elbo", num_particles: int = 1) -> pyro.infer.ELBO:
@@ -154,10 +108,8 @@ def make_loss(name: str = "elbo", num_particles: int = 1) -> pyro.infer.ELBO:
 
 
 def beta_at(step: int, beta: float, warmup_steps: int) -> float:
-    """β at optimisation step ``step``: β·min(1, step / warmup_steps), or β with no warm-up.
-
-    The ramp is linear in steps (not epochs): 0 at step 0, ``beta`` from ``warmup_steps`` on.
-    """
+    """β at optimisation step (not epoch) ``step``: β·min(1, step / warmup_steps), or β
+    with no warm-up."""
     if warmup_steps <= 0:
         return float(beta)
     return float(beta) * min(1.0, step / warmup_steps)

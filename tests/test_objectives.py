@@ -99,6 +99,11 @@ def test_iwae_scales_a_subsampled_batch_by_n_over_b():
     assert -loss == pytest.approx(exact * 12 / 3, rel=1e-9)
 
 
+def _particles(fn, k):
+    """``fn`` with k vectorized draws in a plate at dim −2, as the IWAE loss draws them."""
+    return pyro.plate("particles", k, dim=-2)(fn)
+
+
 def _renyi(k):
     return RenyiELBO(alpha=0, num_particles=k, vectorize_particles=True, max_plate_nesting=1)
 
@@ -158,7 +163,7 @@ def test_renyi_alpha_zero_becomes_a_joint_bound_when_a_site_leaves_the_plate():
     pyro.set_rng_seed(3)
     renyi = -_renyi(k).loss(model, guide, x)
     pyro.set_rng_seed(3)
-    trace = poutine.trace(IWAE(k)._particles(guide)).get_trace(x)
+    trace = poutine.trace(_particles(guide, k)).get_trace(x)
     pyro.set_rng_seed(3)
     mtrace, gtrace = IWAE(k)._get_trace(model, guide, (x,), {})
     mtrace.compute_log_prob()
@@ -178,7 +183,7 @@ def test_iwae_beta_weights_the_prior_and_guide_terms():
     x = sample_data(W, b, sigma, n=4)
     vae = make_vae(W, b, sigma)
     pyro.set_rng_seed(5)
-    z = poutine.trace(IWAE(3)._particles(vae.guide)).get_trace(x).nodes["z"]["value"]
+    z = poutine.trace(_particles(vae.guide, 3)).get_trace(x).nodes["z"]["value"]
     log_px = exact_log_px(x, W, b, sigma)
     log_pz = vae.prior().log_prob(z)
     log_q = vae.q(x).log_prob(z)
