@@ -21,7 +21,7 @@ import json
 import pickletools
 import zipfile
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -46,8 +46,8 @@ class Checkpoint(NamedTuple):
     state: TrainState | None
 
 
-def to_bytes(vae: VAE, state: TrainState | None) -> bytes:
-    """The checkpoint of ``vae`` (and ``state``) as bytes: magic, header, payload."""
+def save(path: str | Path, vae: VAE, state: TrainState | None = None) -> None:
+    """Write the checkpoint of ``vae`` and ``state`` to ``path`` atomically."""
     payload = {"vae": vae.config.to_dict() if vae.config is not None else None,
                "beta": float(vae.beta), "weights": vae.state_dict(),
                "train": state.to_dict() if state is not None else None}
@@ -56,12 +56,7 @@ def to_bytes(vae: VAE, state: TrainState | None) -> bytes:
     blob = buf.getvalue()
     header = json.dumps({"format": FORMAT, "length": len(blob),
                          "sha256": hashlib.sha256(blob).hexdigest()}).encode()
-    return MAGIC + header + b"\n" + blob
-
-
-def save(path: str | Path, vae: VAE, state: TrainState | None = None) -> None:
-    """Write the checkpoint of ``vae`` and ``state`` to ``path`` atomically."""
-    atomic_write(path, to_bytes(vae, state))
+    atomic_write(path, MAGIC + header + b"\n" + blob)
 
 
 def read(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
@@ -81,7 +76,22 @@ def read(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoi
         raise CheckpointError(f"checkpoint {path} passed its checksum but its payload cannot be "
                               f"read ({type(err).__name__}); it was written by an incompatible "
                               "version of pvae or torch") from err
-    return _parse(payload, path)
+    try:
+        if not isinstance(payload, dict):
+            raise TypeError(f"the payload is a {type(payload).__name__}, not a dict")
+        missing = [k for k in ("vae", "beta", "weights", "train") if k not in payload]
+        if missing:
+            raise KeyError(f"the payload lacks {missing}")
+        config = VAEConfig.from_dict(payload["vae"]) if payload["vae"] is not None else None
+        state = TrainState.from_dict(payload["train"]) if payload["train"] is not None else None
+        weights = payload["weights"]
+        if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor)
+                                                    for v in weights.values()):
+            raise TypeError("its weights are not a dict of tensors")
+        return Checkpoint(config, float(payload["beta"]), weights, state)
+    except (PvaeError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} is not one this pvae can use ({err}); it was "
+                              "written by another version or altered") from err
 
 
 def _checked_payload(raw: bytes, path: Path) -> bytes:
@@ -127,25 +137,6 @@ def _what_it_is(raw: bytes, path: Path) -> str:
     return f"{path} is not a pvae checkpoint (it does not start with pvae's header)"
 
 
-def _parse(payload: Any, path: Path) -> Checkpoint:
-    try:
-        if not isinstance(payload, dict):
-            raise TypeError(f"the payload is a {type(payload).__name__}, not a dict")
-        missing = [k for k in ("vae", "beta", "weights", "train") if k not in payload]
-        if missing:
-            raise KeyError(f"the payload lacks {missing}")
-        config = VAEConfig.from_dict(payload["vae"]) if payload["vae"] is not None else None
-        state = TrainState.from_dict(payload["train"]) if payload["train"] is not None else None
-        weights = payload["weights"]
-        if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor)
-                                                    for v in weights.values()):
-            raise TypeError("its weights are not a dict of tensors")
-        return Checkpoint(config, float(payload["beta"]), weights, state)
-    except (PvaeError, KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {path} is not one this pvae can use ({err}); it was "
-                              "written by another version or altered") from err
-
-
 def restore_weights(vae: VAE, weights: dict[str, torch.Tensor], path: str | Path) -> None:
     """Copy ``weights`` into ``vae``; CheckpointError when they do not fit its modules."""
     try:
@@ -157,12 +148,8 @@ def restore_weights(vae: VAE, weights: dict[str, torch.Tensor], path: str | Path
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", vae: VAE | None = None) -> VAE:
-    """The VAE stored in checkpoint ``path``, on ``device``, with its β.
-
-    The VAE is rebuilt from the checkpoint's configuration; pass ``vae`` to load the
-    weights into a VAE of one's own instead (required for a VAE assembled from custom
-    modules, whose checkpoint has no configuration). Pyro's param store is not touched.
-    """
+    """The VAE stored in checkpoint ``path``, on ``device``, with its β, rebuilt from its
+    configuration or, given ``vae`` (needed for one of custom modules), loaded into it."""
     ckpt = read(path)
     if vae is None:
         if ckpt.config is None:

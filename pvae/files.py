@@ -32,13 +32,8 @@ def _umask() -> int:
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one.
-
-    The bytes go to a temporary file in ``path``'s folder, are fsynced and renamed over
-    ``path``; the file gets the permissions of the user's umask, like any file the user
-    creates. A full disk (or a quota) is a StorageError that says the previous ``path``
-    is intact; the temporary file is removed.
-    """
+    """Write ``data`` to ``path`` (a fsynced temporary file renamed over it, with the user's
+    umask) so that a crash leaves the old file or the new one; StorageError on a full disk."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -85,38 +80,28 @@ def run_lock(out: str | Path) -> Iterator[Path]:
     :func:`atomic_write` left behind (``.NAME.*.tmp``) are removed: no one else writes there.
     """
     out = check_writable(out).resolve()
-    if out in _held:
-        fd, count = _held[out]
-        _held[out] = (fd, count + 1)
-        try:
-            yield out
-        finally:
-            _release(out)
-        return
-    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
-    if fcntl is not None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise ConfigError(f"another pvae run ({holder}) is writing to {out}; wait for it "
-                              "to finish or choose another --out") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
-    for stale in out.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
-    _held[out] = (fd, 1)
+    if out not in _held:
+        fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise ConfigError(f"another pvae run ({holder}) is writing to {out}; wait for "
+                                  "it to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        for stale in out.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        _held[out] = (fd, 0)
+    fd, count = _held[out]
+    _held[out] = (fd, count + 1)
     try:
         yield out
     finally:
-        _release(out)
-
-
-def _release(out: Path) -> None:
-    fd, count = _held[out]
-    if count > 1:
-        _held[out] = (fd, count - 1)
-        return
-    del _held[out]
-    os.close(fd)
+        fd, count = _held.pop(out)
+        if count > 1:
+            _held[out] = (fd, count - 1)
+        else:
+            os.close(fd)

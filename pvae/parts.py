@@ -20,8 +20,7 @@ from pyro.distributions import Distribution
 from .errors import ConfigError
 
 SHARED = ("z_dim", "x_dim", "hidden_dims", "activation", "num_data", "guide")
-"""Constructor arguments a part may take that are not options: the VAE's sizes (and, for a
-prior that mixes the guide, the guide module itself)."""
+"""Constructor arguments that are not options: the VAE's sizes, and the guide for a prior."""
 
 
 @runtime_checkable
@@ -81,11 +80,8 @@ def shared_arguments(cls: type) -> tuple[str, ...]:
 
 
 def coerce_option(name: str, value: Any, default: Any) -> Any:
-    """``value`` as the type of ``default`` (bool, int, float, str or a tuple of ints).
-
-    ConfigError for a value of another type: a float that is not whole for an int option,
-    ``"abc"`` for a number, a non-finite float.
-    """
+    """``value`` as the type of ``default`` (bool, int, float, str or a tuple of ints);
+    ConfigError for 2.5 as an int, ``"abc"`` as a number, or a non-finite float."""
     if isinstance(default, tuple):
         items = value.split() if isinstance(value, str) else (
             value if isinstance(value, (list, tuple)) else [value])
@@ -97,16 +93,21 @@ def coerce_option(name: str, value: Any, default: Any) -> Any:
     if isinstance(default, Integral):
         return whole_number(name, value)
     if isinstance(default, Real):
-        try:
-            number = math.nan if isinstance(value, bool) else float(value)
-        except (TypeError, ValueError):
-            number = math.nan
+        number = real_number(value)
         if not math.isfinite(number):
             raise ConfigError(f"option {name} must be a finite number, got {value!r}")
         return number
     if not isinstance(value, type(default)):
         raise ConfigError(f"option {name} must be a {type(default).__name__}, got {value!r}")
     return value
+
+
+def real_number(value: Any) -> float:
+    """``value`` as a float; NaN for a bool or anything ``float()`` refuses."""
+    try:
+        return math.nan if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def whole_number(name: str, value: Any) -> int:
@@ -125,12 +126,8 @@ def whole_number(name: str, value: Any) -> int:
 
 def split_options(parts: Mapping[str, tuple[str, type]],
                   options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Route each option to every part that declares it, coerced to its declared type.
-
-    ``parts`` maps a role (``"prior"``) to ``(registry name, class)``. An option no part
-    declares is a ConfigError that names it, the closest valid spelling, and every option
-    the chosen parts take.
-    """
+    """Route each option to every part of ``{role: (name, class)}`` that declares it, coerced
+    to its declared type; ConfigError naming an undeclared one and the closest valid one."""
     declared = {role: declared_options(cls) for role, (_, cls) in parts.items()}
     routed: dict[str, dict[str, Any]] = {role: {} for role in parts}
     valid = sorted({name for opts in declared.values() for name in opts})

@@ -1,10 +1,5 @@
-"""Training state as one value: what :func:`pvae.train.fit` resumes from.
-
-:class:`TrainState` holds the epoch, the step, the history, the optimisation seconds, the
-settings that shape training, the optimizer's ``state_dict()`` and every RNG state. It is
-immutable; ``fit`` makes a new one after every epoch and :mod:`pvae.checkpoint` alone
-turns it into bytes and back.
-"""
+"""Training state as one immutable value, what :func:`pvae.train.fit` resumes from; only
+:mod:`pvae.checkpoint` turns it into bytes and back."""
 from __future__ import annotations
 
 import dataclasses
@@ -53,7 +48,8 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class TrainState:
-    """Everything a resumed ``fit`` needs besides the VAE's weights."""
+    """Everything a resumed ``fit`` needs besides the VAE's weights: the optimizer's
+    ``state_dict()`` and every RNG state among them."""
 
     epoch: int
     step: int
@@ -64,7 +60,7 @@ class TrainState:
     rng: dict
 
     def to_dict(self) -> dict:
-        """Plain dicts, tuples, numbers and tensors: what ``torch.load(weights_only=True)`` reads."""
+        """Plain dicts, tuples, numbers and tensors: ``torch.load(weights_only=True)`` reads it."""
         return dataclasses.asdict(self)
 
     @classmethod

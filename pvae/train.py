@@ -1,12 +1,7 @@
 """``fit()``: stochastic variational inference for a VAE, with checkpoints and a NaN guard.
 
-One epoch is one shuffled pass over the training set in minibatches (binarized afresh per
-batch for binary likelihoods), one optimisation step per batch (:func:`make_step`: the
-objective's differentiable loss on the model/guide pair, its backward pass, then one fused
-``torch.optim.Adam`` over the VAE's parameters). After each epoch the test ELBO is
-computed, the parameters are checked to be finite and the VAE with its
-:class:`~pvae.state.TrainState` is checkpointed atomically, so an interrupted run loses at
-most one epoch and ``resume=True`` continues to the same parameters as an uninterrupted run.
+Each epoch ends with a finite-parameter check and an atomic checkpoint, so an interrupted run
+loses at most one epoch and ``resume=True`` reaches the parameters of an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -29,7 +24,7 @@ from .data import minibatches
 from .errors import CheckpointError, ConfigError, DataError, DivergenceError
 from .files import run_lock
 from .objectives import beta_at, make_loss
-from .parts import whole_number
+from .parts import real_number, whole_number
 from .state import EpochRecord, TrainSettings, TrainState, check_settings, rng_state, set_rng_state
 from .vae import VAE
 
@@ -65,11 +60,8 @@ def mean_elbo(vae: VAE, x: torch.Tensor) -> float:
 
 
 def make_optimizer(vae: VAE, lr: float) -> torch.optim.Adam:
-    """One ``torch.optim.Adam`` with rate ``lr`` over the VAE's trainable parameters.
-
-    Fused where torch has the fused kernel for their device; β₁ = 0.9, β₂ = 0.999, ε = 1e-8,
-    the update ``pyro.optim.Adam`` applies per parameter.
-    """
+    """One ``torch.optim.Adam`` (fused where torch can) over the VAE's trainable parameters:
+    the update ``pyro.optim.Adam`` applies per parameter."""
     params = [p for p in vae.parameters() if p.requires_grad]
     try:
         return torch.optim.Adam(params, lr=lr, fused=True)
@@ -81,13 +73,9 @@ def make_step(vae: VAE, objective: pyro.infer.ELBO,
               optimizer: torch.optim.Optimizer) -> Callable[..., float]:
     """Return ``step(*args) -> loss``: one gradient step on ``objective`` for ``vae``.
 
-    A step is ``loss = objective.differentiable_loss(vae.model, vae.guide, *args)`` inside
-    :meth:`~pvae.vae.VAE.direct_params`, ``loss.backward()``, ``optimizer.step()`` and
-    ``zero_grad``: the loss and gradients of ``pyro.infer.SVI(...).step`` without SVI's
-    per-step capture of the params, its per-parameter optimizers and the ``pyro.param``
-    message per weight. The first step checks that no free ``pyro.param`` (one that is not a
-    parameter of the VAE's modules) takes part in the objective: this optimizer would not
-    update it (ConfigError; train such a model with ``pyro.infer.SVI``).
+    The loss and gradients of ``pyro.infer.SVI(...).step``, without SVI's per-step param
+    capture and per-parameter optimizers. The first step refuses (ConfigError) a free
+    ``pyro.param``, one that is not a parameter of the VAE's modules: it would not be updated.
     """
     model, guide = vae.model, vae.guide
     owned = {p for group in optimizer.param_groups for p in group["params"]}
@@ -118,12 +106,6 @@ def make_step(vae: VAE, objective: pyro.infer.ELBO,
     return step
 
 
-def _check_finite(vae: VAE, epoch: int, step: int, good: Path | None) -> None:
-    bad = [n for n, p in vae.named_parameters() if not bool(torch.isfinite(p).all())]
-    if bad:
-        _diverged(f"parameter {bad[0]} became NaN/Inf", epoch, step, good)
-
-
 def _diverged(what: str, epoch: int, step: int, good: Path | None) -> None:
     kept = (f"the last good checkpoint is kept at {good}" if good and good.exists()
             else "no checkpoint was written yet")
@@ -141,30 +123,28 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
 
     Loss per step = −ELBO of the batch = Σ_i E_q[−log p(x_i|z)] + β_t·KL(q(z|x_i) || p(z)),
     with β_t = ``vae.beta``·min(1, t / (``beta_warmup_epochs``·steps per epoch)). ``train_x``
-    is a float tensor ``(N, x_dim)``; with ``binarize`` (default: when the likelihood is
-    binary) it holds probabilities in [0, 1] and each batch is binarized afresh. Integer,
-    bool and other floating dtypes are converted to the VAE's (:func:`as_training_data`).
+    is a tensor ``(N, x_dim)`` converted to the VAE's dtype; with ``binarize`` (default: when
+    the likelihood is binary) it holds probabilities in [0, 1], each batch binarized afresh.
 
-    ``out_dir``: a checkpoint ``checkpoint.pt`` after every epoch, the folder locked against
-    a second run. A folder that holds a checkpoint already is refused unless ``resume``
-    (continue it; its training settings must match these) or ``overwrite``. ``seed`` seeds
-    Pyro's, torch's and NumPy's global RNGs and each epoch's shuffle; with None the global
-    RNGs are left as they are and the shuffle seed is drawn from torch's. Pyro's param store
-    is not touched. The VAE moves to ``device``; the data follow it.
+    ``out_dir``: a locked folder with a checkpoint ``checkpoint.pt`` after every epoch; one
+    that holds a checkpoint already is refused unless ``resume`` (its training settings must
+    match these) or ``overwrite``. ``seed`` seeds Pyro's, torch's and NumPy's global RNGs and
+    each epoch's shuffle; with None the RNGs are left alone and the shuffle seed is drawn from
+    torch's. Pyro's param store is not touched. The VAE moves to ``device``, the data too.
 
-    Returns the final :class:`~pvae.state.TrainState` (epoch, step, history, seconds).
-    Raises DivergenceError (keeping the last good checkpoint) if the loss or a parameter
-    becomes NaN/Inf.
+    Returns the final :class:`~pvae.state.TrainState`; DivergenceError (keeping the last good
+    checkpoint) if the loss or a parameter becomes NaN/Inf.
     """
     epochs, batch_size = whole_number("epochs", epochs), whole_number("batch_size", batch_size)
     num_particles = whole_number("num_particles", num_particles)
     seed = None if seed is None else whole_number("seed", seed)
+    rate, warmup = real_number(lr), real_number(beta_warmup_epochs)
     checks = (("epochs", epochs, epochs >= 0, ">= 0"),
               ("batch_size", batch_size, batch_size >= 1, ">= 1"),
               ("num_particles", num_particles, num_particles >= 1, ">= 1"),
-              ("lr", lr, _finite(lr) and lr > 0, "a finite number > 0"),
+              ("lr", lr, math.isfinite(rate) and rate > 0, "a finite number > 0"),
               ("beta_warmup_epochs", beta_warmup_epochs,
-               _finite(beta_warmup_epochs) and beta_warmup_epochs >= 0, "a finite number >= 0"),
+               math.isfinite(warmup) and warmup >= 0, "a finite number >= 0"),
               ("seed", seed, seed is None or 0 <= seed <= SEED_LIMIT, f"in [0, {SEED_LIMIT}]"))
     for name, value, ok, what in checks:
         if not ok:
@@ -176,7 +156,13 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
     dtype = next((p.dtype for p in vae.parameters() if p.is_floating_point()), torch.float32)
     train_x = as_training_data(train_x, "the training data", dtype)
     test_x = None if test_x is None else as_training_data(test_x, "the test data", dtype)
-    _check_inputs(vae, train_x, test_x, binarize)
+    vae.check_data(train_x, probabilities=binarize)
+    if test_x is not None:
+        vae.check_data(test_x)
+    if not vae.amortized and vae.num_data != train_x.shape[0]:
+        raise ConfigError(f"the guide holds parameters for {vae.num_data} examples but the "
+                          f"training set has {train_x.shape[0]}; build it with "
+                          f"num_data={train_x.shape[0]}")
     if resume and out_dir is None:
         raise ConfigError("resume needs out_dir (the folder holding checkpoint.pt)")
     with run_lock(out_dir) if out_dir is not None else contextlib.nullcontext() as out:
@@ -185,14 +171,14 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
             raise ConfigError(f"{out} already holds a run's checkpoint; resume it (--resume), "
                               "replace it (--overwrite), or choose another --out")
         if seed is not None:
-            pyro.set_rng_seed(int(seed))
-        settings = TrainSettings(batch_size=batch_size, lr=float(lr), loss=loss,
+            pyro.set_rng_seed(seed)
+        settings = TrainSettings(batch_size=batch_size, lr=rate, loss=loss,
                                  num_particles=num_particles, beta=vae.beta,
-                                 beta_warmup_epochs=float(beta_warmup_epochs), binarize=binarize,
-                                 seed=int(seed) if seed is not None else -1)
+                                 beta_warmup_epochs=warmup, binarize=binarize,
+                                 seed=-1 if seed is None else seed)
         vae.to(dev)
         vae.zero_grad(set_to_none=True)
-        optimizer = make_optimizer(vae, lr)
+        optimizer = make_optimizer(vae, rate)
         objective = make_loss(loss, num_particles)
         if resume:
             state = _resume(vae, optimizer, path, settings)
@@ -203,14 +189,6 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
         state = _train(vae, optimizer, objective, state, train_x.to(dev),
                        test_x.to(dev) if test_x is not None else None, epochs, path, progress)
     return state
-
-
-def _finite(v) -> bool:
-    try:
-        return math.isfinite(float(v)) and not isinstance(v, bool)
-    except (TypeError, ValueError):
-        return False
-
 
 
 def _train(vae: VAE, optimizer, objective, state: TrainState, train_x: torch.Tensor,
@@ -245,7 +223,9 @@ def _train(vae: VAE, optimizer, objective, state: TrainState, train_x: torch.Ten
         seconds = time.perf_counter() - tic
         train_seconds += seconds
         bar.close()
-        _check_finite(vae, epoch, step, path)
+        bad = [n for n, p in vae.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            _diverged(f"parameter {bad[0]} became NaN/Inf", epoch, step, path)
         elbo = mean_elbo(vae, test_x) if test_x is not None and vae.amortized else None
         record = EpochRecord(epoch, step, kl_weight, -total / seen, elbo, seconds)
         history.append(record)
@@ -259,12 +239,8 @@ def _train(vae: VAE, optimizer, objective, state: TrainState, train_x: torch.Ten
 
 
 def as_training_data(x, name: str, dtype: torch.dtype) -> torch.Tensor:
-    """``x`` as a floating tensor of ``dtype``: what is unambiguous is converted, the rest refused.
-
-    bool and integer tensors (0/1 pixels, or counts) and floating tensors of another
-    precision (float64 from ``torch.from_numpy``, float16) become ``dtype``; an empty
-    tensor, a complex one or something that is not a tensor is a DataError.
-    """
+    """``x`` (a bool, integer or floating tensor) as ``dtype``; DataError for an empty or
+    complex tensor or something that is not a tensor."""
     if not isinstance(x, torch.Tensor):
         raise DataError(f"{name} must be a torch.Tensor of shape (N, x_dim), got "
                         f"{type(x).__name__}; wrap a NumPy array with torch.from_numpy")
@@ -273,17 +249,6 @@ def as_training_data(x, name: str, dtype: torch.dtype) -> torch.Tensor:
     if x.dim() >= 1 and x.shape[0] == 0:
         raise DataError(f"{name} is empty (0 examples); pass at least one")
     return x if x.dtype == dtype else x.to(dtype)
-
-
-def _check_inputs(vae: VAE, train_x: torch.Tensor, test_x: torch.Tensor | None,
-                  binarize: bool) -> None:
-    vae.check_data(train_x, probabilities=binarize)
-    if test_x is not None:
-        vae.check_data(test_x)
-    if not vae.amortized and vae.num_data != train_x.shape[0]:
-        raise ConfigError(f"the guide holds parameters for {vae.num_data} examples but the "
-                          f"training set has {train_x.shape[0]}; build it with "
-                          f"num_data={train_x.shape[0]}")
 
 
 def _resume(vae: VAE, optimizer, path: Path, settings: TrainSettings) -> TrainState:

@@ -1,10 +1,7 @@
 """The VAE as a Pyro program: ``model(x)`` and ``guide(x)`` over the ``"data"`` plate.
 
-This is the only module that calls ``pyro.sample`` for the sites ``"z"`` and ``"x"``.
-The prior, likelihood and guide are modules chosen by name from the registries in
-:mod:`pvae.priors`, :mod:`pvae.likelihoods` and :mod:`pvae.guides`; :class:`VAEConfig`
-records those names, the sizes and every option, and is all a checkpoint needs to
-rebuild the VAE.
+The only module that samples the sites ``"z"`` and ``"x"``; :class:`VAEConfig` is all a
+checkpoint needs to rebuild the VAE from the registries of priors, likelihoods and guides.
 """
 from __future__ import annotations
 
@@ -25,20 +22,16 @@ from .errors import ConfigError, DataError
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .nets import ACTIVATIONS
-from .parts import (Guide, Likelihood, Prior, coerce_option, shared_arguments, split_options,
-                    whole_number)
+from .parts import (Guide, Likelihood, Prior, coerce_option, real_number, shared_arguments,
+                    split_options, whole_number)
 from .priors import PRIORS
 
 REGISTRIES = {"prior": PRIORS, "guide": GUIDES, "likelihood": LIKELIHOODS}
 
 
 def beta_handler(beta: float):
-    """The effect handler that multiplies a site's log-density by β.
-
-    β = 1 is a no-op, β > 0 is ``poutine.scale(scale=β)``, and β = 0 is
-    ``poutine.mask(mask=False)`` (``poutine.scale`` refuses a zero scale), which removes
-    the site's log-density from the objective while keeping its sample.
-    """
+    """The handler that multiplies a site's log-density by β: ``poutine.scale``, or for β = 0
+    (which ``poutine.scale`` refuses) ``poutine.mask(mask=False)``, which keeps the sample."""
     beta = check_beta(beta)
     if beta == 1.0:
         return contextlib.nullcontext()
@@ -49,10 +42,7 @@ def beta_handler(beta: float):
 
 def check_beta(beta: Any) -> float:
     """β as a float; ConfigError unless it is a finite number >= 0."""
-    try:
-        value = math.nan if isinstance(beta, bool) else float(beta)
-    except (TypeError, ValueError):
-        value = math.nan
+    value = real_number(beta)
     if not (value >= 0 and math.isfinite(value)):
         raise ConfigError(f"beta must be a finite number >= 0, got {beta!r}")
     return value
@@ -110,7 +100,8 @@ class VAEConfig:
         """A plain dict of str/int/float/bool/list values (JSON and checkpoint safe)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["hidden_dims"] = list(self.hidden_dims)
-        out["options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.options.items()}
+        out["options"] = {k: list(v) if isinstance(v, tuple) else v
+                          for k, v in self.options.items()}
         return out
 
     @classmethod
@@ -120,9 +111,6 @@ class VAEConfig:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ConfigError(f"unknown VAE configuration keys {unknown}; valid: {sorted(names)}")
-        values = dict(values)
-        if "hidden_dims" in values and isinstance(values["hidden_dims"], list):
-            values["hidden_dims"] = tuple(values["hidden_dims"])
         return cls(**values)
 
     def build(self) -> tuple[nn.Module, nn.Module, nn.Module]:
@@ -141,25 +129,14 @@ class VAEConfig:
 
 
 class VAE(PyroModule):
-    """A VAE with prior p(z), likelihood p(x|z) and guide q(z|x).
+    """A VAE with prior p(z), likelihood p(x|z) and guide q(z|x) (:mod:`pvae.parts`).
 
-    The model is ``z ~ p(z)``, ``x ~ p(x|z)`` for every example in the ``"data"`` plate;
-    the guide is ``z ~ q(z|x)``. The ``"z"`` site is scaled by :attr:`kl_weight` (β, times
-    the warm-up fraction inside :meth:`warmup`) in both, so ``Trace_ELBO`` minimises
-    E_q[-log p(x|z)] + β·KL(q(z|x) || p(z)).
-
-    The parts stay plain ``torch.nn`` modules. ``model`` states each parameter of the prior
-    and likelihood with ``pyro.param``, ``guide`` each of the guide's, under the names of
-    ``named_parameters()``, so ``pyro.infer.SVI`` trains the VAE like any Pyro program;
-    inside :meth:`direct_params` they state none (``pvae.train.fit`` holds the parameters
-    in one torch optimizer and skips those messages at every step).
-
-    :func:`build_vae` (or :meth:`from_config`) records the :class:`VAEConfig` as
-    :attr:`config`, which checkpoints store; a VAE assembled from one's own modules
-    (``prior``, ``likelihood``, ``guide`` with the interfaces of :mod:`pvae.parts`) has
-    ``config=None``. ``num_data`` is the dataset size N for a guide that owns per-example
-    parameters: the plate then has size N with the batch's indices as ``subsample``, so
-    the ELBO of a batch of B is scaled by N/B.
+    The ``"z"`` site is scaled by :attr:`kl_weight` in model and guide, so ``Trace_ELBO``
+    minimises E_q[-log p(x|z)] + β·KL(q(z|x) || p(z)). The parts stay ``torch.nn`` modules
+    whose parameters ``model`` and ``guide`` state with ``pyro.param``, so ``pyro.infer.SVI``
+    trains the VAE like any Pyro program. :attr:`config` is the :class:`VAEConfig` it was
+    built from (None for one's own modules). ``num_data`` is the dataset size N of a guide
+    with per-example parameters: the plate has size N, the batch's indices as ``subsample``.
     """
 
     def __init__(self, prior: nn.Module, likelihood: nn.Module, guide: nn.Module, x_dim: int,
@@ -228,11 +205,8 @@ class VAE(PyroModule):
 
     @contextlib.contextmanager
     def direct_params(self):
-        """Within this context ``model`` and ``guide`` issue no ``pyro.param`` statements.
-
-        For optimisers that hold ``vae.parameters()`` themselves (``pvae.train.fit``):
-        Pyro's param store then neither sees nor updates the VAE's weights.
-        """
+        """Within this context ``model`` and ``guide`` issue no ``pyro.param`` statements, for
+        optimisers that hold ``vae.parameters()`` themselves (``pvae.train.fit``)."""
         self._direct += 1
         try:
             yield self
@@ -240,12 +214,8 @@ class VAE(PyroModule):
             self._direct -= 1
 
     def _param_statements(self, *parts: str) -> None:
-        """``pyro.param(name, p)`` for every trainable parameter of the submodules ``parts``.
-
-        The module's tensor is the parameter: a stale entry of the same name in Pyro's param
-        store (left by a VAE built earlier in this process) is replaced by it, so that
-        ``pyro.optim`` updates the tensors this VAE computes with.
-        """
+        """``pyro.param(name, p)`` for each trainable parameter of ``parts``, replacing a stale
+        store entry of that name (an earlier VAE's), so ``pyro.optim`` updates this VAE's."""
         store = pyro.get_param_store()
         for part in parts:
             for name, p in getattr(self, part).named_parameters(prefix=part):
@@ -283,12 +253,8 @@ class VAE(PyroModule):
                 return pyro.sample("z", self.q(x, idx))
 
     def check_data(self, x: torch.Tensor, probabilities: bool = False) -> None:
-        """Raise DataError unless ``x`` is a finite ``(B, x_dim)`` tensor in the likelihood's support.
-
-        With ``probabilities=True`` ``x`` holds the probabilities of binary data that is drawn
-        from them later (``fit(binarize=True)``): every value must lie in [0, 1]. That check is
-        a single pass (``torch.aminmax``: NaN propagates, ±Inf falls outside [0, 1]).
-        """
+        """DataError unless ``x`` is a finite ``(B, x_dim)`` tensor in the likelihood's support,
+        or with ``probabilities`` (``fit(binarize=True)``) one of values in [0, 1]."""
         if not isinstance(x, torch.Tensor):
             raise DataError(f"data must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 2 or x.shape[1] != self.x_dim:
@@ -325,13 +291,11 @@ def build_vae(prior: str = "standard", guide: str = "mlp", likelihood: str = "be
               **options: Any) -> VAE:
     """Build a :class:`VAE` from registry names; the default is the IWAE paper's 1-layer VAE.
 
-    The arguments become the VAE's frozen :class:`VAEConfig` (``vae.config``). ``options``
-    go to the parts that declare them (e.g. ``num_components`` of the ``mog`` prior, or
-    ``conv_channels`` of both a ``conv`` guide and a ``conv`` decoder); one that no chosen
-    part declares is a ConfigError naming it and the valid ones. ``beta`` sets
-    :attr:`VAE.beta`, which training uses as it is.
+    The arguments become ``vae.config``; ``options`` go to the parts that declare them
+    (e.g. ``num_components`` of the ``mog`` prior, ``conv_channels`` of a ``conv`` guide and
+    decoder).
     """
     config = VAEConfig(prior=prior, guide=guide, likelihood=likelihood, z_dim=z_dim,
                        hidden_dims=hidden_dims, x_dim=x_dim, activation=activation,
                        num_data=num_data, options=options)
-    return VAE.from_config(config, beta=check_beta(beta))
+    return VAE.from_config(config, beta=beta)
