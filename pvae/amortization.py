@@ -9,8 +9,7 @@ the ELBO L[q] = E_q[log p(x, z) − log q(z|x)] splits in two (Cremer, Li & Duve
 where q* is the best diagonal Gaussian for this one x, fitted per example with the decoder
 frozen (:func:`fit_local`); :func:`refine` and :class:`pvae.guides.SemiAmortizedGuide` sit in
 between (Kim et al. 2018). Every ELBO here is the β = 1 bound; ``x`` moves to the model's
-device (:func:`pvae.weights.prepare_examples`) and results live there.
-"""
+device (:func:`pvae.weights.prepare_examples`) and results live there."""
 from __future__ import annotations
 
 import functools
@@ -24,7 +23,7 @@ import torch
 
 from .errors import ConfigError, DataError
 from .evaluate import DEFAULT_CHUNK_SIZE, log_likelihood
-from .localfit import local_guide, mixture_guide, optimise_local
+from .localfit import local_guide, optimise_local
 from .weights import check_count, check_pair, log_weights, prepare_examples
 
 
@@ -87,13 +86,11 @@ class GapReport:
             v = getattr(self, key).detach().double()
             se = float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else None
             out[key], out[f"{key}_stderr"] = float(v.mean()), se
-        out.update(
-            seconds_per_example_amortized=self.seconds_amortized / self.n,
-            seconds_per_example_local=self.seconds_local / self.n,
-            log_px_proposal=self.log_px_proposal, num_samples=self.num_samples,
-            elbo_samples=self.elbo_samples, local_steps=self.local_steps,
-            local_converged=self.local_converged,
-        )
+        out.update(seconds_per_example_amortized=self.seconds_amortized / self.n,
+                   seconds_per_example_local=self.seconds_local / self.n,
+                   log_px_proposal=self.log_px_proposal, num_samples=self.num_samples,
+                   elbo_samples=self.elbo_samples, local_steps=self.local_steps,
+                   local_converged=self.local_converged)
         return out
 
 
@@ -238,7 +235,7 @@ def gap_report(vae, x: torch.Tensor, *, n: int | None = None, num_samples: int =
                              chunk_size=chunk_size or DEFAULT_CHUNK_SIZE).mean(0).to(x.dtype)
     lp_q = log_likelihood(vae.model, vae.guide, x, num_samples=num_samples, chunk_size=chunk_size)
     proposal = {"local": local_guide(fit.loc, fit.scale),
-                "mixture": mixture_guide(vae.q, fit.loc, fit.scale)}.get(log_px_proposal)
+                "mixture": local_guide(fit.loc, fit.scale, vae.q)}.get(log_px_proposal)
     lp = lp_q if proposal is None else log_likelihood(
         lambda x_, idx_: vae.model(x_), proposal, x, torch.arange(x.shape[0], device=x.device),
         num_samples=num_samples, chunk_size=chunk_size)

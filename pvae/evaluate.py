@@ -4,8 +4,7 @@ From the K log-weights log w_k of each example (:mod:`pvae.weights`, unscaled: t
 model), log p(x) ≈ logsumexp_k log w_k − log K, a lower bound in expectation rising with K
 toward log p(x) (Burda et al.), and ELBO(x) ≈ mean_k log w_k. PSIS k-hat (Vehtari et al.)
 above 0.7 says the estimate for that example cannot be trusted. ``x`` and the tensors cut
-with it move to the model's device (:func:`pvae.weights.prepare_examples`).
-"""
+with it move to the model's device (:func:`pvae.weights.prepare_examples`)."""
 from __future__ import annotations
 
 import logging
@@ -92,9 +91,7 @@ class EvalResult:
 
 
 def _stderr(values: np.ndarray) -> float:
-    if values.shape[0] < 2:
-        return 0.0
-    return float(values.std(ddof=1) / math.sqrt(values.shape[0]))
+    return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
 def _batches(model, guide, x, args, kwargs, num_samples, chunk_size, batch_size=None):
@@ -158,19 +155,17 @@ def evaluate(model: Callable, guide: Callable, x: torch.Tensor, *args, num_sampl
     batch_size = check_count("batch_size", batch_size)
     num_samples, batches = _batches(model, guide, x, args, kwargs, num_samples, chunk_size,
                                     batch_size)
-    parts: dict[str, list[np.ndarray]] = {"log_px": [], "elbo": [], "ess": [], "khat": []}
+    rows = []  # per batch: log p(x), ELBO, ESS and k-hat of its examples
     with torch.no_grad(), pyro.validation_enabled(False), \
             tqdm(total=x.shape[0], disable=not progress, desc=f"log p(x), K={num_samples}",
                  unit="ex") as bar:
         for lw in batches:
             lse = torch.logsumexp(lw, dim=0)
-            parts["log_px"].append((lse - math.log(num_samples)).cpu().numpy())
-            parts["elbo"].append(lw.mean(dim=0).cpu().numpy())
-            parts["ess"].append(torch.exp(2 * lse - torch.logsumexp(2 * lw, dim=0)).cpu().numpy())
-            parts["khat"].append(psis_khat(lw.T.cpu().numpy()))
+            ess = torch.exp(2 * lse - torch.logsumexp(2 * lw, dim=0))
+            rows.append([t.cpu().numpy() for t in (lse - math.log(num_samples), lw.mean(0), ess)]
+                        + [psis_khat(lw.T.cpu().numpy())])
             bar.update(lw.shape[1])
-    result = EvalResult(**{k: np.concatenate(v) for k, v in parts.items()},
-                        num_samples=num_samples)
+    result = EvalResult(*map(np.concatenate, zip(*rows)), num_samples=num_samples)
     if result.khat_frac_bad > 0:
         logger.warning(
             "PSIS k-hat > %.1f for %d of %d examples (max %.2f): the log p(x) estimate for "

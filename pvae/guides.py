@@ -1,17 +1,16 @@
-"""Guides q(z|x) (the interface: :class:`pvae.parts.Guide`), picked by name from :data:`GUIDES`.
-
-Scales are softplus(·) + 1e-5.
-"""
+"""Guides q(z|x) (the interface: :class:`pvae.parts.Guide`), picked by name from :data:`GUIDES`;
+every scale is softplus(·) + 1e-5."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .localfit import MIN_SCALE, refine_moments
+from .localfit import MIN_SCALE, optimise_local
 from .errors import ConfigError
 from .nets import ConvEncoder, Split, autoregressive_flow, inv_softplus, mlp
 
@@ -76,8 +75,7 @@ class IAFEncoder(_Guide):
     """q_φ(z|x): z₀ ~ N(μ_φ(x), diag σ_φ(x)²) then z = f_S(⋯ f_1(z₀)), ``flow_steps`` affine
     autoregressive maps (:func:`pvae.nets.autoregressive_flow`, widths ``flow_hidden``) shared
     by all x: log q(z|x) = log N(z₀; μ, σ²) − Σ_s log-det-Jacobian(f_s). A sample's density
-    reuses the cached inverse; any other z (a VampPrior's K components) inverts once for all K.
-    """
+    reuses the cached inverse; any other z (a VampPrior's K components) inverts once for all K."""
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
                  activation: str = "tanh", *, flow_steps: int = 2,
@@ -95,8 +93,7 @@ class LocalGuide(_Guide):
     """Non-amortized q(z_n) = N(m_n, diag softplus(ρ_n)²), starting at N(0, init_scale² I).
 
     ``loc`` (m) and ``raw_scale`` (ρ) are ``(num_data, z_dim)``; ``forward(x, idx)`` takes the
-    rows ``idx`` (the ``"data"`` plate's subsample), so a batch touches only its own rows.
-    """
+    rows ``idx`` (the ``"data"`` plate's subsample), so a batch touches only its own rows."""
 
     amortized = False
 
@@ -126,8 +123,7 @@ class SemiAmortizedGuide(_Guide):
     """Semi-amortized q (Kim et al. 2018): N(μ_K, σ_K) after ``refine_steps`` Adam steps (rate
     ``refine_lr``, ``refine_particles`` samples) on each example's ELBO from the encoder's
     (μ_0, σ_0), returned as μ_0 + stop_grad(μ_K − μ_0) (same for σ); see the amortization page
-    of the docs. It needs p(z) and p(x|z) from :meth:`bind`; ``refine_steps=0`` is the encoder.
-    """
+    of the docs. It needs p(z) and p(x|z) from :meth:`bind`; ``refine_steps=0`` is the encoder."""
 
     uses_model = True
 
@@ -159,8 +155,18 @@ class SemiAmortizedGuide(_Guide):
         if not self._model:
             raise ConfigError("the semi-amortized guide needs the model's prior and likelihood: "
                               "call guide.bind(prior, likelihood) (pvae.vae.VAE does)")
-        loc, scale = refine_moments(*self._model, x, loc0, scale0, self.refine_steps,
-                                    self.refine_lr, self.refine_particles)
+        prior, likelihood = self._model
+
+        def log_weight(loc, scale, s):  # no Pyro sites: a guide cannot run the model
+            q = dist.Normal(loc, scale).to_event(1)
+            z = q.rsample((s,))
+            return prior().log_prob(z) + likelihood(z).log_prob(x) - q.log_prob(z)
+
+        with poutine.block():  # the modules' parameters stay out of the guide's trace
+            loc, scale, *_ = optimise_local(log_weight, loc0, scale0, lr=self.refine_lr,
+                                            num_particles=self.refine_particles,
+                                            max_steps=self.refine_steps, patience=None,
+                                            window=self.refine_steps)
         loc = loc0 + (loc - loc0).detach()
         return dist.Normal(loc, scale0 + (scale - scale0).detach()).to_event(1)
 

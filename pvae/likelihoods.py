@@ -4,8 +4,7 @@ interface: :class:`pvae.parts.Likelihood`), picked by name from :data:`LIKELIHOO
 Only the Bernoulli likelihood gives a discrete log-probability (log p(x) ≤ 0 nats).
 The continuous likelihoods give a log-*density*: its value depends on the units of x,
 can be positive, and is not comparable with Bernoulli numbers (nor across continuous
-likelihoods on differently scaled data).
-"""
+likelihoods on differently scaled data)."""
 from __future__ import annotations
 
 import math
@@ -86,10 +85,9 @@ class Bernoulli(_Decoded):
 class ContinuousBernoulli(_Decoded):
     """p(x|z) = ∏_d CB(x_d; λ_d), λ = σ(f(z)), for grayscale x ∈ [0, 1].
 
-    The continuous Bernoulli of Loaiza-Ganem & Cunningham (2019): CB(x; λ) =
-    C(λ) λ^x (1 − λ)^(1−x) with the normaliser C(λ) that makes it a density on [0, 1], so
-    log p(x|z) is the Bernoulli log-likelihood of grayscale pixels plus Σ_d log C(λ_d).
-    """
+    The continuous Bernoulli of Loaiza-Ganem & Cunningham (2019): CB(x; λ) = C(λ) λ^x
+    (1 − λ)^(1−x), the normaliser C(λ) making it a density on [0, 1], so log p(x|z) is the
+    Bernoulli log-likelihood of grayscale pixels plus Σ_d log C(λ_d)."""
 
     data_kind = "continuous"
 
@@ -108,8 +106,7 @@ class Normal(_Decoded):
 
     σ is ``likelihood_scale`` or, with ``learn_scale``, one learned σ = 1e-3 + exp(s) starting
     there, shared by all pixels: per-pixel scales collapse on constant pixels (MNIST's
-    borders) and send the density to infinity; the 1e-3 floor bounds it.
-    """
+    borders) and send the density to infinity; the 1e-3 floor bounds it."""
 
     data_kind = "continuous"
     MIN_SCALE = 1e-3

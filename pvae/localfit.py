@@ -1,7 +1,6 @@
 """Per-example Gaussian fits q(z_n) = N(m_n, diag s_n²) by gradient ascent on the ELBO
 L_n = E_q[log p(x_n, z) − log q(z)] (for :mod:`pvae.amortization` and the semi-amortized
-guide), and the fitted q as a Pyro guide, alone or mixed with q(z|x) (:func:`mixture_guide`).
-"""
+guide), and the fitted q as a Pyro guide, alone or mixed with q(z|x) (:func:`local_guide`)."""
 from __future__ import annotations
 
 import math
@@ -9,7 +8,6 @@ from typing import Callable
 
 import pyro
 import pyro.distributions as dist
-import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
 from pyro.distributions import TorchDistribution, constraints
@@ -23,12 +21,14 @@ from .weights import DATA_PLATE, check_count
 MIN_SCALE = 1e-5
 
 
-def local_guide(loc: torch.Tensor, scale: torch.Tensor) -> Callable:
-    """guide(x, idx): z_n ~ N(loc[idx_n], diag scale[idx_n]²) in the data plate."""
+def local_guide(loc: torch.Tensor, scale: torch.Tensor, q: Callable | None = None) -> Callable:
+    """guide(x, idx): z_n ~ N(loc[idx_n], diag scale[idx_n]²) in the data plate; given an
+    amortized ``q``, z_n ~ ½ q(z|x_n) + ½ N(loc[idx_n], diag scale[idx_n]²) instead."""
 
     def guide(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        local = dist.Normal(loc[idx], scale[idx]).to_event(1)
         with pyro.plate(DATA_PLATE, x.shape[0]):
-            return pyro.sample("z", dist.Normal(loc[idx], scale[idx]).to_event(1))
+            return pyro.sample("z", local if q is None else _HalfHalf(q(x), local))
 
     return guide
 
@@ -87,21 +87,6 @@ def optimise_local(log_weight_fn: Callable, loc0: torch.Tensor, scale0: torch.Te
     return loc.detach(), (F.softplus(raw) + MIN_SCALE).detach(), step, converged, history
 
 
-def refine_moments(prior, likelihood, x: torch.Tensor, loc0: torch.Tensor,
-                   scale0: torch.Tensor, steps: int, lr: float, num_particles: int = 1):
-    """(loc, scale) after ``steps`` Adam steps on L_n from (loc0, scale0), detached; for use
-    inside a guide: no Pyro sites, the modules' parameters hidden by ``poutine.block``."""
-
-    def lw(loc, scale, s):
-        q = dist.Normal(loc, scale).to_event(1)
-        z = q.rsample((s,))
-        return prior().log_prob(z) + likelihood(z).log_prob(x) - q.log_prob(z)
-
-    with poutine.block():
-        return optimise_local(lw, loc0, scale0, num_particles=num_particles, lr=lr,
-                              max_steps=steps, patience=None, window=steps)[:2]
-
-
 class _HalfHalf(TorchDistribution):
     """The mixture ½a + ½b of two same-shaped distributions as an IS proposal: with particles
     at dim −2 the draws alternate a, b along it (stratified: unbiased for even k, without
@@ -128,14 +113,3 @@ class _HalfHalf(TorchDistribution):
 
     def log_prob(self, value):
         return torch.logaddexp(self.a.log_prob(value), self.b.log_prob(value)) - math.log(2.0)
-
-
-def mixture_guide(q, loc: torch.Tensor, scale: torch.Tensor) -> Callable:
-    """guide(x, idx): z_n ~ ½ q(z|x_n) + ½ N(loc_n, diag scale_n²) in the data plate."""
-
-    def guide(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        local = dist.Normal(loc[idx], scale[idx]).to_event(1)
-        with pyro.plate(DATA_PLATE, x.shape[0]):
-            return pyro.sample("z", _HalfHalf(q(x), local))
-
-    return guide

@@ -1,7 +1,6 @@
 """Plain ``nn.Module`` builders: MLPs, the small convolutional encoder/decoder, flow maps.
 
-Nothing here knows about distributions; priors, likelihoods and guides wrap these.
-"""
+Nothing here knows about distributions; priors, likelihoods and guides wrap these."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -36,8 +35,7 @@ class Split(nn.Module):
 
     def __init__(self, body: nn.Module, n: int):
         super().__init__()
-        self.body = body
-        self.n = n
+        self.body, self.n = body, n
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.body(x).chunk(self.n, dim=-1)

@@ -8,15 +8,13 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import pyro
 import pyro.infer
-import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 from pyro.util import warn_if_nan
 
 from .errors import ConfigError
-from .weights import DATA_PLATE, check_count, trace_log_weights
+from .weights import DATA_PLATE, check_count, particle_traces, trace_log_weights
 
 
 def elbo(num_particles: int = 1) -> pyro.infer.ELBO:
@@ -33,18 +31,15 @@ def meanfield(num_particles: int = 1) -> pyro.infer.ELBO:
 class IWAE(pyro.infer.ELBO):
     """The importance-weighted bound of Burda et al. (2016), per example.
 
-    With K = ``num_particles`` draws z_bk ~ q(z|x_b) and log-weights w_bk (:mod:`pvae.weights`)::
-
-        L_K = Σ_b [ logsumexp_k w_bk − log K ],   loss = −(N/B)·L_K
-
-    N/B, the ``"data"`` plate's subsample scale, applies *after* the logsumexp; E[L_1] is the
-    ELBO, E[L_K] ≤ Σ_b log p(x_b) rises towards it with K. Pyro's ``RenyiELBO(alpha=0)``
-    applies N/B inside, and with a site outside the plate sums over the batch first (a joint,
-    looser bound); here every site must sit in ``"data"`` at dim −1 alone, the guide with
-    ``rsample``. With ``"z"`` scaled by β, w = log p(x|z) + β·(log p(z) − log q(z|x)): the
-    β-ELBO for K = 1; for K > 1 the IWAE bound at β = 1, else a bound on
-    log ∫ p(x|z) p(z)^β q(z|x)^(1−β) dz (log E_q p(x|z) at β = 0), not on log p(x).
-    """
+    With K = ``num_particles`` draws z_bk ~ q(z|x_b) and log-weights w_bk (:mod:`pvae.weights`),
+    L_K = Σ_b [logsumexp_k w_bk − log K] and loss = −(N/B)·L_K: N/B, the ``"data"`` plate's
+    subsample scale, applies *after* the logsumexp; E[L_1] is the ELBO, E[L_K] ≤ Σ_b log p(x_b)
+    rises towards it with K. Pyro's ``RenyiELBO(alpha=0)`` applies N/B inside, and with a site
+    outside the plate sums over the batch first (a joint, looser bound); here every site must sit
+    in ``"data"`` at dim −1 alone, the guide with ``rsample``. With ``"z"`` scaled by β, w =
+    log p(x|z) + β·(log p(z) − log q(z|x)): the β-ELBO for K = 1; for K > 1 the IWAE bound at
+    β = 1, else a bound on log ∫ p(x|z) p(z)^β q(z|x)^(1−β) dz (log E_q p(x|z) at β = 0), not on
+    log p(x)."""
 
     def __init__(self, num_particles: int = 1):
         super().__init__(num_particles=check_count("num_particles", int(num_particles)),
@@ -52,11 +47,7 @@ class IWAE(pyro.infer.ELBO):
 
     def _get_trace(self, model, guide, args, kwargs):
         """One vectorized (model, guide) trace pair over the K particles at dim −2."""
-        particles = pyro.plate("iwae_particles", self.num_particles, dim=-2)
-        guide_trace = poutine.trace(particles(guide)).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(
-            poutine.replay(particles(model), trace=guide_trace)).get_trace(*args, **kwargs)
-        return model_trace, guide_trace
+        return particle_traces(model, guide, self.num_particles, -2, *args, **kwargs)
 
     def log_weights(self, model, guide, *args, **kwargs) -> tuple[torch.Tensor, float]:
         """The ``(K, B)`` log-weights w_bk of the batch ``args[0]`` and N/B, from one
@@ -108,8 +99,7 @@ def make_loss(name: str = "elbo", num_particles: int = 1) -> pyro.infer.ELBO:
 
 
 def beta_at(step: int, beta: float, warmup_steps: int) -> float:
-    """β at optimisation step (not epoch) ``step``: β·min(1, step / warmup_steps), or β
-    with no warm-up."""
+    """β at optimisation step (not epoch) ``step``: β·min(1, step / warmup_steps); β without one."""
     if warmup_steps <= 0:
         return float(beta)
     return float(beta) * min(1.0, step / warmup_steps)

@@ -1,8 +1,7 @@
 """Priors p(z) (the interface: :class:`pvae.parts.Prior`), picked by name from :data:`PRIORS`.
 
-Learned quantities are ``nn.Parameter`` s (the VAE turns them into Pyro params); constants
-are buffers.
-"""
+Learned quantities are ``nn.Parameter`` s (the VAE turns them into Pyro params), constants
+buffers."""
 from __future__ import annotations
 
 import math
@@ -22,8 +21,7 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
     With a_k = 1/σ_k², b_k = μ_k/σ_k² and c_k = Σ_d (μ_kd² a_kd + 2 log σ_kd + log 2π),
     log N(z; μ_k, σ_k) = −½ (z²·a_k − 2 z·b_k + c_k): two matrix products over z_dim, in
     float64 against cancellation, so M latents cost M × K memory, not M × K × z_dim (the
-    VampPrior's K = 500 made that gigabytes). Sampling is ``MixtureSameFamily``'s.
-    """
+    VampPrior's K = 500 made that gigabytes). Sampling is ``MixtureSameFamily``'s."""
 
     def __init__(self, logits: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor,
                  validate_args: bool | None = None):
@@ -79,8 +77,7 @@ class MixturePrior(nn.Module):
     """p(z) = Σ_k π_k N(z; μ_k, diag σ_k²), a learned mixture of K = ``num_components`` Gaussians.
 
     π = softmax(logits) (init uniform), μ_k ~ N(0, I) at initialisation so the components
-    start apart, σ_k = softplus(ρ_k) + 1e-5 (init 1).
-    """
+    start apart, σ_k = softplus(ρ_k) + 1e-5 (init 1)."""
 
     def __init__(self, z_dim: int, *, num_components: int = 10):
         super().__init__()
@@ -102,8 +99,7 @@ class VampPrior(nn.Module):
     The guide q at K = ``num_pseudo_inputs`` learned u_k; with ``bounded_pseudo_inputs``
     u = hardtanh(a), a ~ N(0.05, 0.01²) at first, as in the paper (a sigmoid froze the u_k
     near blank images: test ELBO −158 against −129 after 10 MNIST epochs), else u = a ~
-    N(0, 0.01²). ``encoder`` (the guide) is a reference, not a child: its parameters are ``q.*``.
-    """
+    N(0, 0.01²). ``encoder`` (the guide) is a reference, not a child: its parameters are ``q.*``."""
 
     def __init__(self, z_dim: int, x_dim: int, guide: nn.Module | None = None, *,
                  num_pseudo_inputs: int = 500, bounded_pseudo_inputs: bool = True):

@@ -1,16 +1,12 @@
-"""Importance log-weights per example and draw: the one quantity the estimators share.
-
-For a model p(x, z), a guide q(z|x), each example x_b and K draws z_bk ~ q(z|x_b),
-log w_bk = log p(x_b, z_bk) − log q(z_bk|x_b) is a ``(K, B)`` matrix: logsumexp_k log w_bk
-− log K is the importance-sampled log p(x_b) (:mod:`pvae.evaluate`), mean_k log w_bk the
-ELBO (:mod:`pvae.amortization`), −(N/B)·Σ_b (logsumexp_k log w_bk − log K) the IWAE loss.
+"""Importance log-weights log w_bk = log p(x_b, z_bk) − log q(z_bk|x_b), z_bk ~ q(z|x_b), a
+``(K, B)`` matrix for K draws of each of B examples: the one quantity the importance-sampled
+log p(x) (:mod:`pvae.evaluate`), the ELBO (:mod:`pvae.amortization`) and the IWAE loss share.
 
 The pair contract: ``model(x, *args, **kwargs)`` and ``guide(x, *args, **kwargs)`` are Pyro
 programs whose every latent and observed site lies in a vectorized ``pyro.plate("data")``
 sized by the leading dim of ``x``; the guide samples exactly the model's latent sites.
 Every tensor in ``args``/``kwargs`` whose leading dim is ``len(x)`` (dataset indices
-``idx``, say) is cut along with ``x`` when the examples are split.
-"""
+``idx``, say) is cut along with ``x`` when the examples are split."""
 from __future__ import annotations
 
 import re
@@ -118,9 +114,8 @@ def check_pair(model: Callable, guide: Callable, x: torch.Tensor, *args, **kwarg
                          f"(x has shape {tuple(x.shape)}) to check the pair before importance "
                          "sampling")
         raise own from None
-    guide_tr, model_tr = prune_subsample_sites(guide_tr), prune_subsample_sites(model_tr)
-    model_sites = {n: s for n, s in model_tr.nodes.items() if s["type"] == "sample"}
-    guide_sites = {n: s for n, s in guide_tr.nodes.items() if s["type"] == "sample"}
+    model_sites, guide_sites = ({n: s for n, s in prune_subsample_sites(tr).nodes.items()
+                                 if s["type"] == "sample"} for tr in (model_tr, guide_tr))
     latent = [n for n, s in model_sites.items() if not s["is_observed"]]
     missing = [n for n in latent if n not in guide_sites]
     extra = [n for n in guide_sites if n not in model_sites]
@@ -151,16 +146,15 @@ def check_pair(model: Callable, guide: Callable, x: torch.Tensor, *args, **kwarg
     return Structure(particle_dim=min(dims) - 1)
 
 
-def _one_pass(model, guide, x, k, particle_dim, scaled, args, kwargs) -> torch.Tensor:
-    """The (k, len(x)) log-weights from one vectorized trace of k draws per example."""
-
-    def particles(fn):
-        return pyro.plate(PARTICLE_PLATE, k, dim=particle_dim)(fn)
-
-    guide_tr = poutine.trace(particles(guide)).get_trace(x, *args, **kwargs)
+def particle_traces(model: Callable, guide: Callable, k: int, particle_dim: int, *args,
+                    **kwargs) -> tuple:
+    """(model trace, guide trace): the guide run under a vectorized plate of ``k`` particles at
+    ``particle_dim``, and the model replayed on it under the same plate."""
+    particles = pyro.plate(PARTICLE_PLATE, k, dim=particle_dim)
+    guide_tr = poutine.trace(particles(guide)).get_trace(*args, **kwargs)
     model_tr = poutine.trace(poutine.replay(particles(model), trace=guide_tr)).get_trace(
-        x, *args, **kwargs)
-    return trace_log_weights(model_tr, guide_tr, particle_dim, scaled).expand(k, x.shape[0])
+        *args, **kwargs)
+    return model_tr, guide_tr
 
 
 def trace_log_weights(model_trace, guide_trace, particle_dim: int, scaled: bool) -> torch.Tensor:
@@ -197,8 +191,7 @@ def log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_samples: 
     (β), masks and the subsample scale N/B (the β = 1 model). ``scaled=True``:
     ``scale_and_mask(fn.log_prob, scale / (N/B), mask)``, i.e. log p(x|z) + β·(log p(z) −
     log q(z|x)), N/B left to the caller. A pass holds at most ``chunk_size`` draws
-    (particles × examples; None: all). ``structure``: :func:`check_pair`'s, else made here.
-    """
+    (particles × examples; None: all). ``structure``: :func:`check_pair`'s, else made here."""
     structure = structure or check_pair(model, guide, x, *args, **kwargs)
     n, pdim = x.shape[0], structure.particle_dim
     chunk = chunk_size or num_samples * n
@@ -206,7 +199,10 @@ def log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_samples: 
     columns = []
     for b0 in range(0, n, per_pass):
         xb, a, kw = map_examples(lambda t: t[b0:b0 + per_pass], x, *args, **kwargs)
-        columns.append(torch.cat([
-            _one_pass(model, guide, xb, min(k_pass, num_samples - k0), pdim, scaled, a, kw)
-            for k0 in range(0, num_samples, k_pass)], dim=0))
+        rows = []
+        for k0 in range(0, num_samples, k_pass):
+            k = min(k_pass, num_samples - k0)
+            traces = particle_traces(model, guide, k, pdim, xb, *a, **kw)
+            rows.append(trace_log_weights(*traces, pdim, scaled).expand(k, xb.shape[0]))
+        columns.append(torch.cat(rows, dim=0))
     return torch.cat(columns, dim=1)
