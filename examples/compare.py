@@ -8,14 +8,13 @@ The first configuration is the baseline. Writes OUT/<config>/ (one run each),
 OUT/compare.md, OUT/compare.csv and OUT/compare.png. Same as ``pvae compare``.
 Every flag: python examples/compare.py --help
 """
-import argparse
 import sys
 
-from pvae.cli import add_compare_arguments, run_compare, run_guarded
+from pvae.cli import Parser, add_compare_arguments, run_compare, run_guarded
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(prog="python examples/compare.py", description=__doc__.splitlines()[0])
     add_compare_arguments(parser)
     args = parser.parse_args(argv)
     return run_guarded(lambda: run_compare(args))

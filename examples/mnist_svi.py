@@ -6,14 +6,13 @@
 Writes OUT/checkpoint.pt, OUT/metrics.json and figures; prints a summary table.
 Every flag: python examples/mnist_svi.py --help
 """
-import argparse
 import sys
 
-from pvae.cli import add_experiment_arguments, run_experiment, run_guarded
+from pvae.cli import Parser, add_experiment_arguments, run_experiment, run_guarded
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(prog="python examples/mnist_svi.py", description=__doc__.splitlines()[0])
     add_experiment_arguments(parser)
     args = parser.parse_args(argv)
     return run_guarded(lambda: run_experiment(args))

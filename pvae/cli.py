@@ -1,19 +1,41 @@
 """The ``pvae`` command line: ``pvae train|evaluate|gap|plot|compare``.
 
 :data:`COMMANDS` maps each subcommand to ``(add_arguments(parser), run(args) -> int)``; the
-first paragraph of ``run``'s docstring is its help. Library modules are imported inside
-``run``, so ``pvae --help`` stays fast. Errors a user can fix (:class:`pvae.errors.PvaeError`)
-are printed as one line and exit with status 2, without a traceback.
+first paragraph of ``run``'s docstring is its help. Usage errors (:class:`Parser`) and errors
+a user can fix (:class:`pvae.errors.PvaeError`) are one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
+import pyro
+
+from . import checkpoint, data, experiment
+from .amortization import gap_report
+from .compare import compare, format_table, grid, option_names, parse_setting
 from .errors import ConfigError, PvaeError
+from .evaluate import evaluate
+from .experiment import (NO_TEST_EVALUATION, ExperimentConfig, draw_figures, estimate_rows,
+                         format_number, format_rows, test_rows, versions, write_json)
+from .files import check_writable
+from .nets import ACTIVATIONS
+from .objectives import OBJECTIVES
+from .plotting import plot_evaluation, plot_gap
+from .train import resolve_device
+from .vae import REGISTRIES
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line: the problem, then where help is."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def run_guarded(fn: Callable[[], int]) -> int:
@@ -32,12 +54,14 @@ def run_guarded(fn: Callable[[], int]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pvae`` console script."""
-    parser = argparse.ArgumentParser(prog="pvae", description="VAEs as Pyro programs")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="pvae", description="VAEs as Pyro programs")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name, (add_arguments, run) in COMMANDS.items():
         help_text = " ".join(run.__doc__.split("\n\n")[0].split())
         add_arguments(sub.add_parser(name, help=help_text, description=help_text))
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # refused by the subcommand, so the error names its --help
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     return run_guarded(lambda: COMMANDS[args.command][1](args))
 
 
@@ -62,14 +86,11 @@ nonnegative_float = number_type(float, lambda v: 0 <= v < math.inf, "be a finite
 positive_float = number_type(float, lambda v: 0 < v < math.inf, "be a finite number > 0")
 
 
-def add_shared_arguments(p, test_subset: int | None, subset_help: str, checkpoint: bool = True,
+def add_shared_arguments(p, test_subset: int | None, subset_help: str, reads_checkpoint=True,
                          sampling: bool = True, seed_help: str | None = None) -> None:
-    """--checkpoint (if ``checkpoint``), --data-dir, --test-subset, --device and (if
-    ``sampling``) --seed and --no-progress; the defaults are ExperimentConfig's."""
-    from .experiment import ExperimentConfig
-
+    """The flags the subcommands share; the defaults are ExperimentConfig's."""
     d = ExperimentConfig()
-    if checkpoint:
+    if reads_checkpoint:
         p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by pvae train")
     p.add_argument("--data-dir", default=d.data_dir,
                    help="where MNIST lives or is fetched to (default: %(default)s)")
@@ -83,17 +104,12 @@ def add_shared_arguments(p, test_subset: int | None, subset_help: str, checkpoin
 
 def add_experiment_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of a training run (DESIGN.md's contract); defaults are ExperimentConfig's."""
-    from .experiment import ExperimentConfig
-    from .nets import ACTIVATIONS
-    from .objectives import OBJECTIVES
-    from .vae import REGISTRIES
-
     d = ExperimentConfig()
     g = p.add_argument_group("data, output and run")
     g.add_argument("--out", default=d.out, help="folder for checkpoint.pt, metrics.json, figures")
     g.add_argument("--train-subset", type=positive_int, default=None, metavar="N",
                    help="train on the first N training images")
-    add_shared_arguments(g, None, "evaluate on the first N test images", checkpoint=False)
+    add_shared_arguments(g, None, "evaluate on the first N test images", reads_checkpoint=False)
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the run already in OUT (without it, such a folder is refused)")
@@ -136,13 +152,8 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> None:
                    help="latent draws (samples x images) per pass; bounds memory")
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     """An ExperimentConfig from parsed experiment flags; set part options go to ``options``."""
-    import dataclasses
-
-    from .compare import option_names
-    from .experiment import ExperimentConfig
-
     names = {f.name for f in dataclasses.fields(ExperimentConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
     values["hidden_dims"] = tuple(args.hidden_dims)
@@ -154,9 +165,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run_experiment(args: argparse.Namespace) -> int:
     """Train and evaluate a VAE on MNIST (the main job); print the summary table."""
-    from .experiment import format_number, format_rows, run, test_rows
-
-    metrics = run(config_from_args(args))
+    metrics = experiment.run(config_from_args(args))
     rows = [("epochs / steps", f"{metrics['epochs']} / {metrics['steps']}"),
             ("train seconds", f"{metrics['train_seconds']:.1f}"),
             ("train ELBO", format_number(metrics["train_elbo"]))]
@@ -165,37 +174,25 @@ def run_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
-def open_checkpoint(args: argparse.Namespace, out):
-    """``(vae, out, data, record)``: the VAE of --checkpoint on --device, the folder ``out``
-    (default: the checkpoint's) checked writable, the first --test-subset MNIST test images
-    (binarized for a binary likelihood) and what the output files record of the inputs.
-    ConfigError, before any data is read, when the guide has no encoder for test images."""
-    from pathlib import Path
-
-    from . import checkpoint
-    from .data import load_mnist
-    from .experiment import NO_TEST_EVALUATION, versions
-    from .files import check_writable
-    from .train import resolve_device
-
+def open_checkpoint(args: argparse.Namespace):
+    """``(vae, out, mnist, record)`` from --checkpoint, --out (default: the checkpoint's folder),
+    --test-subset; ConfigError, before any data is read, if the guide has no encoder."""
     vae = checkpoint.load(args.checkpoint, device=resolve_device(args.device))
     if not vae.amortized:
         raise ConfigError(f"the guide {vae.config.guide!r} has no encoder for test images; "
                           f"{NO_TEST_EVALUATION}")
-    out = check_writable(out or Path(args.checkpoint).parent)
-    data = load_mnist(args.data_dir, binarize=vae.likelihood.data_kind == "binary",
-                      train_subset=1, test_subset=args.test_subset)
+    out = check_writable(args.out or Path(args.checkpoint).parent)
+    mnist = data.load_mnist(args.data_dir, binarize=vae.likelihood.data_kind == "binary",
+                            train_subset=1, test_subset=args.test_subset)
     record = {"checkpoint": str(args.checkpoint), "data_dir": str(args.data_dir),
               "seed": getattr(args, "seed", None), "device": str(vae.device),
               "versions": versions()}
-    return vae, out, data, record
+    return vae, out, mnist, record
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    add_shared_arguments(p, None, "evaluate the first N test images",
-                         seed_help="seed of the importance samples: the draws are reproducible "
-                                   "for a fixed --seed and --chunk-size (the chunking changes "
-                                   "the order of draws)")
+    add_shared_arguments(p, None, "evaluate the first N test images", seed_help="seed of the "
+                         "importance samples (their order also depends on --chunk-size)")
     p.add_argument("--num-samples", type=positive_int, default=5000, metavar="K",
                    help="importance samples per test image (5000 is the published protocol)")
     p.add_argument("--chunk-size", type=positive_int, default=None, metavar="M",
@@ -206,15 +203,9 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     """Importance-sampled test log p(x), ELBO and PSIS k-hat of a checkpoint."""
-    import pyro
-
-    from .evaluate import evaluate
-    from .experiment import format_rows, test_rows, write_json
-    from .plotting import plot_evaluation
-
-    vae, out, data, record = open_checkpoint(args, args.out)
+    vae, out, mnist, record = open_checkpoint(args)
     pyro.set_rng_seed(args.seed)
-    result = evaluate(vae.model, vae.guide, data.test_x.to(vae.device),
+    result = evaluate(vae.model, vae.guide, mnist.test_x.to(vae.device),
                       num_samples=args.num_samples, chunk_size=args.chunk_size,
                       progress=not args.no_progress and sys.stderr.isatty())
     metrics = {**result.to_metrics(), **record, "chunk_size": args.chunk_size}
@@ -234,8 +225,7 @@ def _gap_arguments(p: argparse.ArgumentParser) -> None:
                    help="samples per image for L[q] and L[q*]")
     p.add_argument("--init", default="encoder", choices=["encoder", "prior"],
                    help="start each local fit from the encoder's output or from N(0, I)")
-    p.add_argument("--max-steps", type=positive_int, default=5000,
-                   help="step budget of the local fits")
+    p.add_argument("--max-steps", type=positive_int, default=5000, help="local-fit step budget")
     p.add_argument("--lr", type=positive_float, default=1e-2, help="Adam rate of the local fits")
     p.add_argument("--num-particles", type=positive_int, default=16,
                    help="samples per image per local-fit step")
@@ -247,19 +237,12 @@ def _gap_arguments(p: argparse.ArgumentParser) -> None:
 
 def _gap(args: argparse.Namespace) -> int:
     """Approximation and amortization gaps of a checkpoint on test images."""
-    import pyro
-
-    from .amortization import gap_report
-    from .experiment import estimate_rows, format_rows, write_json
-    from .plotting import plot_gap
-
-    vae, out, data, record = open_checkpoint(args, args.out)
+    vae, out, mnist, record = open_checkpoint(args)
     pyro.set_rng_seed(args.seed)
-    report = gap_report(vae, data.test_x.to(vae.device),
-                        num_samples=args.num_samples, elbo_samples=args.elbo_samples,
-                        init=args.init, max_steps=args.max_steps, lr=args.lr,
-                        num_particles=args.num_particles, window=args.window,
-                        patience=args.patience,
+    report = gap_report(vae, mnist.test_x.to(vae.device), num_samples=args.num_samples,
+                        elbo_samples=args.elbo_samples, init=args.init, lr=args.lr,
+                        max_steps=args.max_steps, num_particles=args.num_particles,
+                        window=args.window, patience=args.patience,
                         progress=not args.no_progress and sys.stderr.isatty())
     s = report.to_json()
     write_json(out / "gap.json", {**s, **record, "init": args.init})
@@ -287,12 +270,9 @@ def _plot_arguments(p: argparse.ArgumentParser) -> None:
 def _plot(args: argparse.Namespace) -> int:
     """Draw a checkpoint's reconstructions, samples, latent embedding and ELBO curves
     (evaluation.png comes from pvae evaluate)."""
-    from . import checkpoint
-    from .experiment import draw_figures
-
-    vae, out, data, _ = open_checkpoint(args, args.out)
+    vae, out, mnist, _ = open_checkpoint(args)
     state = checkpoint.read(args.checkpoint).state
-    written = draw_figures(vae, data.test_x.to(vae.device), data.test_y,
+    written = draw_figures(vae, mnist.test_x.to(vae.device), mnist.test_y,
                            state.history if state is not None else (), out)
     print(f"wrote {', '.join(path.name for path in written)} to {out}")
     return 0
@@ -310,17 +290,11 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         g.add_argument(f"--{axis}", nargs="+", default=None,
                        help="grid axis: every combination of the axes given is trained")
     g.add_argument("--reuse", action="store_true",
-                   help="read a sub-run's metrics.json instead of retraining when its "
-                        "configuration matches")
+                   help="read a sub-run's metrics.json, not retrain, if its configuration matches")
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    """Train several configurations with one seed and budget; tabulate log p(x).
-
-    Prints the table and writes OUT/compare.md, .csv and .png (:func:`pvae.compare.compare`).
-    """
-    from .compare import compare, format_table, grid, parse_setting
-
+    """Train several configurations with one seed and budget; tabulate log p(x)."""
     axes = {"prior": args.priors, "guide": args.guides, "likelihood": args.likelihoods,
             "loss": args.losses}
     if args.configs and any(axes.values()):

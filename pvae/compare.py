@@ -1,15 +1,10 @@
 """Compare configurations: train each with the same seed and budget, tabulate log p(x).
 
 The first configuration is the baseline. A configuration *beats* it when its mean test
-log p(x) is higher by more than two standard errors of the difference:
-
-- paired, when both runs saved per-example estimates (``test_log_px.npy``) for the same
-  test images: the s.e. of the mean of the per-example differences;
-- otherwise unpaired, sqrt(se₁² + se₂²). Both runs score the same test images, so their
-  estimates are positively correlated and this overstates the s.e. of the difference:
-  the test is conservative.
-
-Runs whose likelihoods are of different kinds (discrete vs density) are not compared.
+log p(x) is higher by more than two standard errors of the difference: paired when both
+runs saved per-example estimates (``test_log_px.npy``) of the same test images, else
+sqrt(se₁² + se₂²), which overstates the s.e. of runs on the same images (a conservative
+test). Runs whose likelihoods are of different kinds (discrete vs density) are not compared.
 """
 from __future__ import annotations
 
@@ -25,13 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from . import experiment
 from .errors import ConfigError, DivergenceError
 from .experiment import PER_EXAMPLE_FILE, format_number
 from .parts import coerce_option, declared_options, options_taken
+from .plotting import plot_comparison
+from .vae import REGISTRIES
 
 log = logging.getLogger(__name__)
 _SKIP_FIELDS = {"out", "resume", "overwrite", "progress", "device", "data_dir", "chunk_size"}
+METRIC_FIELDS = ("test_elbo", "test_log_px", "test_log_px_stderr", "psis_khat_max",
+                 "train_seconds")
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,6 @@ class CompareRow:
     paired: bool = False
     beats_baseline: bool = False
     error: str | None = None
-
-
-METRIC_FIELDS = ("test_elbo", "test_log_px", "test_log_px_stderr", "psis_khat_max",
-                 "train_seconds")
 
 
 def _value(text: str):
@@ -96,18 +93,13 @@ def setting_name(setting: dict) -> str:
 
 def option_names() -> set[str]:
     """Every option that some prior, guide or likelihood declares."""
-    from .vae import REGISTRIES
-
     return {name for registry in REGISTRIES.values() for cls in registry.values()
             for name in declared_options(cls)}
 
 
 def config_for(base, setting: dict, out: Path):
-    """``base`` with ``setting`` applied: run flags set directly, other keys as part options.
-
-    ``base.options`` (flags such as ``--num-components``) reach the configurations whose
-    parts declare them; a setting's own options must be declared by one of its parts.
-    """
+    """``base`` with ``setting`` applied: run flags set directly, other keys as part options;
+    ``base.options`` reach only the configurations whose parts declare them."""
     fields = {f.name for f in dataclasses.fields(base)} - {"options"}
     known = option_names()
     for key in setting:
@@ -129,12 +121,9 @@ def config_for(base, setting: dict, out: Path):
 
 
 def plan(base, settings: Sequence[dict], out: Path, reuse: bool = False) -> list:
-    """Every configuration's run settings, checked before any is trained.
-
-    ConfigError for a configuration that does not validate (naming it), two that train the
-    same model, a shared option no configuration takes, or a sub-folder that holds a run
-    when neither ``reuse`` nor ``base.overwrite`` says what to do with it.
-    """
+    """Every configuration's run settings, checked before any is trained: ConfigError for an
+    invalid or repeated configuration, a shared option none takes, or a sub-folder holding a
+    run when neither ``reuse`` nor ``base.overwrite`` says what to do with it."""
     if not settings:
         raise ConfigError("nothing to compare: give --configs 'prior=standard,guide=mlp' ... "
                           "or a grid with --priors/--guides/--likelihoods/--losses")
@@ -175,18 +164,11 @@ def _reusable(cfg) -> dict | None:
     return metrics if metrics and same else None
 
 
-def _per_example(out: str):
-    import numpy as np
-
-    path = Path(out) / PER_EXAMPLE_FILE
-    return np.load(path) if path.exists() else None
-
-
 def _difference(row: CompareRow, base: CompareRow) -> CompareRow:
-    if row.likelihood_kind != base.likelihood_kind or row.test_log_px is None \
-            or base.test_log_px is None:
+    if row.likelihood_kind != base.likelihood_kind or None in (row.test_log_px, base.test_log_px):
         return row
-    a, b = _per_example(row.out), _per_example(base.out)
+    paths = [Path(r.out) / PER_EXAMPLE_FILE for r in (row, base)]
+    a, b = (np.load(path) if path.exists() else None for path in paths)
     if a is not None and b is not None and a.shape == b.shape and a.shape[0] > 1:
         d = a - b
         diff, se, paired = float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.shape[0])), True
@@ -200,14 +182,9 @@ def _difference(row: CompareRow, base: CompareRow) -> CompareRow:
 
 def compare(base, settings: Sequence[dict], out: str | Path,
             reuse: bool = False) -> list[CompareRow]:
-    """Run ``base`` modified by each setting (:func:`pvae.experiment.run`, in a sub-folder of
-    ``out`` each); write ``compare.md``, ``compare.csv`` and ``compare.png``; return the rows.
-
-    A run that diverges (NaN) is kept in the table as failed, and the others go on. With
-    ``reuse``, a sub-folder whose ``metrics.json`` has the same configuration is read instead.
-    """
-    from .plotting import plot_comparison
-
+    """Run ``base`` modified by each setting in a sub-folder of ``out`` (with ``reuse``, read
+    one whose ``metrics.json`` has the same configuration); a diverged run is a failed row.
+    Writes ``compare.md``, ``compare.csv`` and ``compare.png``; returns the rows."""
     out = Path(out)
     configs = plan(base, settings, out, reuse)
     out.mkdir(parents=True, exist_ok=True)
@@ -226,15 +203,14 @@ def compare(base, settings: Sequence[dict], out: str | Path,
     rows = [_difference(r, rows[0]) for r in rows]
     (out / "compare.md").write_text(format_table(rows, base))
     with open(out / "compare.csv", "w", newline="") as table:
-        writer = csv.DictWriter(table, fieldnames=[f.name for f in dataclasses.fields(CompareRow)])
-        writer.writeheader()
-        writer.writerows(dataclasses.asdict(r) for r in rows)
+        csv.writer(table).writerows([[f.name for f in dataclasses.fields(CompareRow)],
+                                     *map(dataclasses.astuple, rows)])
     plot_comparison(rows, out / "compare.png")
     return rows
 
 
-def format_table(rows: Sequence[CompareRow], base=None) -> str:
-    """The comparison as a Markdown table with a note on how differences were tested."""
+def format_table(rows: Sequence[CompareRow], base) -> str:
+    """The comparison as a Markdown table, with notes on the test and the shared budget."""
     lines = ["| config | test ELBO | test log p(x) ± s.e. | Δ vs baseline ± s.e. | k-hat max "
              "| train s |", "|---|---|---|---|---|---|"]
     for i, r in enumerate(rows):
@@ -247,26 +223,24 @@ def format_table(rows: Sequence[CompareRow], base=None) -> str:
         else:
             delta = f"{r.diff:+.2f} ± {r.diff_stderr:.2f}{' (paired)' if r.paired else ''}"
             delta += " **better**" if r.beats_baseline else ""
-        khat = format_number(r.psis_khat_max)
-        if r.psis_khat_max is None and r.test_log_px is not None:
-            khat = "unknown"  # evaluated, but no Pareto tail was fitted (e.g. K <= 20)
+        unknown = r.psis_khat_max is None and r.test_log_px is not None  # no tail fitted
         numbers = [format_number(r.test_elbo), format_number(r.test_log_px) + " ± "
-                   + format_number(r.test_log_px_stderr), delta, khat,
+                   + format_number(r.test_log_px_stderr), delta,
+                   "unknown" if unknown else format_number(r.psis_khat_max),
                    format_number(r.train_seconds, 0)]
         lines.append(f"| {r.name} | {' | '.join(numbers)} |")
-    notes = ["", "Nats per test image. **better**: mean log p(x) above the baseline "
-             "(first row) by more than 2 standard errors of the difference."]
-    if any(r.diff is not None and not r.paired for r in rows[1:]):
-        notes.append("Unpaired differences use sqrt(se₁² + se₂²); the runs share the test "
-                     "images, so this overstates the s.e. and the test is conservative.")
-    if any(r.paired for r in rows[1:]):
-        notes.append("(paired): s.e. of the mean per-image difference on the same test images.")
     khats = [r.psis_khat_max for r in rows if r.psis_khat_max is not None]
-    if khats and max(khats) > 0.7:
-        notes.append("k-hat max above 0.7: some examples' log p(x) estimates are unreliable "
-                     "(too few importance samples for the guide); read those rows with care.")
-    if base is not None:
-        notes.append(f"Shared budget: epochs {base.epochs}, batch {base.batch_size}, seed "
-                     f"{base.seed}, train subset {base.train_subset or 'all'}, test subset "
-                     f"{base.test_subset or 'all'}, K = {base.eval_samples} importance samples.")
-    return "\n".join(lines + notes) + "\n"
+    notes = [(True, "Nats per test image. **better**: mean log p(x) above the baseline "
+                    "(first row) by more than 2 standard errors of the difference."),
+             (any(r.diff is not None and not r.paired for r in rows[1:]),
+              "Unpaired differences use sqrt(se₁² + se₂²); the runs share the test "
+              "images, so this overstates the s.e. and the test is conservative."),
+             (any(r.paired for r in rows[1:]),
+              "(paired): s.e. of the mean per-image difference on the same test images."),
+             (bool(khats) and max(khats) > 0.7,
+              "k-hat max above 0.7: some examples' log p(x) estimates are unreliable "
+              "(too few importance samples for the guide); read those rows with care."),
+             (True, f"Shared budget: epochs {base.epochs}, batch {base.batch_size}, seed "
+                    f"{base.seed}, train subset {base.train_subset or 'all'}, test subset "
+                    f"{base.test_subset or 'all'}, K = {base.eval_samples} importance samples.")]
+    return "\n".join(lines + [""] + [note for shown, note in notes if shown]) + "\n"

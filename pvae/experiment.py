@@ -1,8 +1,4 @@
-"""One experiment from configuration to results: data → VAE → fit → evaluate → figures.
-
-:func:`run` is what ``examples/mnist_svi.py`` and ``pvae train`` call. It writes into
-``config.out``: ``checkpoint.pt`` (after every epoch), ``metrics.json`` and the figures.
-"""
+"""One experiment from configuration to results: data → VAE → fit → evaluate → figures."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,10 +13,16 @@ import numpy as np
 import pyro
 import torch
 
+from . import data
+from .amortization import encoder_moments
 from .errors import ConfigError
+from .evaluate import EvalResult, evaluate
 from .files import atomic_write, run_lock
 from .likelihoods import LIKELIHOODS
-from .vae import VAEConfig
+from .plotting import (plot_elbo_curves, plot_evaluation, plot_latent, plot_reconstructions,
+                       plot_samples)
+from .train import fit, resolve_device
+from .vae import VAE, VAEConfig
 
 log = logging.getLogger(__name__)
 PER_EXAMPLE_FILE = "test_log_px.npy"  # per-image log p(x); compare pairs runs on it
@@ -32,12 +34,8 @@ NO_TEST_EVALUATION = ("pvae does not yet evaluate a model trained with per-examp
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """Every setting of a run; the field names are the CLI flags with ``_`` for ``-``.
-
-    ``options`` carries part-specific settings (e.g. ``num_components`` of the MoG prior)
-    to the parts that declare them (:func:`pvae.vae.build_vae`). ``overwrite`` replaces a
-    finished run in ``out``; without it (or ``resume``) a folder holding a run is refused.
-    """
+    """Every setting of a run; the field names are the CLI flags with ``_`` for ``-``, and
+    ``options`` carries part-specific settings (``num_components``, ...) to the parts."""
 
     data_dir: str = "data"
     out: str = "runs/mnist"
@@ -107,28 +105,14 @@ def versions() -> dict[str, str]:
 
 
 def write_json(path: str | Path, obj: dict) -> None:
-    """Write ``obj`` as JSON atomically."""
-    atomic_write(path, json.dumps(obj, indent=2, default=_jsonable).encode())
-
-
-def _jsonable(v):
-    if isinstance(v, Path):
-        return str(v)
-    raise TypeError(f"cannot write {type(v).__name__} to JSON")
+    """Write ``obj`` as JSON atomically (paths as strings)."""
+    atomic_write(path, json.dumps(obj, indent=2, default=str).encode())
 
 
 def run(config: ExperimentConfig) -> dict:
-    """Train and evaluate one VAE on MNIST; return the metrics written to ``metrics.json``.
-
-    The run folder is locked for the whole run (:func:`pvae.files.run_lock`); one that holds
-    a finished run is refused unless ``config.resume`` or ``config.overwrite``.
-    """
-    from .data import load_mnist
-    from .evaluate import EvalResult, evaluate
-    from .plotting import plot_evaluation
-    from .train import fit, resolve_device
-    from .vae import VAE
-
+    """Train and evaluate one VAE on MNIST; write ``checkpoint.pt`` (every epoch), the figures
+    and ``metrics.json`` into ``config.out`` (locked; refused if it holds a finished run, unless
+    ``config.resume`` or ``config.overwrite``); return the metrics. ``pvae train`` runs this."""
     config.validate()
     device = resolve_device(config.device)
     with run_lock(config.out) as out:
@@ -136,21 +120,20 @@ def run(config: ExperimentConfig) -> dict:
             raise ConfigError(f"{config.out} holds a finished run (metrics.json); resume it "
                               "(--resume), replace it (--overwrite), or choose another --out")
         binary = LIKELIHOODS[config.likelihood].data_kind == "binary"
-        data = load_mnist(config.data_dir, binarize=binary, train_subset=config.train_subset,
-                          test_subset=config.test_subset)
-        n_train = data.train_x.shape[0]
+        mnist = data.load_mnist(config.data_dir, binarize=binary,
+                                train_subset=config.train_subset, test_subset=config.test_subset)
+        n_train = mnist.train_x.shape[0]
         vae_config = config.vae_config(n_train if config.guide == "local" else None)
         pyro.set_rng_seed(config.seed)
         vae = VAE.from_config(vae_config, beta=config.beta)
-        state = fit(vae, data.train_x, epochs=config.epochs, batch_size=config.batch_size,
+        state = fit(vae, mnist.train_x, epochs=config.epochs, batch_size=config.batch_size,
                     lr=config.lr, loss=config.loss, num_particles=config.num_particles,
                     beta_warmup_epochs=config.beta_warmup_epochs, binarize=binary,
-                    test_x=data.test_x, out_dir=out, resume=config.resume,
+                    test_x=mnist.test_x, out_dir=out, resume=config.resume,
                     overwrite=config.overwrite, device=str(device), seed=config.seed,
                     progress=config.progress)
-        test_x = data.test_x.to(device)
-        metrics = {"epochs": state.epoch, "steps": state.step,
-                   "train_seconds": state.train_seconds,
+        test_x = mnist.test_x.to(device)
+        metrics = {"epochs": state.epoch, "steps": state.step, "train_seconds": state.train_seconds,
                    "train_elbo": state.history[-1].train_elbo if state.history else None,
                    "history": [dataclasses.asdict(r) for r in state.history]}
         if vae.amortized:
@@ -168,7 +151,7 @@ def run(config: ExperimentConfig) -> dict:
                        "density (continuous pixels): not comparable with binary log p(x)",
                        config=config.to_dict(), vae=vae.config.to_dict(), beta=vae.beta,
                        versions=versions(), device=str(device))
-        draw_figures(vae, test_x, data.test_y, state.history, out)
+        draw_figures(vae, test_x, mnist.test_y, state.history, out)
         write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -176,12 +159,8 @@ def run(config: ExperimentConfig) -> dict:
 @torch.no_grad()
 def draw_figures(vae, test_x: torch.Tensor, test_y: torch.Tensor, history,
                  out: Path) -> list[Path]:
-    """Draw prior samples and, when there are any, the ELBO curves of ``history``; with an
-    encoder also reconstructions and the 2-D latent embedding of ``test_x`` (at most 2000
-    images). Returns the files written."""
-    from .amortization import encoder_moments
-    from .plotting import plot_elbo_curves, plot_latent, plot_reconstructions, plot_samples
-
+    """Prior samples, the ELBO curves of ``history`` (if any) and, with an encoder, the
+    reconstructions and latent embedding of ``test_x`` (at most 2000 images); the files."""
     written = [plot_samples(vae.sample(64), out / "samples.png")]
     if vae.amortized:
         n = min(2000, test_x.shape[0])
@@ -195,8 +174,7 @@ def draw_figures(vae, test_x: torch.Tensor, test_y: torch.Tensor, history,
 
 
 def test_rows(metrics: dict) -> list[tuple[str, str]]:
-    """The test-set rows of a run's summary (``metrics.json``). PSIS k-hat is unknown (not 0%)
-    when no Pareto tail could be fitted, e.g. because K <= 20 draws are too few."""
+    """The test-set rows of a run's summary from its ``metrics.json`` entries."""
     k = metrics.get("eval_samples")
     rows = [("test images", str(metrics.get("n_test") or "none")),
             *estimate_rows(metrics, [("test ELBO", "test_elbo"),
@@ -212,8 +190,7 @@ def test_rows(metrics: dict) -> list[tuple[str, str]]:
 
 
 def estimate_rows(values: dict, labels: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """A ``(label, "mean ± s.e.")`` row per ``(label, key)``: ``values[key]`` and
-    ``values[key + "_stderr"]``."""
+    """A row ``(label, "values[key] ± values[key_stderr]")`` per ``(label, key)``."""
     return [(label, f"{format_number(values.get(key))} ± "
                     f"{format_number(values.get(key + '_stderr'))}") for label, key in labels]
 

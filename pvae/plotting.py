@@ -1,10 +1,10 @@
-"""Matplotlib figures. matplotlib is imported inside each function (Agg backend), so
-importing pvae never needs a display."""
+"""Matplotlib figures; matplotlib (Agg backend) is imported only when one is drawn."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 
@@ -17,7 +17,9 @@ def _plt():
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig, path: str | Path, grid: str | None = None) -> Path:
+    for ax in fig.axes if grid else ():
+        ax.grid(alpha=0.3, axis=grid)
     path = Path(path)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     _plt().close(fig)
@@ -52,8 +54,7 @@ def plot_samples(samples: torch.Tensor, path: str | Path, nrow: int = 8) -> Path
 
 
 def plot_latent(z: torch.Tensor, labels: torch.Tensor, path: str | Path) -> Path:
-    """Posterior means of test images in 2-D (the first two principal components when
-    z_dim > 2), coloured by digit."""
+    """Posterior means of test images in 2-D (first 2 principal components), coloured by digit."""
     z = z.detach().float().cpu()
     proj = z - z.mean(0)
     title = f"posterior means of {len(z)} test images"
@@ -69,32 +70,26 @@ def plot_latent(z: torch.Tensor, labels: torch.Tensor, path: str | Path) -> Path
     sc = ax.scatter(proj[:, 0], proj[:, 1], c=labels.cpu(), cmap="tab10", s=4, alpha=0.7,
                     vmin=-0.5, vmax=9.5)
     fig.colorbar(sc, ax=ax, ticks=range(10), label="digit")
-    ax.set_xlabel(axis_labels[0])
-    ax.set_ylabel(axis_labels[1])
+    ax.set(xlabel=axis_labels[0], ylabel=axis_labels[1])
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
 
 
 def plot_elbo_curves(history: Sequence, path: str | Path) -> Path:
     """Train and test ELBO per epoch (nats per image)."""
-    epochs = [r.epoch for r in history]
     fig, ax = _plt().subplots(figsize=(5, 3.5))
-    ax.plot(epochs, [r.train_elbo for r in history], "o-", label="train (running mean, at β)")
+    ax.plot([r.epoch for r in history], [r.train_elbo for r in history], "o-",
+            label="train (running mean, at β)")
     test = [(r.epoch, r.test_elbo) for r in history if r.test_elbo is not None]
     if test:
         ax.plot(*zip(*test), "s-", label="test (β = 1)")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("ELBO (nats per image)")
-    ax.grid(alpha=0.3)
+    ax.set(xlabel="epoch", ylabel="ELBO (nats per image)")
     ax.legend()
-    return _save(fig, path)
+    return _save(fig, path, grid="both")
 
 
 def plot_evaluation(result, path: str | Path) -> Path:
-    """Two histograms over test examples from an :class:`pvae.evaluate.EvalResult`:
-    PSIS k-hat with the 0.7 reliability line, and log p(x) − ELBO (≥ 0, the IS gain)."""
-    import numpy as np
-
+    """Histograms over test examples of PSIS k-hat (0.7: unreliable) and log p(x) − ELBO."""
     fig, (ax1, ax2) = _plt().subplots(1, 2, figsize=(9, 3.5))
     khat = result.khat[~np.isnan(result.khat)]
     if khat.size:
@@ -105,21 +100,17 @@ def plot_evaluation(result, path: str | Path) -> Path:
         ax1.text(0.5, 0.5, f"no k-hat: K = {result.num_samples} is too few\n(needs K > 20)",
                  ha="center", va="center", transform=ax1.transAxes)
     ax1.axvline(0.7, color="tab:red", ls="--", label="0.7: unreliable above")
-    ax1.set_xlabel("PSIS k-hat")
-    ax1.set_ylabel("test examples")
+    ax1.set(xlabel="PSIS k-hat", ylabel="test examples")
     ax1.legend(fontsize=8)
     gain = result.log_px - result.elbo
     ax2.hist(gain, bins=40, color="tab:green", alpha=0.8)
     ax2.set_xlabel(f"log p(x) (K = {result.num_samples}) − ELBO (nats)")
     ax2.set_title(f"mean {gain.mean():.2f} nats over {result.n} examples", fontsize=9)
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return _save(fig, path, grid="both")
 
 
 def plot_comparison(rows: Sequence, path: str | Path) -> Path:
-    """Test log p(x) per configuration (rows of :func:`pvae.compare.compare`), ±2 s.e. bars;
-    the baseline (first row) is a dashed line, configurations that beat it are green."""
+    """Test log p(x) ± 2 s.e. per compared configuration; baseline dashed, better ones green."""
     shown = [r for r in rows if r.test_log_px is not None]
     fig, ax = _plt().subplots(figsize=(6.5, 0.45 * len(shown) + 1.5))
     for i, r in enumerate(shown):
@@ -132,13 +123,11 @@ def plot_comparison(rows: Sequence, path: str | Path) -> Path:
     ax.set_yticks(range(len(shown)), [r.name for r in shown], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("test log p(x), nats per image (bars: ±2 s.e.)")
-    ax.grid(alpha=0.3, axis="x")
-    return _save(fig, path)
+    return _save(fig, path, grid="x")
 
 
 def plot_gap(report, path: str | Path) -> Path:
-    """log p(x), L[q*] and L[q] (left, points) and the approximation and amortization gaps
-    (right, bars) from a :class:`pvae.amortization.GapReport`, each with ±2 s.e. error bars."""
+    """log p(x), L[q*], L[q] (left) and the two gaps (right) of a GapReport, ±2 s.e. bars."""
     s = report.to_json()
 
     def bars(keys):
@@ -149,16 +138,13 @@ def plot_gap(report, path: str | Path) -> Path:
     for i, (v, e, c) in enumerate(zip(values, errors, ("C0", "C2", "C1"))):
         left.errorbar([i], [v], yerr=[e], fmt="o", color=c, capsize=4)
     left.set_xticks(range(3), ["log p(x)", "L[q*]", "L[q]"], fontsize=8)
-    left.set_xlim(-0.5, 2.5)
-    left.set_ylabel("nats per image")
+    left.set(xlim=(-0.5, 2.5), ylabel="nats per image")
     values, errors = bars(("approximation_gap", "amortization_gap"))
     right.bar(range(2), values, yerr=errors, capsize=4, color=["C2", "C1"])
     right.axhline(0.0, color="k", lw=0.8)
     right.set_xticks(range(2), ["approximation\nlog p(x) − L[q*]",
                                 "amortization\nL[q*] − L[q]"], fontsize=8)
     right.set_ylabel("gap, nats per image")
-    for ax in (left, right):
-        ax.grid(alpha=0.3, axis="y")
     fig.subplots_adjust(wspace=0.4)
     fig.suptitle(f"inference gaps on {s['n']} test images (bars: ±2 s.e.)", fontsize=9)
-    return _save(fig, path)
+    return _save(fig, path, grid="y")
