@@ -150,7 +150,12 @@ def restore_weights(vae: VAE, weights: dict[str, torch.Tensor], path: str | Path
 def load(path: str | Path, device: str | torch.device = "cpu", vae: VAE | None = None) -> VAE:
     """The VAE stored in checkpoint ``path``, on ``device``, with its β, rebuilt from its
     configuration or, given ``vae`` (needed for one of custom modules), loaded into it."""
-    ckpt = read(path)
+    return to_vae(read(path), path, device, vae)
+
+
+def to_vae(ckpt: Checkpoint, path: str | Path, device: str | torch.device = "cpu",
+           vae: VAE | None = None) -> VAE:
+    """:func:`load` for a checkpoint already :func:`read` from ``path``."""
     if vae is None:
         if ckpt.config is None:
             raise CheckpointError(f"checkpoint {path} holds a VAE assembled from custom modules "

@@ -103,7 +103,8 @@ def add_shared_arguments(p, test_subset: int | None, subset_help: str, reads_che
 
 
 def add_experiment_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags of a training run (DESIGN.md's contract); defaults are ExperimentConfig's."""
+    """The flags of a training run (scripts and metrics.json rely on their names); defaults
+    are ExperimentConfig's."""
     d = ExperimentConfig()
     g = p.add_argument_group("data, output and run")
     g.add_argument("--out", default=d.out, help="folder for checkpoint.pt, metrics.json, figures")
@@ -175,9 +176,11 @@ def run_experiment(args: argparse.Namespace) -> int:
 
 
 def open_checkpoint(args: argparse.Namespace):
-    """``(vae, out, mnist, record)`` from --checkpoint, --out (default: the checkpoint's folder),
-    --test-subset; ConfigError, before any data is read, if the guide has no encoder."""
-    vae = checkpoint.load(args.checkpoint, device=resolve_device(args.device))
+    """``(vae, out, mnist, record, state)`` from --checkpoint (read once), --out (default: the
+    checkpoint's folder), --test-subset; ConfigError, before any data is read, if the guide
+    has no encoder."""
+    ckpt = checkpoint.read(args.checkpoint)
+    vae = checkpoint.to_vae(ckpt, args.checkpoint, device=resolve_device(args.device))
     if not vae.amortized:
         raise ConfigError(f"the guide {vae.config.guide!r} has no encoder for test images; "
                           f"{NO_TEST_EVALUATION}")
@@ -187,7 +190,7 @@ def open_checkpoint(args: argparse.Namespace):
     record = {"checkpoint": str(args.checkpoint), "data_dir": str(args.data_dir),
               "seed": getattr(args, "seed", None), "device": str(vae.device),
               "versions": versions()}
-    return vae, out, mnist, record
+    return vae, out, mnist, record, ckpt.state
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -203,7 +206,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     """Importance-sampled test log p(x), ELBO and PSIS k-hat of a checkpoint."""
-    vae, out, mnist, record = open_checkpoint(args)
+    vae, out, mnist, record, _ = open_checkpoint(args)
     pyro.set_rng_seed(args.seed)
     result = evaluate(vae.model, vae.guide, mnist.test_x.to(vae.device),
                       num_samples=args.num_samples, chunk_size=args.chunk_size,
@@ -237,7 +240,7 @@ def _gap_arguments(p: argparse.ArgumentParser) -> None:
 
 def _gap(args: argparse.Namespace) -> int:
     """Approximation and amortization gaps of a checkpoint on test images."""
-    vae, out, mnist, record = open_checkpoint(args)
+    vae, out, mnist, record, _ = open_checkpoint(args)
     pyro.set_rng_seed(args.seed)
     report = gap_report(vae, mnist.test_x.to(vae.device), num_samples=args.num_samples,
                         elbo_samples=args.elbo_samples, init=args.init, lr=args.lr,
@@ -270,8 +273,7 @@ def _plot_arguments(p: argparse.ArgumentParser) -> None:
 def _plot(args: argparse.Namespace) -> int:
     """Draw a checkpoint's reconstructions, samples, latent embedding and ELBO curves
     (evaluation.png comes from pvae evaluate)."""
-    vae, out, mnist, _ = open_checkpoint(args)
-    state = checkpoint.read(args.checkpoint).state
+    vae, out, mnist, _, state = open_checkpoint(args)
     written = draw_figures(vae, mnist.test_x.to(vae.device), mnist.test_y,
                            state.history if state is not None else (), out)
     print(f"wrote {', '.join(path.name for path in written)} to {out}")

@@ -60,8 +60,14 @@ class TrainState:
     rng: dict
 
     def to_dict(self) -> dict:
-        """Plain dicts, tuples, numbers and tensors: ``torch.load(weights_only=True)`` reads it."""
-        return dataclasses.asdict(self)
+        """Plain dicts, tuples, numbers and tensors: ``torch.load(weights_only=True)`` reads it.
+
+        Shallow: the optimizer and RNG states are not copied (``dataclasses.asdict`` would
+        deep-copy them once per epoch)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out.update(history=[dataclasses.asdict(r) for r in self.history],
+                   settings=dataclasses.asdict(self.settings))
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainState":

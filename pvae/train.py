@@ -199,7 +199,8 @@ def _train(vae: VAE, optimizer, objective, state: TrainState, train_x: torch.Ten
     n = train_x.shape[0]
     steps_per_epoch = math.ceil(n / s.batch_size)
     warmup_steps = round(s.beta_warmup_epochs * steps_per_epoch)
-    plate_size = None if vae.amortized else vae.num_data
+    amortized = vae.amortized
+    plate_size = None if amortized else vae.num_data
     history, step, train_seconds = list(state.history), state.step, state.train_seconds
     for epoch in range(state.epoch + 1, epochs + 1):
         gen = torch.Generator().manual_seed(s.seed * 1_000_003 + epoch)
@@ -210,7 +211,7 @@ def _train(vae: VAE, optimizer, objective, state: TrainState, train_x: torch.Ten
         with pyro.validation_enabled(False):
             for idx, xb in bar:
                 with vae.warmup(beta_at(step, 1.0, warmup_steps)):
-                    batch_loss = step_fn(*((xb,) if vae.amortized else (xb, idx)))
+                    batch_loss = step_fn(*((xb,) if amortized else (xb, idx)))
                     kl_weight = vae.kl_weight
                 step += 1
                 if not math.isfinite(batch_loss):
@@ -226,7 +227,7 @@ def _train(vae: VAE, optimizer, objective, state: TrainState, train_x: torch.Ten
         bad = [n for n, p in vae.named_parameters() if not bool(torch.isfinite(p).all())]
         if bad:
             _diverged(f"parameter {bad[0]} became NaN/Inf", epoch, step, path)
-        elbo = mean_elbo(vae, test_x) if test_x is not None and vae.amortized else None
+        elbo = mean_elbo(vae, test_x) if test_x is not None and amortized else None
         record = EpochRecord(epoch, step, kl_weight, -total / seen, elbo, seconds)
         history.append(record)
         log.info("epoch %d: train ELBO %.2f, test ELBO %s nats/image, %.1f s", epoch,

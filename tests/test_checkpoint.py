@@ -23,6 +23,17 @@ def tiny(**kw):
     return build_vae(z_dim=3, hidden_dims=(16,), **kw)
 
 
+def forge(path, payload):
+    """A file with pvae's magic and a valid header (length, SHA-256) around ``payload``."""
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    blob = buf.getvalue()
+    header = json.dumps({"format": checkpoint.FORMAT, "length": len(blob),
+                         "sha256": hashlib.sha256(blob).hexdigest()}).encode()
+    path.write_bytes(checkpoint.MAGIC + header + b"\n" + blob)
+    return path
+
+
 @pytest.fixture
 def saved(tmp_path):
     vae = tiny(prior="mog", num_components=4, beta=2.5)
@@ -65,13 +76,8 @@ def test_a_pickle_that_runs_code_is_refused_and_never_run(tmp_path):
     torch.save({"format": "x", "boom": Evil()}, old_style)
     with pytest.raises(CheckpointError, match="not a pvae checkpoint"):
         pvae.load(old_style)
-    buf = io.BytesIO()
-    torch.save({"vae": None, "beta": 1.0, "weights": {}, "train": None, "boom": Evil()}, buf)
-    blob = buf.getvalue()
-    header = json.dumps({"format": 2, "length": len(blob),
-                         "sha256": hashlib.sha256(blob).hexdigest()}).encode()
-    forged = tmp_path / "forged.pt"
-    forged.write_bytes(checkpoint.MAGIC + header + b"\n" + blob)
+    forged = forge(tmp_path / "forged.pt", {"vae": None, "beta": 1.0, "weights": {},
+                                            "train": None, "boom": Evil()})
     with pytest.raises(CheckpointError, match="cannot be read"):
         pvae.load(forged)
     assert not marker.exists()
@@ -99,13 +105,7 @@ def test_damaged_files_are_refused(saved, damage, message):
 
 
 def test_a_payload_missing_a_key_is_refused(tmp_path):
-    buf = io.BytesIO()
-    torch.save({"vae": None, "beta": 1.0, "train": None}, buf)
-    blob = buf.getvalue()
-    header = json.dumps({"format": 2, "length": len(blob),
-                         "sha256": hashlib.sha256(blob).hexdigest()}).encode()
-    path = tmp_path / "c.pt"
-    path.write_bytes(checkpoint.MAGIC + header + b"\n" + blob)
+    path = forge(tmp_path / "c.pt", {"vae": None, "beta": 1.0, "train": None})
     with pytest.raises(CheckpointError, match="lacks.*weights"):
         pvae.load(path)
 

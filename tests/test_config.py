@@ -47,10 +47,14 @@ def test_bad_options_are_one_config_error(kw, message):
 
 
 @pytest.mark.parametrize("registry", [PRIORS, GUIDES, LIKELIHOODS])
-def test_every_part_declares_its_options_with_typed_defaults(registry):
+def test_every_declared_option_round_trips_through_its_own_coercion(registry):
+    from pvae.parts import coerce_option
+
     for name, cls in registry.items():
         for option, default in declared_options(cls).items():
-            assert isinstance(default, (bool, int, float, str, tuple)), (name, option)
+            assert coerce_option(option, default, default) == default, (name, option)
+            text = " ".join(map(str, default)) if isinstance(default, tuple) else str(default)
+            assert coerce_option(option, text, default) == default, (name, option, text)
 
 
 def cli(*args):
