@@ -17,12 +17,10 @@ import numpy as np
 import pyro
 import torch
 
-from .weights import check_count, check_pair, log_weights, map_examples, prepare_examples
+from .weights import DEFAULT_CHUNK_SIZE, check_count, check_pair, log_weights, map_examples, prepare_examples
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_SIZE = 2**15
-"""Latent draws (particles × examples) per forward pass: about 0.4 GB for the MNIST VAE."""
 DEFAULT_BATCH_SIZE = 100
 """Examples whose K log-weights :func:`evaluate` keeps at once (K × 100 float64 numbers)."""
 KHAT_BAD = 0.7

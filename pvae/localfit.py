@@ -1,13 +1,19 @@
 """Per-example Gaussian fits q(z_n) = N(m_n, diag s_n²) by gradient ascent on the ELBO
-L_n = E_q[log p(x_n, z) − log q(z)] (for :mod:`pvae.amortization` and the semi-amortized
-guide), and the fitted q as a Pyro guide, alone or mixed with q(z|x) (:func:`local_guide`)."""
+L_n = E_q[log p(x_n, z) − log q(z)] with the model frozen (:func:`fit_local`, for
+:mod:`pvae.amortization`, the refined IS proposal of :mod:`pvae.evaluate` and the
+semi-amortized guide), and the fitted q as a Pyro guide, alone or mixed with q(z|x)
+(:func:`local_guide`)."""
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
 from pyro.distributions import TorchDistribution, constraints
@@ -16,7 +22,8 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError, DivergenceError
 from .nets import inv_softplus
-from .weights import DATA_PLATE, check_count
+from .weights import (DATA_PLATE, DEFAULT_CHUNK_SIZE, check_count, check_pair, log_weights,
+                      prepare_examples)
 
 MIN_SCALE = 1e-5
 
@@ -113,3 +120,113 @@ class _HalfHalf(TorchDistribution):
 
     def log_prob(self, value):
         return torch.logaddexp(self.a.log_prob(value), self.b.log_prob(value)) - math.log(2.0)
+
+
+@dataclass(frozen=True)
+class LocalFit:
+    """q*(z_n) = N(loc_n, diag scale_n²) and L[q*] for each of B examples, and the steps,
+    convergence, window means (:func:`pvae.localfit.optimise_local`) and wall time of the fit."""
+
+    loc: torch.Tensor
+    scale: torch.Tensor
+    elbo: torch.Tensor
+    steps: int
+    converged: bool
+    history: tuple[float, ...]
+    seconds: float
+
+
+
+def is_vae(obj) -> bool:
+    """Whether ``obj`` looks like a :class:`pvae.vae.VAE` (model, guide, q, z_dim, amortized)."""
+    return all(hasattr(obj, a) for a in ("model", "guide", "q", "z_dim", "amortized"))
+
+
+def encoder_moments(vae, x: torch.Tensor):
+    """The amortized guide's (loc, scale) for ``x``: ``vae.q.encode(x)``, else the mean and
+    standard deviation of ``vae.q(x)``, or of 256 of its draws (flows)."""
+    if not vae.amortized:
+        raise ConfigError("this VAE's guide is not amortized (it owns per-example parameters): "
+                          "it has no encoder for new data; use init='prior'")
+    with torch.no_grad():
+        if hasattr(vae.q, "encode"):
+            loc, scale = vae.q.encode(x)
+        else:
+            q = vae.q(x)
+            try:
+                loc, scale = q.mean, q.stddev
+            except NotImplementedError:
+                z = q.sample((256,))
+                loc, scale = z.mean(0), z.std(0)
+    return loc.detach(), scale.detach()
+
+
+def optimised(vae_or_model, x, init, model_args: Sequence, chunk_size, **options):
+    """The local guide's float64 log-weights function, :func:`optimise_local`'s results, and
+    its wall time."""
+    vae = vae_or_model if is_vae(vae_or_model) else None
+    model = vae_or_model if vae is None else vae.model
+    if not callable(model):
+        raise ConfigError(f"expected a VAE or a model function, got {type(vae_or_model)}")
+    x, args, _ = prepare_examples(model, x, *(model_args if vae is None else ()))
+    idx = torch.arange(x.shape[0], device=x.device)
+    if vae is not None and not vae.amortized:  # a local guide: pass its rows
+        model = functools.partial(vae.model, idx=idx)
+    if isinstance(init, str) and init == "encoder":
+        if vae is None:
+            raise ConfigError("init='encoder' needs a VAE (with an encoder); use init='prior'")
+        loc0, scale0 = encoder_moments(vae, x)
+    elif isinstance(init, str) and init == "prior":
+        if vae is None:
+            with torch.no_grad(), poutine.block():
+                z = poutine.trace(model).get_trace(x, *args).nodes.get("z")
+            if z is None:
+                raise ConfigError("the model has no latent site 'z'")
+        loc0 = x.new_zeros(x.shape[0], z["fn"].event_shape[0] if vae is None else vae.z_dim)
+        scale0 = torch.ones_like(loc0)
+    elif isinstance(init, (tuple, list)) and len(init) == 2:
+        loc0, scale0 = (t.detach().to(x) for t in init)
+    else:
+        raise ConfigError(f"init must be 'encoder', 'prior' or a (loc, scale) pair, got {init!r}")
+    chunk = chunk_size or DEFAULT_CHUNK_SIZE
+
+    def pair(loc, scale):  # idx rides along after x: a pass reads its examples' rows
+        guide = local_guide(loc, scale)
+        return (lambda x_, i, *a: model(x_, *a)), (lambda x_, i, *a: guide(x_, i))
+
+    structure = check_pair(*pair(loc0, scale0), x, idx, *args)
+
+    def lw(loc, scale, s):
+        return log_weights(*pair(loc, scale), x, s, idx, *args, chunk_size=chunk,
+                           structure=structure)
+
+    frozen = [p for p in vae_or_model.parameters() if p.requires_grad] \
+        if isinstance(vae_or_model, torch.nn.Module) else []
+    for p in frozen:  # the model's parameters are left alone, and cost no gradients
+        p.requires_grad_(False)
+    try:
+        start = time.perf_counter()
+        fitted = optimise_local(lambda *a: lw(*a).to(x.dtype), loc0, scale0, **options)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return lw, fitted, time.perf_counter() - start
+
+
+def fit_local(vae_or_model, x: torch.Tensor, *, init="encoder", num_particles: int = 16,
+              lr: float = 1e-2, max_steps: int = 5000, patience: int = 5, window: int = 50,
+              elbo_samples: int = 1000, chunk_size: int | None = None, model_args: Sequence = (),
+              progress: bool = True) -> LocalFit:
+    """Fit q*(z_n) = N(m_n, diag s_n²) = argmax L[q] for every example of ``x``, decoder frozen.
+
+    ``vae_or_model``: a :class:`pvae.vae.VAE` or a ``model(x, *model_args)`` with latent
+    ``"z"`` in the ``"data"`` plate; ``init``: ``"encoder"``, ``"prior"`` (N(0, I)) or
+    ``(loc, scale)``; the options: :func:`pvae.localfit.optimise_local`'s."""
+    check_count("elbo_samples", elbo_samples)
+    check_count("chunk_size", chunk_size, allow_none=True)
+    lw, (loc, scale, steps, converged, history), seconds = optimised(
+        vae_or_model, x, init, model_args, chunk_size, num_particles=num_particles, lr=lr,
+        max_steps=max_steps, patience=patience, window=window, progress=progress)
+    with torch.no_grad():
+        elbo = lw(loc, scale, elbo_samples).mean(0).to(x.dtype)
+    return LocalFit(loc, scale, elbo, steps, converged, tuple(history), seconds)

@@ -24,6 +24,8 @@ from .errors import ConfigError, DataError, PvaeError
 
 DATA_PLATE = "data"
 PARTICLE_PLATE = "_particles"
+DEFAULT_CHUNK_SIZE = 2**15
+"""Latent draws (particles × examples) per forward pass: about 0.4 GB for the MNIST VAE."""
 _SHAPE_ERROR = re.compile(r"shape|size|dimension|broadcast", re.IGNORECASE)
 
 
@@ -157,29 +159,35 @@ def particle_traces(model: Callable, guide: Callable, k: int, particle_dim: int,
     return model_tr, guide_tr
 
 
-def trace_log_weights(model_trace, guide_trace, particle_dim: int, scaled: bool) -> torch.Tensor:
-    """The log-weights of a model trace replayed on a vectorized guide trace: each site's
-    ± log-density summed over all dims but the particle and ``"data"`` ones (``scaled``: as
-    in :func:`log_weights`)."""
+def trace_log_density(trace, particle_dim: int, scaled: bool = False) -> torch.Tensor | None:
+    """Σ over a trace's sample sites of log fn(value), summed over all dims but the particle and
+    ``"data"`` ones (``scaled``: as in :func:`log_weights`); None if it has no sample site."""
     total = None
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
-            frame = _data_frame(name, site)
-            lp = site["fn"].log_prob(site["value"])
-            if scaled:
-                subsample = (frame.full_size or frame.size) / frame.size
-                lp = scale_and_mask(lp, site["scale"] / subsample, site["mask"])
-            else:
-                lp = lp.double()
-            nd = lp.dim()
-            other = [d for d in range(nd) if d not in (nd + particle_dim, nd + frame.dim)]
-            lp = sign * (lp.sum(other) if other else lp)
-            total = lp if total is None else total + lp
-    if total is None:
-        raise ConfigError("the model and guide have no sample sites")
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        frame = _data_frame(name, site)
+        lp = site["fn"].log_prob(site["value"])
+        if scaled:
+            subsample = (frame.full_size or frame.size) / frame.size
+            lp = scale_and_mask(lp, site["scale"] / subsample, site["mask"])
+        else:
+            lp = lp.double()
+        nd = lp.dim()
+        other = [d for d in range(nd) if d not in (nd + particle_dim, nd + frame.dim)]
+        lp = lp.sum(other) if other else lp
+        total = lp if total is None else total + lp
     return total
+
+
+def trace_log_weights(model_trace, guide_trace, particle_dim: int, scaled: bool) -> torch.Tensor:
+    """The log-weights of a model trace replayed on a vectorized guide trace:
+    :func:`trace_log_density` of the model minus that of the guide."""
+    log_p = trace_log_density(model_trace, particle_dim, scaled)
+    log_q = trace_log_density(guide_trace, particle_dim, scaled)
+    if log_p is None or log_q is None:
+        raise ConfigError("the model and guide have no sample sites")
+    return log_p - log_q
 
 
 def log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_samples: int, *args,
