@@ -14,19 +14,22 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import pyro
 
 from . import checkpoint, data, experiment
 from .amortization import gap_report
 from .compare import compare, format_table, grid, option_names, parse_setting
 from .errors import ConfigError, PvaeError
-from .evaluate import evaluate
-from .experiment import (NO_TEST_EVALUATION, ExperimentConfig, draw_figures, estimate_rows,
-                         format_number, format_rows, test_rows, versions, write_json)
+from .evaluate import PROPOSALS, ais, bdmc, evaluate
+from .experiment import (AIS_CHAINS, AIS_LEAPFROG, AIS_PER_EXAMPLE_FILE, AIS_STEPS, METHODS,
+                         NO_TEST_EVALUATION, ExperimentConfig, ais_rows, draw_figures,
+                         estimate_rows, format_number, format_rows, test_rows, versions,
+                         write_json)
 from .files import check_writable
 from .nets import ACTIVATIONS
 from .objectives import OBJECTIVES
-from .plotting import plot_evaluation, plot_gap
+from .plotting import plot_ais, plot_evaluation, plot_gap
 from .train import resolve_device
 from .vae import REGISTRIES
 
@@ -151,6 +154,13 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> None:
                    help="importance samples per test image for log p(x)")
     g.add_argument("--chunk-size", type=positive_int, default=None, metavar="M",
                    help="latent draws (samples x images) per pass; bounds memory")
+    g.add_argument("--method", default=d.method, choices=METHODS,
+                   help="is: importance sampling only; ais: also AIS on the first "
+                        "--ais-subset test images (test_log_px_ais); bdmc: also BDMC on as "
+                        "many simulated images")
+    add_ais_arguments(g)
+    g.add_argument("--ais-subset", type=positive_int, default=d.ais_subset, metavar="N",
+                   help="ais/bdmc: the first N test images (default: %(default)s)")
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
@@ -170,7 +180,7 @@ def run_experiment(args: argparse.Namespace) -> int:
     rows = [("epochs / steps", f"{metrics['epochs']} / {metrics['steps']}"),
             ("train seconds", f"{metrics['train_seconds']:.1f}"),
             ("train ELBO", format_number(metrics["train_elbo"]))]
-    print(format_rows(rows + test_rows(metrics)))
+    print(format_rows(rows + test_rows(metrics) + ais_rows(metrics)))
     print(f"wrote {args.out}/metrics.json, checkpoint.pt and figures")
     return 0
 
@@ -196,26 +206,64 @@ def open_checkpoint(args: argparse.Namespace):
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     add_shared_arguments(p, None, "evaluate the first N test images", seed_help="seed of the "
                          "importance samples (their order also depends on --chunk-size)")
+    p.add_argument("--method", default="is", choices=METHODS,
+                   help="is: importance sampling (metrics_eval.json); ais: annealed importance "
+                        "sampling (metrics_ais.json); bdmc: AIS bounds on images simulated "
+                        "from the model, one per test image asked for (metrics_bdmc.json)")
     p.add_argument("--num-samples", type=positive_int, default=5000, metavar="K",
-                   help="importance samples per test image (5000 is the published protocol)")
+                   help="is: importance samples per test image (5000 is the published protocol)")
+    p.add_argument("--proposal", default="encoder", choices=PROPOSALS,
+                   help="is: draw from the encoder q(z|x), or from ½q + ½q* with q* fitted to "
+                        "each image (tighter weights, a local fit per image first)")
+    add_ais_arguments(p)
     p.add_argument("--chunk-size", type=positive_int, default=None, metavar="M",
-                   help="latent draws (samples x images) per forward pass; bounds memory")
-    p.add_argument("--out", default=None, help="folder for metrics_eval.json and the figure "
+                   help="latent draws (samples or chains x images) per pass; bounds memory")
+    p.add_argument("--out", default=None, help="folder for the metrics file and the figure "
                    "(default: the checkpoint's folder)")
 
 
+def add_ais_arguments(p) -> None:
+    """The AIS budget flags (``pvae evaluate``, the main job)."""
+    p.add_argument("--ais-steps", type=positive_int, default=AIS_STEPS, metavar="T",
+                   help="ais/bdmc: intermediate distributions (default: %(default)s)")
+    p.add_argument("--ais-chains", type=positive_int, default=AIS_CHAINS, metavar="C",
+                   help="ais/bdmc: chains per image (default: %(default)s)")
+    p.add_argument("--ais-leapfrog", type=positive_int, default=AIS_LEAPFROG, metavar="L",
+                   help="ais/bdmc: leapfrog steps per HMC move (default: %(default)s)")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    """Importance-sampled test log p(x), ELBO and PSIS k-hat of a checkpoint."""
+    """Test log p(x) of a checkpoint: importance sampling with PSIS k-hat, AIS, or BDMC."""
+    if args.method != "is" and args.proposal != "encoder":
+        raise ConfigError("--proposal applies to --method is only")
     vae, out, mnist, record, _ = open_checkpoint(args)
     pyro.set_rng_seed(args.seed)
-    result = evaluate(vae.model, vae.guide, mnist.test_x.to(vae.device),
-                      num_samples=args.num_samples, chunk_size=args.chunk_size,
-                      progress=not args.no_progress and sys.stderr.isatty())
-    metrics = {**result.to_metrics(), **record, "chunk_size": args.chunk_size}
-    write_json(out / "metrics_eval.json", metrics)
-    figure = plot_evaluation(result, out / f"evaluation_K{args.num_samples}.png")
-    print(format_rows(test_rows(metrics)))
-    print(f"wrote {out / 'metrics_eval.json'} and {figure}")
+    x = mnist.test_x.to(vae.device)
+    progress = not args.no_progress and sys.stderr.isatty()
+    if args.method == "is":
+        result = evaluate(vae.model, vae.guide, x, num_samples=args.num_samples,
+                          chunk_size=args.chunk_size, progress=progress, proposal=args.proposal)
+        metrics = {**result.to_metrics(), **record, "chunk_size": args.chunk_size}
+        name = "metrics_eval.json"
+        suffix = "" if args.proposal == "encoder" else "_refined"
+        figure = plot_evaluation(result, out / f"evaluation_K{args.num_samples}{suffix}.png")
+        rows = test_rows(metrics)
+    else:
+        budget = dict(num_steps=args.ais_steps, num_chains=args.ais_chains,
+                      num_leapfrog=args.ais_leapfrog, chunk_size=args.chunk_size,
+                      progress=progress)
+        if args.method == "ais":
+            result = ais(vae.model, vae.guide, x, **budget)
+            np.save(out / AIS_PER_EXAMPLE_FILE, result.log_px.numpy())
+        else:
+            result = bdmc(vae.model, vae.guide, x, **budget)
+        metrics = {**result.to_metrics(), **record, "chunk_size": args.chunk_size}
+        name = f"metrics_{args.method}.json"
+        figure = plot_ais(result, out / f"{args.method}_T{args.ais_steps}_C{args.ais_chains}.png")
+        rows = ais_rows(metrics)
+    write_json(out / name, metrics)
+    print(format_rows(rows))
+    print(f"wrote {out / name} and {figure}")
     return 0
 
 

@@ -3,13 +3,16 @@
 From the K log-weights log w_k of each example (:mod:`pvae.weights`, unscaled: the β = 1
 model), log p(x) ≈ logsumexp_k log w_k − log K, a lower bound in expectation rising with K
 toward log p(x) (Burda et al.), and ELBO(x) ≈ mean_k log w_k. PSIS k-hat (Vehtari et al.)
-above 0.7 says the estimate for that example cannot be trusted. ``x`` and the tensors cut
-with it move to the model's device (:func:`pvae.weights.prepare_examples`)."""
+above 0.7 says the estimate for that example cannot be trusted. The proposal is the guide, or
+(``proposal="refined"``) a per-example fit that makes the weights tighter. Annealed importance
+sampling and BDMC (:mod:`pvae.ais`: :func:`ais`, :func:`ais_log_likelihood`, :func:`bdmc`)
+are re-exported here. ``x`` and the tensors cut with it move to the model's device
+(:func:`pvae.weights.prepare_examples`)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,15 +20,24 @@ import numpy as np
 import pyro
 import torch
 
-from .weights import DEFAULT_CHUNK_SIZE, check_count, check_pair, log_weights, map_examples, prepare_examples
+from .ais import AISResult, BDMCResult, ais, ais_log_likelihood, bdmc
+from .diagnostics import KHAT_BAD, psis_khat, stderr
+from .errors import ConfigError
+from .localfit import fit_local, is_vae, local_guide
+from .weights import (DEFAULT_CHUNK_SIZE, check_count, check_pair, log_weights, map_examples,
+                      prepare_examples)
+
+__all__ = ["log_likelihood", "evaluate", "EvalResult", "refined_pair", "psis_khat", "KHAT_BAD",
+           "DEFAULT_CHUNK_SIZE", "DEFAULT_BATCH_SIZE", "PROPOSALS", "ais", "ais_log_likelihood",
+           "AISResult", "bdmc", "BDMCResult"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 100
 """Examples whose K log-weights :func:`evaluate` keeps at once (K × 100 float64 numbers)."""
-KHAT_BAD = 0.7
 _METRICS = ("test_elbo", "test_elbo_stderr", "test_log_px", "test_log_px_stderr",
-            "eval_samples", "n_test", "psis_khat_max", "psis_khat_frac_bad")
+            "eval_samples", "n_test", "psis_khat_max", "psis_khat_frac_bad", "eval_proposal")
+PROPOSALS = ("encoder", "refined")
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,7 @@ class EvalResult:
     ess: np.ndarray
     khat: np.ndarray
     num_samples: int
+    proposal: str = "encoder"
 
     @property
     def n(self) -> int:
@@ -52,7 +65,7 @@ class EvalResult:
     @property
     def log_px_stderr(self) -> float:
         """Standard error of :attr:`log_px_mean`: std / sqrt(n) (0 for one example)."""
-        return _stderr(self.log_px)
+        return stderr(self.log_px)
 
     @property
     def elbo_mean(self) -> float:
@@ -62,7 +75,7 @@ class EvalResult:
     @property
     def elbo_stderr(self) -> float:
         """Standard error of :attr:`elbo_mean`."""
-        return _stderr(self.elbo)
+        return stderr(self.elbo)
 
     @property
     def khat_max(self) -> float:
@@ -83,13 +96,9 @@ class EvalResult:
     def to_metrics(self) -> dict:
         """The ``metrics.json`` entries this result fills (NaN becomes ``None``)."""
         values = (self.elbo_mean, self.elbo_stderr, self.log_px_mean, self.log_px_stderr,
-                  int(self.num_samples), self.n, self.khat_max, self.khat_frac_bad)
+                  int(self.num_samples), self.n, self.khat_max, self.khat_frac_bad, self.proposal)
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                 for k, v in zip(_METRICS, values)}
-
-
-def _stderr(values: np.ndarray) -> float:
-    return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
 def _batches(model, guide, x, args, kwargs, num_samples, chunk_size, batch_size=None):
@@ -121,33 +130,51 @@ def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args, num
     return (lse - math.log(num_samples)).to(x.device)
 
 
-def psis_khat(log_weights: np.ndarray) -> np.ndarray:
-    """PSIS Pareto shape k-hat for each row of a (n, K) array of log-weights (arviz); NaN
-    where no tail can be fitted (the tail of min(K/5, 3√K) draws needs K > 20; equal weights)."""
-    preview = logging.getLogger("arviz.preview")  # silence arviz's import-time messages
-    level = preview.level
-    preview.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            import arviz
-    finally:
-        preview.setLevel(level)
-    log_weights = np.array(log_weights, dtype=np.float64)
-    k = log_weights.shape[-1]
-    if math.ceil(min(k / 5.0, 3 * math.sqrt(k))) <= 4:
-        return np.full(log_weights.shape[:-1], np.nan)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        _, khat = arviz.psislw(log_weights, normalize=False)
-    khat = np.atleast_1d(np.asarray(khat, dtype=np.float64))
-    return np.where(np.isfinite(khat), khat, np.nan)
+def refined_pair(model: Callable, guide: Callable, x: torch.Tensor, *,
+                 progress: bool = False, **fit_options) -> tuple[Callable, Callable, tuple]:
+    """The refined IS proposal for a VAE's ``(vae.model, vae.guide)`` on ``x``: q*(z|x_n), the
+    diagonal Gaussian fitted to each example's ELBO from the encoder's output with the model
+    frozen (:func:`pvae.localfit.fit_local`, options ``fit_options``), mixed as ½q(z|x) + ½q*
+    so that no weight exceeds twice q's (defensive importance sampling). Returns
+    ``(model, proposal, args)``: score with ``log_likelihood(model, proposal, x, *args, ...)``."""
+    vae = getattr(model, "__self__", None)
+    if not (is_vae(vae) and getattr(guide, "__self__", None) is vae):
+        raise ConfigError("proposal='refined' fits q* from a pvae VAE's encoder: pass "
+                          "vae.model and vae.guide of one VAE (for another pair, fit a "
+                          "proposal with pvae.localfit.fit_local and pass it as the guide)")
+    if not vae.amortized:
+        raise ConfigError("proposal='refined' starts each fit from the encoder; this VAE's guide "
+                          "has per-example parameters and no encoder")
+    fit = fit_local(vae, x, init="encoder", progress=progress, elbo_samples=1, **fit_options)
+    idx = torch.arange(x.shape[0], device=fit.loc.device)
+    return (lambda x_, idx_: vae.model(x_)), local_guide(fit.loc, fit.scale, vae.q), (idx,)
 
 
 def evaluate(model: Callable, guide: Callable, x: torch.Tensor, *args, num_samples: int,
              chunk_size: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-             progress: bool = True, **kwargs) -> EvalResult:
+             progress: bool = True, proposal: str = "encoder", refine_options: dict | None = None,
+             **kwargs) -> EvalResult:
     """log p(x), ELBO, ESS and k-hat per example from the same K draws, ``batch_size``
-    examples at a time (``chunk_size`` as in :func:`log_likelihood`); warns if k-hat > 0.7."""
+    examples at a time (``chunk_size`` as in :func:`log_likelihood`); warns if k-hat > 0.7.
+
+    ``proposal="encoder"`` draws from the guide; ``"refined"`` from :func:`refined_pair`'s
+    ½q + ½q* (``refine_options`` go to its local fits), whose weights are tighter and lighter-
+    tailed at the same K; ``elbo`` is then that proposal's."""
+    if proposal not in PROPOSALS:
+        raise ConfigError(f"proposal must be one of {PROPOSALS}, got {proposal!r}")
+    if proposal == "refined":
+        if args or kwargs:
+            raise ConfigError("proposal='refined' takes vae.model, vae.guide and x only")
+        x = prepare_examples(model, x)[0]
+        model, guide, args = refined_pair(model, guide, x, progress=progress,
+                                          **(refine_options or {}))
+    result = _evaluate(model, guide, x, *args, num_samples=num_samples, chunk_size=chunk_size,
+                       batch_size=batch_size, progress=progress, **kwargs)
+    return dataclasses.replace(result, proposal=proposal)
+
+
+def _evaluate(model: Callable, guide: Callable, x: torch.Tensor, *args, num_samples: int,
+              chunk_size: int | None, batch_size: int, progress: bool, **kwargs) -> EvalResult:
     from tqdm import tqdm
 
     batch_size = check_count("batch_size", batch_size)

@@ -16,16 +16,19 @@ import torch
 from . import data
 from .amortization import encoder_moments
 from .errors import ConfigError
-from .evaluate import EvalResult, evaluate
+from .evaluate import EvalResult, ais, bdmc, evaluate
 from .files import atomic_write, run_lock
 from .likelihoods import LIKELIHOODS
-from .plotting import (plot_elbo_curves, plot_evaluation, plot_latent, plot_reconstructions,
-                       plot_samples)
+from .plotting import (plot_ais, plot_elbo_curves, plot_evaluation, plot_latent,
+                       plot_reconstructions, plot_samples)
 from .train import fit, resolve_device
 from .vae import VAE, VAEConfig
 
 log = logging.getLogger(__name__)
 PER_EXAMPLE_FILE = "test_log_px.npy"  # per-image log p(x); compare pairs runs on it
+AIS_PER_EXAMPLE_FILE = "test_log_px_ais.npy"
+METHODS = ("is", "ais", "bdmc")
+AIS_STEPS, AIS_CHAINS, AIS_LEAPFROG, AIS_SUBSET = 500, 16, 10, 100
 NO_TEST_EVALUATION = ("pvae does not yet evaluate a model trained with per-example guide "
                       "parameters on new images (each test image would need its own local fit "
                       "against the model); train with an amortized guide (--guide mlp, iaf, ...) "
@@ -51,6 +54,11 @@ class ExperimentConfig:
     test_subset: int | None = None
     eval_samples: int = 1000
     chunk_size: int | None = None
+    method: str = "is"
+    ais_steps: int = AIS_STEPS
+    ais_chains: int = AIS_CHAINS
+    ais_leapfrog: int = AIS_LEAPFROG
+    ais_subset: int = AIS_SUBSET
     resume: bool = False
     overwrite: bool = False
     prior: str = "standard"
@@ -75,7 +83,10 @@ class ExperimentConfig:
                   ("--beta-warmup-epochs", 0 <= self.beta_warmup_epochs <= self.epochs,
                    f"between 0 and --epochs ({self.epochs})"),
                   ("--seed", 0 <= self.seed <= 2**32 - 1, "in [0, 4294967295]"),
-                  ("--chunk-size", self.chunk_size is None or self.chunk_size >= 1, "at least 1")]
+                  ("--chunk-size", self.chunk_size is None or self.chunk_size >= 1, "at least 1"),
+                  ("--method", self.method in METHODS, f"one of {', '.join(METHODS)}")]
+        checks += [(f"--{name.replace('_', '-')}", getattr(self, name) >= 1, "at least 1")
+                   for name in ("ais_steps", "ais_chains", "ais_leapfrog", "ais_subset")]
         for flag, ok, what in checks:
             if not ok:
                 value = getattr(self, flag[2:].replace("-", "_"))
@@ -142,6 +153,7 @@ def run(config: ExperimentConfig) -> dict:
             plot_evaluation(evaluation, out / "evaluation.png")
             np.save(out / PER_EXAMPLE_FILE, np.asarray(evaluation.log_px))
             metrics.update(evaluation.to_metrics())
+            metrics.update(annealed(vae, test_x[:config.ais_subset], config, out))
         else:
             log.warning("--guide %s owns parameters for the training images only and has no "
                         "encoder for test images, so metrics.json has no test numbers: %s",
@@ -153,6 +165,25 @@ def run(config: ExperimentConfig) -> dict:
                        versions=versions(), device=str(device))
         draw_figures(vae, test_x, mnist.test_y, state.history, out)
         write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def annealed(vae, x: torch.Tensor, config: ExperimentConfig, out: Path) -> dict:
+    """``--method ais``: AIS on ``x`` (``test_log_px_ais``, ...); ``bdmc``: also BDMC on as many
+    simulated images; ``is``: nothing. The metrics entries, with their figures written."""
+    if config.method == "is":
+        return {}
+    budget = dict(num_steps=config.ais_steps, num_chains=config.ais_chains,
+                  num_leapfrog=config.ais_leapfrog, chunk_size=config.chunk_size,
+                  progress=config.progress)
+    result = ais(vae.model, vae.guide, x, **budget)
+    np.save(out / AIS_PER_EXAMPLE_FILE, result.log_px.numpy())
+    plot_ais(result, out / "ais.png")
+    metrics = result.to_metrics()
+    if config.method == "bdmc":
+        sandwich = bdmc(vae.model, vae.guide, x, **budget)
+        plot_ais(sandwich, out / "bdmc.png")
+        metrics.update(sandwich.to_metrics())
     return metrics
 
 
@@ -186,6 +217,23 @@ def test_rows(metrics: dict) -> list[tuple[str, str]]:
     rows.append(("PSIS k-hat max", format_number(khat)))
     if khat is not None:
         rows.append(("k-hat > 0.7", f"{100 * metrics['psis_khat_frac_bad']:.1f}% of images"))
+    return rows
+
+
+def ais_rows(metrics: dict) -> list[tuple[str, str]]:
+    """The summary rows of AIS (``test_log_px_ais``, ...) and BDMC (``bdmc_*``) entries."""
+    rows = []
+    if metrics.get("test_log_px_ais") is not None:
+        budget = f"T={metrics['ais_steps']}, C={metrics['ais_chains']}"
+        rows += [("test images (AIS)", str(metrics["ais_n_test"])),
+                 *estimate_rows(metrics, [(f"test log p(x), AIS {budget}", "test_log_px_ais")]),
+                 ("HMC acceptance", format_number(metrics["ais_accept_rate"])),
+                 ("AIS seconds", f"{metrics['ais_seconds']:.0f}")]
+    if metrics.get("bdmc_lower") is not None:
+        rows += [("simulated images (BDMC)", str(metrics["bdmc_n"])),
+                 *estimate_rows(metrics, [("BDMC lower bound", "bdmc_lower"),
+                                          ("BDMC upper bound", "bdmc_upper"),
+                                          ("BDMC gap", "bdmc_gap")])]
     return rows
 
 

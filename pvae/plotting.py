@@ -109,6 +109,35 @@ def plot_evaluation(result, path: str | Path) -> Path:
     return _save(fig, path, grid="both")
 
 
+def plot_ais(result, path: str | Path) -> Path:
+    """AIS (:class:`pvae.ais.AISResult`): histograms over examples of the HMC acceptance and
+    of the s.e. of log p̂(x) across chains. BDMC (:class:`pvae.ais.BDMCResult`): upper
+    against lower bound per simulated example, and the histogram of the gap."""
+    fig, (ax1, ax2) = _plt().subplots(1, 2, figsize=(9, 3.5))
+    if hasattr(result, "gap"):
+        lo, up, gap = (t.numpy() for t in (result.lower, result.upper, result.gap))
+        ax1.scatter(lo, up, s=6, alpha=0.6)
+        span = [min(lo.min(), up.min()), max(lo.max(), up.max())]
+        ax1.plot(span, span, color="tab:red", lw=0.8, label="upper = lower")
+        ax1.set(xlabel="lower bound (forward AIS)", ylabel="upper bound (reverse AIS)")
+        ax1.legend(fontsize=8)
+        ax2.hist(gap, bins=40, color="tab:purple", alpha=0.8)
+        ax2.set_xlabel("BDMC gap: upper − lower (nats)")
+        ax2.set_title(f"mean {gap.mean():.3f} nats over {len(gap)} simulated examples, "
+                      f"T = {result.forward.num_steps}", fontsize=9)
+        return _save(fig, path, grid="both")
+    ax1.hist(result.accept_rate.numpy(), bins=40, color="tab:blue", alpha=0.8)
+    ax1.set(xlabel="mean HMC acceptance probability", ylabel="examples")
+    ax1.set_title(f"T = {result.num_steps}, C = {result.num_chains}, L = {result.num_leapfrog}",
+                  fontsize=9)
+    se = result.chain_stderr.numpy()
+    ax2.hist(se, bins=40, color="tab:green", alpha=0.8)
+    ax2.set_xlabel("s.e. of log p̂(x) across chains (nats)")
+    ax2.set_title(f"mean log p(x) {result.log_px_mean:.2f} ± {result.log_px_stderr:.2f} over "
+                  f"{result.n} examples", fontsize=9)
+    return _save(fig, path, grid="both")
+
+
 def plot_comparison(rows: Sequence, path: str | Path) -> Path:
     """Test log p(x) ± 2 s.e. per compared configuration; baseline dashed, better ones green."""
     shown = [r for r in rows if r.test_log_px is not None]

@@ -161,9 +161,10 @@ def particle_traces(model: Callable, guide: Callable, k: int, particle_dim: int,
 
 def trace_log_density(trace, particle_dim: int, scaled: bool = False) -> torch.Tensor | None:
     """Σ over a trace's sample sites of log fn(value), summed over all dims but the particle and
-    ``"data"`` ones (``scaled``: as in :func:`log_weights`); None if it has no sample site."""
+    ``"data"`` ones (``scaled``: as in :func:`log_weights`); None if it has no sample site.
+    ``trace`` may also be a mapping of site names to site dicts."""
     total = None
-    for name, site in trace.nodes.items():
+    for name, site in getattr(trace, "nodes", trace).items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
         frame = _data_frame(name, site)

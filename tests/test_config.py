@@ -100,8 +100,9 @@ def test_no_public_function_shadows_a_module():
     assert isinstance(ev, types.ModuleType) and callable(ev.evaluate) and callable(ev.log_likelihood)
 
 
-LAYERS = ["errors", "parts", "nets", "files", "state", "weights", "localfit", "priors",
-          "likelihoods", "guides", "vae", "checkpoint", "objectives", "evaluate", "amortization",
+LAYERS = ["errors", "parts", "nets", "files", "state", "weights", "diagnostics", "localfit",
+          "priors", "likelihoods", "guides", "vae", "checkpoint", "objectives", "ais", "evaluate",
+          "amortization",
           "data", "train", "plotting", "experiment", "compare", "cli"]
 
 

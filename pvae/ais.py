@@ -1,0 +1,460 @@
+"""Annealed importance sampling (AIS; Neal 2001) of log p(x) per example, from the guide to
+the posterior, and bidirectional Monte Carlo (BDMC; Grosse et al. 2015, Wu et al. 2017).
+
+The path is geometric, f_β(z) = q(z|x)^(1−β) p(x, z)^β with 0 = β_0 < β_1 < … < β_T = 1
+(:func:`schedule`). Each of C chains starts at z_0 ~ q(z|x); step t adds
+(β_t − β_{t−1})·(log p(x, z_{t−1}) − log q(z_{t−1}|x)) to its log-weight (float64), then
+moves z by an HMC transition that leaves f_{β_t} invariant. E[w] = p(x), so
+log p̂(x) = logsumexp_c log w_c − log C is a stochastic lower bound, exact as T → ∞;
+T = 1 is importance sampling with C draws from q.
+
+HMC: L leapfrog steps with the diagonal mass matrix diag(1/s²), s the guide's per-dimension
+standard deviation for this example (64 draws of its own), and one step size ε(β) per
+example, adapted toward an acceptance probability ``target_accept`` by a *pilot*: C_p
+independent chains annealed over T/10 steps, log ε += κ·(mean acceptance − target) after
+each step. The main run uses the pilot's ε at the nearest β, frozen. Neither s nor ε depends
+on the main chains, so every main transition is a fixed f_β-invariant kernel and the weights
+keep E[w] = p(x).
+
+BDMC simulates (z, x′) ~ p(z, x) and runs AIS forward on x′ (a stochastic lower bound on
+log p(x′)) and in reverse, from the exact posterior draw z along β = 1 → 0, whose weights
+have E[w] = 1/p(x′) (so −log of their mean is a stochastic upper bound). The gap bounds how
+far AIS at this budget, and IS below it, is from log p(x) for data like the model's own.
+
+The model/guide contract is :mod:`pvae.weights`': every latent site in the ``"data"`` plate,
+the log densities from Pyro's traces (``poutine.condition``), the model's raw log-probs (β = 1).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.util import site_is_subsample
+from tqdm.auto import tqdm
+
+from .diagnostics import KHAT_BAD, psis_khat, stderr
+from .errors import ConfigError
+from .weights import (DATA_PLATE, PARTICLE_PLATE, check_count, check_pair, map_examples,
+                      prepare_examples, trace_log_density)
+
+DEFAULT_AIS_CHUNK = 4096
+"""Chains × examples per pass of AIS (every pass runs all T steps)."""
+SCALE_DRAWS = 64
+PILOT_CHAINS = 4
+_METRICS = ("test_log_px_ais", "test_log_px_ais_stderr", "ais_steps", "ais_chains",
+            "ais_leapfrog_steps", "ais_accept_rate", "ais_accept_rate_stderr", "ais_seconds",
+            "ais_cpu_seconds", "ais_n_test", "ais_khat_max", "ais_chain_stderr")
+
+
+def schedule(num_steps: int, kind: str = "sigmoid", *, delta: float = 4.0) -> torch.Tensor:
+    """β_0 = 0 < … < β_T = 1, float64: ``"linear"`` t/T, or ``"sigmoid"`` (Grosse et al.)
+    σ(δ(2t/T − 1)) rescaled to [0, 1], which spends more steps near both ends."""
+    num_steps = check_count("num_steps (T)", num_steps)
+    t = torch.linspace(0.0, 1.0, num_steps + 1, dtype=torch.float64)
+    if kind == "linear":
+        return t
+    if kind != "sigmoid":
+        raise ConfigError(f"schedule must be 'sigmoid' or 'linear', got {kind!r}")
+    s = torch.sigmoid(delta * (2 * t - 1))
+    return (s - s[0]) / (s[-1] - s[0])
+
+
+class _Layout:
+    """The latent sites of a vectorized trace as one (C, B, D) tensor and back: each site's
+    value with its ``"data"`` dim moved next to the particle dim, flattened, concatenated."""
+
+    def __init__(self, trace, names: list[str], particle_dim: int):
+        self.names, self.pos, self.shapes, self.sizes = names, [], [], []
+        for name in names:
+            site = trace.nodes[name]
+            value, frame = site["value"], next(f for f in site["cond_indep_stack"]
+                                               if f.name == DATA_PLATE)
+            batch = value.dim() - site["fn"].event_dim
+            if batch + particle_dim != 0:
+                raise ConfigError(f"latent site {name!r} has batch shape "
+                                  f"{tuple(value.shape[:batch])}: AIS needs it to span exactly "
+                                  "the plates it sits in")
+            moved = value.movedim(batch + frame.dim, 1)
+            self.pos.append(batch + frame.dim)
+            self.shapes.append(moved.shape[2:])
+            self.sizes.append(int(np.prod(moved.shape[2:], dtype=np.int64)))
+
+    def flatten(self, values: dict) -> torch.Tensor:
+        """{site: value} -> (C, B, D)."""
+        parts = [values[n].movedim(p, 1) for n, p in zip(self.names, self.pos)]
+        return torch.cat([v.reshape(v.shape[:2] + (-1,)) for v in parts], dim=-1)
+
+    def unflatten(self, z: torch.Tensor) -> dict:
+        """(C, B, D) -> {site: value}."""
+        out, start = {}, 0
+        for name, pos, shape, size in zip(self.names, self.pos, self.shapes, self.sizes):
+            piece = z[..., start:start + size].reshape(z.shape[:2] + shape)
+            out[name], start = piece.movedim(1, pos), start + size
+        return out
+
+
+def _particle_trace(fn, call: tuple, particle_dim: int, chains: int, values: dict | None = None):
+    """Trace of ``fn(x, *args, **kwargs)`` under a vectorized plate of ``chains`` particles,
+    its latent sites conditioned on ``values`` when given."""
+    x, args, kwargs = call
+    fn = pyro.plate(PARTICLE_PLATE, chains, dim=particle_dim)(fn)
+    if values is not None:
+        fn = poutine.condition(fn, data=values)
+    return poutine.trace(fn).get_trace(x, *args, **kwargs)
+
+
+def _latent_names(trace) -> list[str]:
+    return [n for n, s in trace.nodes.items() if s["type"] == "sample"
+            and not site_is_subsample(s) and not s["is_observed"]]
+
+
+class _Target:
+    """log p(x, z) and log q(z|x) (float64, (C, B)) with their z-gradients for B examples at
+    C chains; made from C draws of the guide, kept as :attr:`z0`."""
+
+    def __init__(self, model, guide, call: tuple, particle_dim: int, chains: int):
+        self.model, self.guide, self.call = model, guide, call
+        self.pdim, self.chains = particle_dim, chains
+        with torch.no_grad():
+            tr = _particle_trace(guide, call, particle_dim, chains)
+        names = _latent_names(tr)
+        self.layout = _Layout(tr, names, particle_dim)
+        # one latent site: q's distribution cannot depend on z, so it is computed once
+        self.q_sites = {names[0]: tr.nodes[names[0]]} if len(names) == 1 else None
+        self.z0 = self.layout.flatten({n: tr.nodes[n]["value"] for n in names})
+
+    def __call__(self, z: torch.Tensor):
+        """(log p, log q, ∇_z log p, ∇_z log q) at z of shape (C, B, D)."""
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            values = self.layout.unflatten(z)
+            log_p = trace_log_density(
+                _particle_trace(self.model, self.call, self.pdim, self.chains, values), self.pdim)
+            if self.q_sites is None:
+                log_q = trace_log_density(
+                    _particle_trace(self.guide, self.call, self.pdim, self.chains, values),
+                    self.pdim)
+            else:
+                log_q = trace_log_density(
+                    {n: dict(s, value=values[n]) for n, s in self.q_sites.items()}, self.pdim)
+            grad_p, = torch.autograd.grad(log_p.sum(), z, retain_graph=self.q_sites is None)
+            grad_q, = torch.autograd.grad(log_q.sum(), z)
+        return log_p.detach(), log_q.detach(), grad_p, grad_q
+
+
+def _transition(target: _Target, state: tuple, beta: float, step: torch.Tensor,
+                num_leapfrog: int) -> tuple[tuple, torch.Tensor]:
+    """One HMC move leaving f_β invariant from state (z, log p, log q, ∇log p, ∇log q), with
+    per-coordinate steps ``step`` = ε·s (B, D); returns the new state and the (C, B)
+    acceptance probabilities (0 where the trajectory went non-finite)."""
+    z, log_p, log_q, g_p, g_q = state
+
+    def log_f(lp, lq):
+        return beta * lp + (1 - beta) * lq
+
+    r = torch.randn_like(z)
+    h0 = -log_f(log_p, log_q) + 0.5 * r.double().pow(2).sum(-1)
+    r = r + 0.5 * step * (beta * g_p + (1 - beta) * g_q)
+    zn = z
+    for i in range(num_leapfrog):
+        zn = zn + step * r
+        lp, lq, gp, gq = target(zn)
+        r = r + (1.0 if i < num_leapfrog - 1 else 0.5) * step * (beta * gp + (1 - beta) * gq)
+    h1 = -log_f(lp, lq) + 0.5 * r.double().pow(2).sum(-1)
+    prob = torch.exp(torch.clamp(h0 - h1, max=0.0))
+    prob = torch.where(torch.isfinite(prob), prob, torch.zeros_like(prob))
+    take = torch.rand_like(prob) < prob
+    new = tuple(torch.where(take.view(take.shape + (1,) * (new.dim() - 2)), new, old)
+                for new, old in zip((zn, lp, lq, gp, gq), state))
+    return new, prob
+
+
+def _anneal(target: _Target, z0: torch.Tensor, betas: torch.Tensor, step_size: Callable,
+            scale: torch.Tensor, num_leapfrog: int, bar, adapt: Callable | None = None):
+    """Run the chains from z0 along ``betas``; return the (C, B) float64 log-weights and the
+    (B,) mean acceptance. ``step_size(t, β)`` gives ε (B,); ``adapt(t, β, acceptance)``,
+    if given, is told each step's (B,) mean acceptance (the pilot)."""
+    state = (z0, *target(z0))
+    log_w = torch.zeros(z0.shape[:2], dtype=torch.float64, device=z0.device)
+    accept = torch.zeros(z0.shape[1], dtype=torch.float64, device=z0.device)
+    steps = len(betas) - 1
+    if steps == 1:
+        accept.fill_(math.nan)
+    for t in range(1, steps + 1):
+        log_w += (betas[t] - betas[t - 1]).item() * (state[1] - state[2])
+        if t < steps:
+            beta = float(betas[t])
+            eps = step_size(t, beta)
+            state, prob = _transition(target, state, beta, (eps[:, None] * scale).to(z0),
+                                      num_leapfrog)
+            a = prob.mean(0)
+            accept += a
+            if adapt is not None:
+                adapt(t, beta, a)
+        bar.update(1)
+    return log_w, accept / max(1, steps - 1)
+
+
+class _Pilot:
+    """Per-example step sizes ε(β) adapted on independent chains (see the module text)."""
+
+    def __init__(self, n: int, device, target_accept: float, init: float = 0.25,
+                 rate: float = 0.5):
+        self.log_eps = torch.full((n,), math.log(init), dtype=torch.float64, device=device)
+        self.target, self.rate, self.betas, self.table = target_accept, rate, [], []
+
+    def current(self, t: int, beta: float) -> torch.Tensor:
+        """The pilot's own ε for its next step."""
+        return self.log_eps.exp()
+
+    def adapt(self, t: int, beta: float, accept: torch.Tensor) -> None:
+        """log ε += rate·(acceptance − target); remember ε at this β."""
+        self.log_eps = self.log_eps + self.rate * (accept - self.target)
+        self.betas.append(beta)
+        self.table.append(self.log_eps)
+
+    def frozen(self) -> Callable:
+        """ε(β) for the main run: the pilot's ε at the nearest β it visited."""
+        if not self.betas:
+            return self.current
+        betas = torch.tensor(self.betas, dtype=torch.float64)
+        table = torch.stack(self.table)
+
+        def step_size(t: int, beta: float) -> torch.Tensor:
+            i = int(torch.argmin((betas - beta).abs()))
+            return table[i].exp()
+
+        return step_size
+
+
+@dataclass(frozen=True)
+class AISResult:
+    """Per-example AIS results (float64 tensors on the CPU): ``log_px`` = logsumexp_c log w_c
+    − log C, the (n, C) ``log_weights``, the mean HMC ``accept_rate``; and the budget."""
+
+    log_px: torch.Tensor
+    log_weights: torch.Tensor
+    accept_rate: torch.Tensor
+    num_steps: int
+    num_chains: int
+    num_leapfrog: int
+    schedule: str
+    seconds: float
+    cpu_seconds: float
+
+    @property
+    def n(self) -> int:
+        """Number of examples."""
+        return int(self.log_px.numel())
+
+    @property
+    def log_px_mean(self) -> float:
+        """Mean log p(x) estimate over the examples."""
+        return float(self.log_px.mean())
+
+    @property
+    def log_px_stderr(self) -> float:
+        """Standard error of :attr:`log_px_mean` over the examples."""
+        return stderr(self.log_px.numpy())
+
+    @property
+    def chain_stderr(self) -> torch.Tensor:
+        """Per-example s.e. of log p̂(x) across chains (delta method): sd(w)/(√C·mean(w))."""
+        w = torch.exp(self.log_weights - self.log_weights.max(1, keepdim=True).values)
+        sd = w.std(1) if self.num_chains > 1 else torch.zeros(self.n, dtype=w.dtype)
+        return sd / (math.sqrt(self.num_chains) * w.mean(1))
+
+    @property
+    def khat(self) -> np.ndarray:
+        """PSIS k-hat of each example's C final weights (NaN below 25 chains: no tail fit)."""
+        return psis_khat(self.log_weights.numpy())
+
+    @property
+    def khat_max(self) -> float:
+        """Largest k-hat over the examples (NaN when none could be fitted)."""
+        k = self.khat
+        return float(np.nanmax(k)) if np.isfinite(k).any() else float("nan")
+
+    @property
+    def khat_frac_bad(self) -> float:
+        """Fraction of examples with k-hat > 0.7."""
+        return float(np.mean(self.khat > KHAT_BAD))
+
+    def to_metrics(self) -> dict:
+        """The ``metrics.json`` entries of an AIS run (NaN becomes None)."""
+        values = (self.log_px_mean, self.log_px_stderr, self.num_steps, self.num_chains,
+                  self.num_leapfrog, float(self.accept_rate.mean()),
+                  stderr(self.accept_rate.numpy()), self.seconds, self.cpu_seconds, self.n,
+                  self.khat_max, float(self.chain_stderr.mean()))
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in zip(_METRICS, values)}
+
+
+def _check(num_steps, num_chains, num_leapfrog, target_accept, chunk_size):
+    check_count("num_steps (T)", num_steps)
+    check_count("num_chains (C)", num_chains)
+    check_count("num_leapfrog (L)", num_leapfrog)
+    check_count("chunk_size", chunk_size, allow_none=True)
+    if not 0 < target_accept < 1:
+        raise ConfigError(f"target_accept must lie in (0, 1), got {target_accept}")
+
+
+def _frozen_params(*fns):
+    """The trainable parameters of the modules ``fns`` are methods of."""
+    seen, out = set(), []
+    for fn in fns:
+        owner = getattr(fn, "__self__", None)
+        if isinstance(owner, torch.nn.Module):
+            for p in owner.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+    return out
+
+
+def _scale(guide, call: tuple, pdim: int, layout: _Layout) -> torch.Tensor:
+    """The guide's per-example, per-coordinate standard deviation from SCALE_DRAWS draws, (B, D)."""
+    tr = _particle_trace(guide, call, pdim, SCALE_DRAWS)
+    return layout.flatten({n: tr.nodes[n]["value"] for n in layout.names}).std(0).clamp_min(1e-6)
+
+
+def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, schedule_kind,
+         target_accept, chunk_size, progress, desc, start=None):
+    """AIS over all examples in passes; with ``start``, a (B, ...) dict of exact latent draws
+    per site for all examples, the chains start there and anneal β = 1 → 0 instead.
+    Returns the log-weights (n, C) and the mean acceptance (n,), float64 on the CPU."""
+    _check(num_steps, num_chains, num_leapfrog, target_accept, chunk_size)
+    pdim = check_pair(model, guide, x, *args, **kwargs).particle_dim
+    per_pass = max(1, (chunk_size or DEFAULT_AIS_CHUNK) // num_chains)
+    betas = schedule(num_steps, schedule_kind)
+    pilot_betas = schedule(max(10, num_steps // 10), schedule_kind) if num_steps > 1 else None
+    pilot_steps = 0 if pilot_betas is None else len(pilot_betas) - 1
+    n = x.shape[0]
+    passes = range(0, n, per_pass)
+    weights, accepts = [], []
+    frozen = _frozen_params(model, guide)
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        with pyro.validation_enabled(False), tqdm(total=len(passes) * (num_steps + pilot_steps),
+                                                  desc=desc, unit="step",
+                                                  disable=not progress) as bar:
+            for b0 in passes:
+                call = map_examples(lambda t: t[b0:b0 + per_pass], x, *args, **kwargs)
+                b = call[0].shape[0]
+                with torch.no_grad():
+                    target = _Target(model, guide, call, pdim, num_chains)
+                    scale = _scale(guide, call, pdim, target.layout)
+                pilot = _Pilot(b, x.device, target_accept)
+                if pilot_betas is not None:
+                    with torch.no_grad():
+                        pilot_target = _Target(model, guide, call, pdim,
+                                               min(PILOT_CHAINS, num_chains))
+                    _anneal(pilot_target, pilot_target.z0, pilot_betas, pilot.current, scale,
+                            num_leapfrog, bar, adapt=pilot.adapt)
+                z0, path = target.z0, betas
+                if start is not None:
+                    rows = {k: v[b0:b0 + b].unsqueeze(0).expand((num_chains,) + v[b0:b0 + b].shape)
+                            for k, v in start.items()}
+                    z0, path = target.layout.flatten(rows), betas.flip(0)
+                log_w, acc = _anneal(target, z0, path, pilot.frozen(), scale, num_leapfrog,
+                                     bar)
+                weights.append(log_w.T.cpu())
+                accepts.append(acc.cpu())
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return torch.cat(weights), torch.cat(accepts)
+
+
+def ais(model: Callable, guide: Callable, x: torch.Tensor, *args, num_steps: int = 500,
+        num_chains: int = 16, num_leapfrog: int = 10, schedule: str = "sigmoid",
+        target_accept: float = 0.65, chunk_size: int | None = None, progress: bool = False,
+        **kwargs) -> AISResult:
+    """AIS estimate of log p(x) per example (see the module text): T = ``num_steps``
+    intermediate distributions, C = ``num_chains`` chains per example from q(z|x), HMC with
+    L = ``num_leapfrog`` leapfrog steps; a pass holds ``chunk_size`` chains × examples."""
+    x, args, kwargs = prepare_examples(model, x, *args, **kwargs)
+    start, cpu = time.perf_counter(), time.process_time()
+    log_w, accept = _run(model, guide, x, args, kwargs, num_steps=num_steps,
+                         num_chains=num_chains, num_leapfrog=num_leapfrog,
+                         schedule_kind=schedule, target_accept=target_accept,
+                         chunk_size=chunk_size, progress=progress,
+                         desc=f"AIS T={num_steps}, C={num_chains}")
+    log_px = torch.logsumexp(log_w, dim=1) - math.log(num_chains)
+    return AISResult(log_px, log_w, accept, num_steps, num_chains, num_leapfrog, schedule,
+                     time.perf_counter() - start, time.process_time() - cpu)
+
+
+def ais_log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args,
+                       num_steps: int = 500, num_chains: int = 16, **kwargs) -> torch.Tensor:
+    """AIS log p(x) per example, (B,) float64 on the CPU: :func:`ais`'s ``log_px``."""
+    return ais(model, guide, x, *args, num_steps=num_steps, num_chains=num_chains,
+               **kwargs).log_px
+
+
+@dataclass(frozen=True)
+class BDMCResult:
+    """Simulated data ``x`` (shaped like the input) and, per example, the stochastic bounds
+    ``lower`` (forward AIS) ≤ log p(x) ≤ ``upper`` (reverse AIS from the exact z)."""
+
+    x: torch.Tensor
+    lower: torch.Tensor
+    upper: torch.Tensor
+    forward: AISResult
+    reverse: AISResult
+
+    @property
+    def gap(self) -> torch.Tensor:
+        """upper − lower per example: how far from log p(x) AIS at this budget can be."""
+        return self.upper - self.lower
+
+    def to_metrics(self) -> dict:
+        """``bdmc_lower``, ``bdmc_upper``, ``bdmc_gap``, each with its s.e. over examples."""
+        out = {}
+        for key, v in (("bdmc_lower", self.lower), ("bdmc_upper", self.upper),
+                       ("bdmc_gap", self.gap)):
+            out[key], out[f"{key}_stderr"] = float(v.mean()), stderr(v.numpy())
+        out.update(bdmc_steps=self.forward.num_steps, bdmc_chains=self.forward.num_chains,
+                   bdmc_n=int(self.lower.numel()),
+                   bdmc_accept_rate=float(self.forward.accept_rate.mean()),
+                   bdmc_seconds=self.forward.seconds + self.reverse.seconds,
+                   bdmc_cpu_seconds=self.forward.cpu_seconds + self.reverse.cpu_seconds)
+        return out
+
+
+def bdmc(model: Callable, guide: Callable, x: torch.Tensor, *args, num_steps: int = 500,
+         num_chains: int = 16, num_leapfrog: int = 10, schedule: str = "sigmoid",
+         target_accept: float = 0.65, chunk_size: int | None = None, progress: bool = False,
+         **kwargs) -> BDMCResult:
+    """Bidirectional Monte Carlo on data simulated from the model: (z, x′) ~ p(z) p(x|z) with
+    ``poutine.uncondition`` (``x`` gives only the number and shape of the examples), then
+    forward AIS on x′ and reverse AIS from z; options as in :func:`ais`."""
+    x, args, kwargs = prepare_examples(model, x, *args, **kwargs)
+    check_pair(model, guide, x, *args, **kwargs)
+    with torch.no_grad(), pyro.validation_enabled(False):
+        observed = [n for n, s in poutine.trace(model).get_trace(x, *args, **kwargs).nodes.items()
+                    if s["type"] == "sample" and s["is_observed"]]
+        sim = poutine.trace(poutine.uncondition(model)).get_trace(x, *args, **kwargs)
+    if len(observed) != 1 or sim.nodes[observed[0]]["value"].numel() != x.numel():
+        raise ConfigError(f"BDMC simulates x from the model's one observed site fed by x; this "
+                          f"model observes {observed}")
+    x_sim = sim.nodes[observed[0]]["value"].detach().reshape(x.shape).to(x.dtype)
+    exact = {n: sim.nodes[n]["value"].detach() for n in _latent_names(sim) if n not in observed}
+    options = dict(num_steps=num_steps, num_chains=num_chains, num_leapfrog=num_leapfrog,
+                   target_accept=target_accept, chunk_size=chunk_size, progress=progress)
+    forward = ais(model, guide, x_sim, *args, schedule=schedule, **options, **kwargs)
+    start, cpu = time.perf_counter(), time.process_time()
+    log_w, accept = _run(model, guide, x_sim, args, kwargs, schedule_kind=schedule,
+                         desc=f"BDMC reverse T={num_steps}, C={num_chains}", start=exact,
+                         **options)
+    upper = -(torch.logsumexp(log_w, dim=1) - math.log(num_chains))
+    reverse = AISResult(upper, log_w, accept, num_steps, num_chains, num_leapfrog, schedule,
+                        time.perf_counter() - start, time.process_time() - cpu)
+    return BDMCResult(x_sim, forward.log_px, upper, forward, reverse)
