@@ -47,12 +47,26 @@ def test_mnist_svi_writes_metrics_and_figures(mnist_dir, tmp_path):
     ckpt = out / "checkpoint.pt"
     for args in (["evaluate", "--checkpoint", ckpt, "--num-samples", 30, "--test-subset", 40,
                   "--out", out / "eval"],
+                 ["evaluate", "--checkpoint", ckpt, "--num-samples", 30, "--test-subset", 10,
+                  "--proposal", "refined", "--out", out / "refined"],
+                 ["evaluate", "--checkpoint", ckpt, "--method", "ais", "--ais-steps", 5,
+                  "--ais-chains", 3, "--ais-leapfrog", 2, "--test-subset", 6, "--out", out / "ais"],
+                 ["evaluate", "--checkpoint", ckpt, "--method", "bdmc", "--ais-steps", 5,
+                  "--ais-chains", 3, "--ais-leapfrog", 2, "--test-subset", 6, "--out", out / "ais"],
                  ["gap", "--checkpoint", ckpt, "--out", out / "gap", "--test-subset", 8,
                   "--num-samples", 40, "--elbo-samples", 20, "--max-steps", 40],
                  ["plot", "--checkpoint", ckpt, "--out", out / "plots", "--test-subset", 50]):
         done = pvae_cli(*args, "--data-dir", mnist_dir)
         assert done.returncode == 0, (args[0], done.stderr[-3000:])
     assert json.loads((out / "eval" / "metrics_eval.json").read_text())["n_test"] == 40
+    refined = json.loads((out / "refined" / "metrics_eval.json").read_text())
+    assert refined["eval_proposal"] == "refined" and refined["n_test"] == 10
+    annealed = json.loads((out / "ais" / "metrics_ais.json").read_text())
+    assert annealed["ais_n_test"] == 6 and annealed["ais_steps"] == 5
+    assert -784 * 0.7 < annealed["test_log_px_ais"] < 0
+    sandwich = json.loads((out / "ais" / "metrics_bdmc.json").read_text())
+    assert sandwich["bdmc_n"] == 6 and sandwich["bdmc_lower"] < 0 and sandwich["bdmc_upper"] < 0
+    assert (out / "ais" / "ais_T5_C3.png").is_file() and (out / "ais" / "bdmc_T5_C3.png").is_file()
     gap = json.loads((out / "gap" / "gap.json").read_text())
     assert gap["n"] == 8
     assert gap["elbo_amortized"] <= gap["elbo_local"] + 3 * gap["elbo_local_stderr"] + 1
@@ -60,9 +74,14 @@ def test_mnist_svi_writes_metrics_and_figures(mnist_dir, tmp_path):
 
     resumed = run("mnist_svi.py", "--data-dir", mnist_dir, "--out", out, "--epochs", 2,
                   "--train-subset", 300, "--test-subset", 100, "--eval-samples", 50,
-                  "--hidden-dims", 64, "--z-dim", 8, "--device", "cpu", "--resume")
+                  "--hidden-dims", 64, "--z-dim", 8, "--device", "cpu", "--resume",
+                  "--method", "bdmc", "--ais-steps", 4, "--ais-chains", 3, "--ais-leapfrog", 2,
+                  "--ais-subset", 5)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads((out / "metrics.json").read_text())["steps"] == 6
+    assert "AIS T=4, C=3" in resumed.stdout and "BDMC gap" in resumed.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["ais_n_test"] == 5 and metrics["bdmc_n"] == 5
+    assert metrics["config"]["method"] == "bdmc" and (out / "ais.png").is_file()
 
 
 def test_mnist_svi_with_a_local_guide_trains_and_says_where_its_test_numbers_come_from(
