@@ -44,7 +44,9 @@ from .weights import (DATA_PLATE, PARTICLE_PLATE, check_count, check_pair, map_e
                       prepare_examples, trace_log_density)
 
 DEFAULT_AIS_CHUNK = 4096
-"""Chains × examples per pass of AIS (every pass runs all T steps)."""
+"""Chains × examples per pass of AIS on a CPU (every pass runs all T steps)."""
+CUDA_AIS_CHUNK = 2**16
+"""Chains × examples per pass on a GPU: a pass is a pure tensor program, wider fills it."""
 SCALE_DRAWS = 64
 PILOT_CHAINS = 4
 _METRICS = ("test_log_px_ais", "test_log_px_ais_stderr", "ais_steps", "ais_chains",
@@ -331,7 +333,8 @@ def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, 
     Returns the log-weights (n, C) and the mean acceptance (n,), float64 on the CPU."""
     _check(num_steps, num_chains, num_leapfrog, target_accept, chunk_size)
     pdim = check_pair(model, guide, x, *args, **kwargs).particle_dim
-    per_pass = max(1, (chunk_size or DEFAULT_AIS_CHUNK) // num_chains)
+    default = CUDA_AIS_CHUNK if x.device.type == "cuda" else DEFAULT_AIS_CHUNK
+    per_pass = max(1, (chunk_size or default) // num_chains)
     betas = schedule(num_steps, schedule_kind)
     pilot_betas = schedule(max(10, num_steps // 10), schedule_kind) if num_steps > 1 else None
     pilot_steps = 0 if pilot_betas is None else len(pilot_betas) - 1

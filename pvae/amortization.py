@@ -24,7 +24,7 @@ import torch
 from .errors import ConfigError, DataError
 from .evaluate import log_likelihood
 from .localfit import LocalFit, encoder_moments, fit_local, is_vae, local_guide, optimised
-from .weights import DEFAULT_CHUNK_SIZE, check_count, log_weights, prepare_examples
+from .weights import check_count, default_chunk_size, log_weights, prepare_examples
 
 __all__ = ["LocalFit", "GapReport", "encoder_moments", "fit_local", "refine", "gap_report"]
 
@@ -126,7 +126,7 @@ def gap_report(vae, x: torch.Tensor, *, n: int | None = None, num_samples: int =
                     **fit_kwargs)
     with torch.no_grad():
         elbo_q = log_weights(vae.model, vae.guide, x, elbo_samples,
-                             chunk_size=chunk_size or DEFAULT_CHUNK_SIZE).mean(0).to(x.dtype)
+                             chunk_size=chunk_size or default_chunk_size(x.device)).mean(0).to(x.dtype)
     lp_q = log_likelihood(vae.model, vae.guide, x, num_samples=num_samples, chunk_size=chunk_size)
     proposal = {"local": local_guide(fit.loc, fit.scale),
                 "mixture": local_guide(fit.loc, fit.scale, vae.q)}.get(log_px_proposal)

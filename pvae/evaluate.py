@@ -24,8 +24,8 @@ from .ais import AISResult, BDMCResult, ais, ais_log_likelihood, bdmc
 from .diagnostics import KHAT_BAD, psis_khat, stderr
 from .errors import ConfigError
 from .localfit import fit_local, is_vae, local_guide
-from .weights import (DEFAULT_CHUNK_SIZE, check_count, check_pair, log_weights, map_examples,
-                      prepare_examples)
+from .weights import (DEFAULT_CHUNK_SIZE, check_count, check_pair, default_chunk_size,
+                      log_weights, map_examples, prepare_examples)
 
 __all__ = ["log_likelihood", "evaluate", "EvalResult", "refined_pair", "psis_khat", "KHAT_BAD",
            "DEFAULT_CHUNK_SIZE", "DEFAULT_BATCH_SIZE", "PROPOSALS", "ais", "ais_log_likelihood",
@@ -106,8 +106,8 @@ def _batches(model, guide, x, args, kwargs, num_samples, chunk_size, batch_size=
     examples (None: as many as one pass of ``chunk_size`` draws holds), computed lazily."""
     num_samples = check_count("num_samples (K)", num_samples)
     chunk = check_count("chunk_size (latent draws per pass)", chunk_size, allow_none=True)
-    chunk = chunk or DEFAULT_CHUNK_SIZE
     x, args, kwargs = prepare_examples(model, x, *args, **kwargs)
+    chunk = chunk or default_chunk_size(x.device)
     structure = check_pair(model, guide, x, *args, **kwargs)
     step = batch_size or max(1, chunk // num_samples)
 
@@ -123,7 +123,8 @@ def _batches(model, guide, x, args, kwargs, num_samples, chunk_size, batch_size=
 def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args, num_samples: int,
                    chunk_size: int | None = None, **kwargs) -> torch.Tensor:
     """Importance-sampled log p(x) per example, (B,) float64 on x's device; a pass holds at
-    most ``chunk_size`` latent draws (particles × examples; default :data:`DEFAULT_CHUNK_SIZE`)."""
+    most ``chunk_size`` latent draws (particles × examples; default
+    :func:`pvae.weights.default_chunk_size` of the model's device)."""
     num_samples, batches = _batches(model, guide, x, args, kwargs, num_samples, chunk_size)
     with torch.no_grad(), pyro.validation_enabled(False):
         lse = torch.cat([torch.logsumexp(lw, dim=0) for lw in batches])

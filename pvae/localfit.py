@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError, DivergenceError
 from .nets import inv_softplus
-from .weights import (DATA_PLATE, DEFAULT_CHUNK_SIZE, check_count, check_pair, log_weights,
+from .weights import (DATA_PLATE, check_count, check_pair, default_chunk_size, log_weights,
                       prepare_examples)
 
 MIN_SCALE = 1e-5
@@ -188,7 +188,7 @@ def optimised(vae_or_model, x, init, model_args: Sequence, chunk_size, **options
         loc0, scale0 = (t.detach().to(x) for t in init)
     else:
         raise ConfigError(f"init must be 'encoder', 'prior' or a (loc, scale) pair, got {init!r}")
-    chunk = chunk_size or DEFAULT_CHUNK_SIZE
+    chunk = chunk_size or default_chunk_size(x.device)
 
     def pair(loc, scale):  # idx rides along after x: a pass reads its examples' rows
         guide = local_guide(loc, scale)
