@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -36,7 +37,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 100
 """Examples whose K log-weights :func:`evaluate` keeps at once (K × 100 float64 numbers)."""
 _METRICS = ("test_elbo", "test_elbo_stderr", "test_log_px", "test_log_px_stderr",
-            "eval_samples", "n_test", "psis_khat_max", "psis_khat_frac_bad", "eval_proposal")
+            "eval_samples", "n_test", "psis_khat_max", "psis_khat_frac_bad", "eval_proposal",
+            "eval_seconds", "eval_cpu_seconds")
 PROPOSALS = ("encoder", "refined")
 
 
@@ -51,6 +53,8 @@ class EvalResult:
     khat: np.ndarray
     num_samples: int
     proposal: str = "encoder"
+    seconds: float = math.nan
+    cpu_seconds: float = math.nan
 
     @property
     def n(self) -> int:
@@ -96,7 +100,8 @@ class EvalResult:
     def to_metrics(self) -> dict:
         """The ``metrics.json`` entries this result fills (NaN becomes ``None``)."""
         values = (self.elbo_mean, self.elbo_stderr, self.log_px_mean, self.log_px_stderr,
-                  int(self.num_samples), self.n, self.khat_max, self.khat_frac_bad, self.proposal)
+                  int(self.num_samples), self.n, self.khat_max, self.khat_frac_bad, self.proposal,
+                  self.seconds, self.cpu_seconds)
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                 for k, v in zip(_METRICS, values)}
 
@@ -163,6 +168,7 @@ def evaluate(model: Callable, guide: Callable, x: torch.Tensor, *args, num_sampl
     tailed at the same K; ``elbo`` is then that proposal's."""
     if proposal not in PROPOSALS:
         raise ConfigError(f"proposal must be one of {PROPOSALS}, got {proposal!r}")
+    start, cpu = time.perf_counter(), time.process_time()
     if proposal == "refined":
         if args or kwargs:
             raise ConfigError("proposal='refined' takes vae.model, vae.guide and x only")
@@ -171,7 +177,8 @@ def evaluate(model: Callable, guide: Callable, x: torch.Tensor, *args, num_sampl
                                           **(refine_options or {}))
     result = _evaluate(model, guide, x, *args, num_samples=num_samples, chunk_size=chunk_size,
                        batch_size=batch_size, progress=progress, **kwargs)
-    return dataclasses.replace(result, proposal=proposal)
+    return dataclasses.replace(result, proposal=proposal, seconds=time.perf_counter() - start,
+                               cpu_seconds=time.process_time() - cpu)
 
 
 def _evaluate(model: Callable, guide: Callable, x: torch.Tensor, *args, num_samples: int,
