@@ -1,10 +1,11 @@
 """pvae: Variational Autoencoders written as Pyro probabilistic programs.
 
-The modules ``pvae.evaluate`` (importance-sampled log p(x)) and ``pvae.compare`` keep
-their names: their main functions are ``pvae.evaluate.evaluate`` and
-``pvae.compare.compare``.
+The modules ``pvae.evaluate`` (importance-sampled log p(x)), ``pvae.ais`` (annealed
+importance sampling, BDMC) and ``pvae.compare`` keep their names: their main functions are
+``pvae.evaluate.evaluate``, ``pvae.evaluate.ais`` and ``pvae.compare.compare``.
 """
-from . import compare, evaluate
+from . import ais, compare, evaluate
+from .ais import AISResult, BDMCResult, ais_log_likelihood, bdmc
 from .amortization import GapReport, LocalFit, fit_local, gap_report, refine
 from .checkpoint import Checkpoint, load
 from .data import MNIST, load_mnist, synthetic
@@ -32,6 +33,7 @@ __all__ = [
     "make_step", "load", "Checkpoint",
     "LocalGuide", "SemiAmortizedGuide", "fit_local", "refine", "gap_report", "LocalFit", "GapReport",
     "evaluate", "log_likelihood", "EvalResult", "psis_khat",
+    "ais", "ais_log_likelihood", "bdmc", "AISResult", "BDMCResult",
     "load_mnist", "MNIST", "synthetic",
     "ExperimentConfig", "run",
     "PvaeError", "DataError", "ConfigError", "CheckpointError", "DivergenceError", "StorageError",

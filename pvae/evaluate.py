@@ -30,7 +30,7 @@ from .weights import (DEFAULT_CHUNK_SIZE, check_count, check_pair, default_chunk
 
 __all__ = ["log_likelihood", "evaluate", "EvalResult", "refined_pair", "psis_khat", "KHAT_BAD",
            "DEFAULT_CHUNK_SIZE", "DEFAULT_BATCH_SIZE", "PROPOSALS", "ais", "ais_log_likelihood",
-           "AISResult", "bdmc", "BDMCResult"]
+           "bdmc"]  # AISResult and BDMCResult are importable here too; documented in pvae.ais
 
 logger = logging.getLogger(__name__)
 
