@@ -51,7 +51,8 @@ SCALE_DRAWS = 64
 PILOT_CHAINS = 4
 _METRICS = ("test_log_px_ais", "test_log_px_ais_stderr", "ais_steps", "ais_chains",
             "ais_leapfrog_steps", "ais_accept_rate", "ais_accept_rate_stderr", "ais_seconds",
-            "ais_cpu_seconds", "ais_n_test", "ais_khat_max", "ais_chain_stderr")
+            "ais_cpu_seconds", "ais_n_test", "ais_khat_max", "ais_khat_frac_bad",
+            "ais_chain_stderr")
 
 
 def schedule(num_steps: int, kind: str = "sigmoid", *, delta: float = 4.0) -> torch.Tensor:
@@ -293,7 +294,8 @@ class AISResult:
         values = (self.log_px_mean, self.log_px_stderr, self.num_steps, self.num_chains,
                   self.num_leapfrog, float(self.accept_rate.mean()),
                   stderr(self.accept_rate.numpy()), self.seconds, self.cpu_seconds, self.n,
-                  self.khat_max, float(self.chain_stderr.mean()))
+                  self.khat_max, self.khat_frac_bad if self.num_chains > 20 else math.nan,
+                  float(self.chain_stderr.mean()))
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                 for k, v in zip(_METRICS, values)}
 

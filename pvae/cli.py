@@ -246,6 +246,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         metrics = {**result.to_metrics(), **record, "chunk_size": args.chunk_size}
         name = "metrics_eval.json"
         suffix = "" if args.proposal == "encoder" else "_refined"
+        np.save(out / f"test_log_px_is{suffix}.npy", result.log_px)
         figure = plot_evaluation(result, out / f"evaluation_K{args.num_samples}{suffix}.png")
         rows = test_rows(metrics)
     else:
