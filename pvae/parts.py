@@ -19,7 +19,7 @@ from pyro.distributions import Distribution
 
 from .errors import ConfigError
 
-SHARED = ("z_dim", "x_dim", "hidden_dims", "activation", "num_data", "guide")
+SHARED = ("z_dim", "x_dim", "hidden_dims", "activation", "num_data", "image_shape", "guide")
 """Constructor arguments that are not options: the VAE's sizes, and the guide for a prior."""
 
 
