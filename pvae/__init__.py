@@ -4,10 +4,11 @@ The modules ``pvae.evaluate`` (importance-sampled log p(x)) and ``pvae.compare``
 their names: their main functions are ``pvae.evaluate.evaluate`` and
 ``pvae.compare.compare``.
 """
-from . import compare, evaluate
+from . import compare, distributed, evaluate
 from .amortization import GapReport, LocalFit, fit_local, gap_report, refine
 from .checkpoint import Checkpoint, load
 from .data import MNIST, load_mnist, synthetic
+from .datasets import Dataset, load_dataset
 from .errors import (CheckpointError, ConfigError, DataError, DivergenceError, PvaeError,
                      StorageError)
 from .evaluate import EvalResult, log_likelihood, psis_khat
@@ -32,7 +33,7 @@ __all__ = [
     "make_step", "load", "Checkpoint",
     "LocalGuide", "SemiAmortizedGuide", "fit_local", "refine", "gap_report", "LocalFit", "GapReport",
     "evaluate", "log_likelihood", "EvalResult", "psis_khat",
-    "load_mnist", "MNIST", "synthetic",
+    "load_mnist", "MNIST", "synthetic", "load_dataset", "Dataset", "distributed",
     "ExperimentConfig", "run",
     "PvaeError", "DataError", "ConfigError", "CheckpointError", "DivergenceError", "StorageError",
 ]

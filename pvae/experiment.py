@@ -1,6 +1,7 @@
 """One experiment from configuration to results: data → VAE → fit → evaluate → figures."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -13,7 +14,7 @@ import numpy as np
 import pyro
 import torch
 
-from . import data
+from . import datasets, distributed
 from .amortization import encoder_moments
 from .errors import ConfigError
 from .evaluate import EvalResult, evaluate
@@ -38,6 +39,7 @@ class ExperimentConfig:
     ``options`` carries part-specific settings (``num_components``, ...) to the parts."""
 
     data_dir: str = "data"
+    dataset: str = "mnist"
     out: str = "runs/mnist"
     epochs: int = 40
     batch_size: int = 100
@@ -85,11 +87,15 @@ class ExperimentConfig:
                               "replace it")
         return self
 
-    def vae_config(self, num_data: int | None) -> VAEConfig:
-        """The architecture these flags describe (784-pixel MNIST images)."""
+    def vae_config(self, num_data: int | None,
+                   image_shape: tuple[int, ...] = datasets.MNIST_SHAPE) -> VAEConfig:
+        """The architecture these flags describe for images of ``image_shape`` (H, W), or
+        (D,) for flattened data of D values (default: 28×28 MNIST)."""
         return VAEConfig(prior=self.prior, guide=self.guide, likelihood=self.likelihood,
-                         z_dim=self.z_dim, hidden_dims=self.hidden_dims, x_dim=784,
-                         activation=self.activation, num_data=num_data, options=self.options)
+                         z_dim=self.z_dim, hidden_dims=self.hidden_dims,
+                         x_dim=math.prod(image_shape), image_shape=tuple(image_shape),
+                         dataset=self.dataset, activation=self.activation, num_data=num_data,
+                         options=self.options)
 
     def to_dict(self) -> dict:
         """Every flag's value, JSON-ready (``metrics.json``'s ``config``)."""
@@ -110,50 +116,81 @@ def write_json(path: str | Path, obj: dict) -> None:
 
 
 def run(config: ExperimentConfig) -> dict:
-    """Train and evaluate one VAE on MNIST; write ``checkpoint.pt`` (every epoch), the figures
-    and ``metrics.json`` into ``config.out`` (locked; refused if it holds a finished run, unless
-    ``config.resume`` or ``config.overwrite``); return the metrics. ``pvae train`` runs this."""
+    """Train and evaluate one VAE on ``config.dataset``; write ``checkpoint.pt`` (every epoch),
+    the figures and ``metrics.json`` into ``config.out`` (locked; refused if it holds a
+    finished run, unless ``config.resume`` or ``config.overwrite``); return the metrics.
+    ``pvae train`` runs this. Under torchrun (``WORLD_SIZE`` > 1) every rank runs it: the
+    training is data-parallel (:func:`~pvae.train.fit`), the test set is split across the
+    ranks (:func:`evaluate_sharded`) and rank 0 alone writes files."""
     config.validate()
     device = resolve_device(config.device)
-    with run_lock(config.out) as out:
-        if (out / "metrics.json").exists() and not (config.resume or config.overwrite):
-            raise ConfigError(f"{config.out} holds a finished run (metrics.json); resume it "
-                              "(--resume), replace it (--overwrite), or choose another --out")
-        binary = LIKELIHOODS[config.likelihood].data_kind == "binary"
-        mnist = data.load_mnist(config.data_dir, binarize=binary,
-                                train_subset=config.train_subset, test_subset=config.test_subset)
-        n_train = mnist.train_x.shape[0]
-        vae_config = config.vae_config(n_train if config.guide == "local" else None)
-        pyro.set_rng_seed(config.seed)
-        vae = VAE.from_config(vae_config, beta=config.beta)
-        state = fit(vae, mnist.train_x, epochs=config.epochs, batch_size=config.batch_size,
-                    lr=config.lr, loss=config.loss, num_particles=config.num_particles,
-                    beta_warmup_epochs=config.beta_warmup_epochs, binarize=binary,
-                    test_x=mnist.test_x, out_dir=out, resume=config.resume,
-                    overwrite=config.overwrite, device=str(device), seed=config.seed,
-                    progress=config.progress)
-        test_x = mnist.test_x.to(device)
-        metrics = {"epochs": state.epoch, "steps": state.step, "train_seconds": state.train_seconds,
-                   "train_elbo": state.history[-1].train_elbo if state.history else None,
-                   "history": [dataclasses.asdict(r) for r in state.history]}
-        if vae.amortized:
-            evaluation = evaluate(vae.model, vae.guide, test_x, num_samples=config.eval_samples,
-                                  chunk_size=config.chunk_size, progress=config.progress)
+    with distributed.process_group(device.type) as world:
+        device = distributed.local_device(device)
+        main = distributed.is_main()
+        with run_lock(config.out) if main else contextlib.nullcontext(Path(config.out)) as out:
+            with distributed.together("loading the data"):
+                if (out / "metrics.json").exists() and not (config.resume or config.overwrite):
+                    raise ConfigError(f"{config.out} holds a finished run (metrics.json); resume "
+                                      "it (--resume), replace it (--overwrite), or choose "
+                                      "another --out")
+                binary = LIKELIHOODS[config.likelihood].data_kind == "binary"
+                data = datasets.load_dataset(config.dataset, config.data_dir, binarize=binary,
+                                             train_subset=config.train_subset,
+                                             test_subset=config.test_subset)
+            metrics = _train_and_evaluate(config, data, binary, device, out, world)
+        distributed.barrier()
+    return metrics
+
+
+def _train_and_evaluate(config: ExperimentConfig, data, binary: bool, device: torch.device,
+                        out: Path, world: int) -> dict:
+    main = distributed.is_main()
+    n_train = data.train_x.shape[0]
+    vae_config = config.vae_config(n_train if config.guide == "local" else None, data.image_shape)
+    pyro.set_rng_seed(config.seed)
+    vae = VAE.from_config(vae_config, beta=config.beta)
+    state = fit(vae, data.train_x, epochs=config.epochs, batch_size=config.batch_size,
+                lr=config.lr, loss=config.loss, num_particles=config.num_particles,
+                beta_warmup_epochs=config.beta_warmup_epochs, binarize=binary,
+                test_x=data.test_x, out_dir=out, resume=config.resume,
+                overwrite=config.overwrite, device=str(device), seed=config.seed,
+                progress=config.progress)
+    test_x = data.test_x.to(device)
+    metrics = {"epochs": state.epoch, "steps": state.step, "train_seconds": state.train_seconds,
+               "train_elbo": state.history[-1].train_elbo if state.history else None,
+               "history": [dataclasses.asdict(r) for r in state.history]}
+    if vae.amortized:
+        evaluation = evaluate_sharded(vae, test_x, num_samples=config.eval_samples,
+                                      chunk_size=config.chunk_size,
+                                      progress=config.progress and main)
+        if main:
             plot_evaluation(evaluation, out / "evaluation.png")
             np.save(out / PER_EXAMPLE_FILE, np.asarray(evaluation.log_px))
-            metrics.update(evaluation.to_metrics())
-        else:
-            log.warning("--guide %s owns parameters for the training images only and has no "
-                        "encoder for test images, so metrics.json has no test numbers: %s",
-                        config.guide, NO_TEST_EVALUATION)
-            metrics.update(EvalResult.missing_metrics())
-        metrics.update(n_train=n_train, likelihood_kind="discrete (binary pixels)" if binary else
-                       "density (continuous pixels): not comparable with binary log p(x)",
-                       config=config.to_dict(), vae=vae.config.to_dict(), beta=vae.beta,
-                       versions=versions(), device=str(device))
-        draw_figures(vae, test_x, mnist.test_y, state.history, out)
+        metrics.update(evaluation.to_metrics())
+    else:
+        log.warning("--guide %s owns parameters for the training images only and has no "
+                    "encoder for test images, so metrics.json has no test numbers: %s",
+                    config.guide, NO_TEST_EVALUATION)
+        metrics.update(EvalResult.missing_metrics())
+    metrics.update(n_train=n_train, likelihood_kind="discrete (binary pixels)" if binary else
+                   "density (continuous pixels): not comparable with binary log p(x)",
+                   config=config.to_dict(), vae=vae.config.to_dict(), beta=vae.beta,
+                   versions=versions(), device=str(device), world_size=world)
+    if main:
+        draw_figures(vae, test_x, data.test_y, state.history, out)
         write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def evaluate_sharded(vae: VAE, x: torch.Tensor, **kwargs) -> EvalResult:
+    """:func:`pvae.evaluate.evaluate` of ``vae`` on ``x``, each rank scoring its
+    :func:`~pvae.distributed.shard` with its own draws; the per-example results gathered in
+    the order of ``x`` on every rank (for one process: ``evaluate`` itself)."""
+    mine = evaluate(vae.model, vae.guide, distributed.shard(x), **kwargs)
+    if distributed.world_size() == 1:
+        return mine
+    arrays = (distributed.gather(a) for a in (mine.log_px, mine.elbo, mine.ess, mine.khat))
+    return EvalResult(*arrays, num_samples=mine.num_samples)
 
 
 @torch.no_grad()
@@ -161,11 +198,12 @@ def draw_figures(vae, test_x: torch.Tensor, test_y: torch.Tensor, history,
                  out: Path) -> list[Path]:
     """Prior samples, the ELBO curves of ``history`` (if any) and, with an encoder, the
     reconstructions and latent embedding of ``test_x`` (at most 2000 images); the files."""
-    written = [plot_samples(vae.sample(64), out / "samples.png")]
+    shape = vae.config.image_shape if vae.config is not None else None
+    written = [plot_samples(vae.sample(64), out / "samples.png", image_shape=shape)]
     if vae.amortized:
         n = min(2000, test_x.shape[0])
         written.append(plot_reconstructions(test_x[:16], vae.reconstruct(test_x[:16]),
-                                            out / "reconstructions.png"))
+                                            out / "reconstructions.png", image_shape=shape))
         z, _ = encoder_moments(vae, test_x[:n])
         written.append(plot_latent(z, test_y[:n], out / "latent.png"))
     if history:
