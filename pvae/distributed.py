@@ -61,6 +61,15 @@ def env_rank() -> int:
         raise ConfigError(f"RANK must be a whole number, got {text!r}") from None
 
 
+def env_local_rank() -> int:
+    """The ``LOCAL_RANK`` torchrun set for this process, its rank on its machine (0 if unset)."""
+    text = os.environ.get("LOCAL_RANK", "0").strip() or "0"
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"LOCAL_RANK must be a whole number, got {text!r}") from None
+
+
 @contextlib.contextmanager
 def process_group(device_type: str = "cpu") -> Iterator[int]:
     """Join the process group that torchrun's environment describes, if it has more than one

@@ -128,15 +128,20 @@ def run(config: ExperimentConfig) -> dict:
         device = distributed.local_device(device)
         main = distributed.is_main()
         with run_lock(config.out) if main else contextlib.nullcontext(Path(config.out)) as out:
-            with distributed.together("loading the data"):
-                if (out / "metrics.json").exists() and not (config.resume or config.overwrite):
-                    raise ConfigError(f"{config.out} holds a finished run (metrics.json); resume "
-                                      "it (--resume), replace it (--overwrite), or choose "
-                                      "another --out")
-                binary = LIKELIHOODS[config.likelihood].data_kind == "binary"
-                data = datasets.load_dataset(config.dataset, config.data_dir, binarize=binary,
-                                             train_subset=config.train_subset,
-                                             test_subset=config.test_subset)
+            binary = LIKELIHOODS[config.likelihood].data_kind == "binary"
+            data = None
+            for turn in (0, 1):  # LOCAL_RANK 0 first: one rank per machine fetches missing files
+                with distributed.together("checking the run folder and loading the data"):
+                    if turn == 0 and main and (out / "metrics.json").exists() and not (
+                            config.resume or config.overwrite):
+                        raise ConfigError(f"{config.out} holds a finished run (metrics.json); "
+                                          "resume it (--resume), replace it (--overwrite), or "
+                                          "choose another --out")
+                    if (distributed.env_local_rank() == 0) == (turn == 0):
+                        data = datasets.load_dataset(config.dataset, config.data_dir,
+                                                     binarize=binary,
+                                                     train_subset=config.train_subset,
+                                                     test_subset=config.test_subset)
             metrics = _train_and_evaluate(config, data, binary, device, out, world)
         distributed.barrier()
     return metrics
