@@ -201,11 +201,13 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
             if resume and out_dir is None:
                 raise ConfigError("resume needs out_dir (the folder holding checkpoint.pt)")
             world, rank = distributed.world_size(), distributed.rank()
-            if batch_size % world or train_x.shape[0] < world:
+            if batch_size % world:
                 raise ConfigError(f"batch_size {batch_size} is the global batch of {world} ranks "
-                                  f"and must be a multiple of {world}, with at least {world} "
-                                  f"training examples (got {train_x.shape[0]}); pick "
-                                  "--batch-size accordingly")
+                                  f"and must be a multiple of {world}; each rank takes "
+                                  f"batch_size / {world} examples of it")
+            if train_x.shape[0] < world:
+                raise ConfigError(f"{train_x.shape[0]} training example(s) are too few for "
+                                  f"{world} ranks; give at least one per rank")
             out = None if out_dir is None else (stack.enter_context(run_lock(out_dir))
                                                 if distributed.is_main() else Path(out_dir))
             path = out / CHECKPOINT if out is not None else None

@@ -201,12 +201,22 @@ def _refuse(rank, out):
     except DataError as err:
         outcome = f"DataError: {err}"
     (out / f"refuse-{rank}.txt").write_text(outcome)
+    from pvae import fit
+    from pvae.errors import ConfigError
+
+    try:
+        fit(tiny_vae(), data(), epochs=1, batch_size=15, device="cpu", progress=False)
+    except ConfigError as err:
+        (out / f"batch-{rank}.txt").write_text(str(err))
 
 
 def test_an_error_on_one_rank_is_an_error_on_every_rank(spawned):
     assert (spawned / "refuse-1.txt").read_text() == "DataError: rank 1 cannot read its file"
     assert (spawned / "refuse-0.txt").read_text().startswith(
         "RankFailed: 1 other rank(s) failed while loading the data")
+    for rank in range(WORLD):  # the same refusal on every rank, before any collective training
+        assert (spawned / f"batch-{rank}.txt").read_text().startswith(
+            "batch_size 15 is the global batch of 2 ranks and must be a multiple of 2")
 
 
 def mild_guide(W, b, sigma):
