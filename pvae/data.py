@@ -11,7 +11,6 @@ import gzip
 import hashlib
 import logging
 import math
-import os
 import pickle
 import socket
 import struct
@@ -26,7 +25,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .errors import ConfigError, DataError
+from .errors import DataError
+from .parts import env_seconds
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,7 @@ def check_raw_files(data_dir: str | Path) -> None:
 
 def network_timeout() -> float:
     """Seconds one network step may wait: ``PVAE_NETWORK_TIMEOUT`` if set, else NETWORK_TIMEOUT."""
-    text = os.environ.get("PVAE_NETWORK_TIMEOUT", "").strip() or str(NETWORK_TIMEOUT)
-    try:
-        if 0 < float(text) < math.inf:
-            return float(text)
-    except ValueError:
-        pass
-    raise ConfigError(f"PVAE_NETWORK_TIMEOUT must be a positive number of seconds, got {text!r}; "
-                      f"fix it or unset it for the default {NETWORK_TIMEOUT:g}")
+    return env_seconds("PVAE_NETWORK_TIMEOUT", NETWORK_TIMEOUT)
 
 
 def convert_pickle(pkl_gz: bytes, data_dir: str | Path) -> None:

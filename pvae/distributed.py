@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import math
 import os
 from typing import Iterator, TypeVar
 
@@ -22,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import ConfigError, PvaeError
+from .parts import env_seconds
 
 TIMEOUT = 600.0
 """Seconds a collective waits for the other ranks (``PVAE_DIST_TIMEOUT`` overrides it)."""
@@ -34,40 +34,31 @@ class RankFailed(PvaeError):
 
 def timeout() -> float:
     """``PVAE_DIST_TIMEOUT`` in seconds if set, else :data:`TIMEOUT`."""
-    text = os.environ.get("PVAE_DIST_TIMEOUT", "").strip() or str(TIMEOUT)
+    return env_seconds("PVAE_DIST_TIMEOUT", TIMEOUT)
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip() or str(default)
     try:
-        if 0 < float(text) < math.inf:
-            return float(text)
+        return int(text)
     except ValueError:
-        pass
-    raise ConfigError(f"PVAE_DIST_TIMEOUT must be a positive number of seconds, got {text!r}")
+        raise ConfigError(f"{name} must be a whole number, got {text!r}; torchrun sets it") \
+            from None
 
 
 def env_world_size() -> int:
     """The ``WORLD_SIZE`` torchrun set for this process (1 when it is not set)."""
-    text = os.environ.get("WORLD_SIZE", "1").strip() or "1"
-    try:
-        return max(1, int(text))
-    except ValueError:
-        raise ConfigError(f"WORLD_SIZE must be a whole number, got {text!r}") from None
+    return max(1, _env_int("WORLD_SIZE", 1))
 
 
 def env_rank() -> int:
     """The ``RANK`` torchrun set for this process (0 when it is not set)."""
-    text = os.environ.get("RANK", "0").strip() or "0"
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(f"RANK must be a whole number, got {text!r}") from None
+    return _env_int("RANK", 0)
 
 
 def env_local_rank() -> int:
     """The ``LOCAL_RANK`` torchrun set for this process, its rank on its machine (0 if unset)."""
-    text = os.environ.get("LOCAL_RANK", "0").strip() or "0"
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(f"LOCAL_RANK must be a whole number, got {text!r}") from None
+    return _env_int("LOCAL_RANK", 0)
 
 
 @contextlib.contextmanager

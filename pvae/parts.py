@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import os
 from numbers import Integral, Real
 from typing import Any, Mapping, Protocol, runtime_checkable
 
@@ -108,6 +109,16 @@ def real_number(value: Any) -> float:
         return math.nan if isinstance(value, bool) else float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def env_seconds(name: str, default: float) -> float:
+    """The environment variable ``name`` as a positive finite number of seconds, ``default``
+    when it is unset or blank; ConfigError for anything else."""
+    text = os.environ.get(name, "").strip() or str(default)
+    if 0 < real_number(text) < math.inf:
+        return real_number(text)
+    raise ConfigError(f"{name} must be a positive number of seconds, got {text!r}; fix it or "
+                      f"unset it for the default {default:g}")
 
 
 def whole_number(name: str, value: Any) -> int:
