@@ -39,8 +39,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def run_guarded(fn: Callable[[], int]) -> int:
-    """Run ``fn``; print a PvaeError as one line (exit 2), Ctrl-C as exit 130."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    """Run ``fn``; print a PvaeError as one line (exit 2), Ctrl-C as exit 130. Under torchrun
+    only rank 0 logs progress; every rank prints its errors."""
+    logging.basicConfig(level=logging.INFO if distributed.env_rank() == 0 else logging.WARNING,
+                        format="%(message)s")
     try:
         return int(fn() or 0)
     except PvaeError as err:

@@ -161,9 +161,13 @@ def bounds(n: int, ranks: int | None = None) -> list[int]:
 def shard(x: T) -> T:
     """This rank's contiguous share of the examples along dim 0 of ``x`` (a tensor, array or
     sequence): rows ``bounds(len(x))[rank]`` up to the next rank's start. ``gather`` of a
-    per-example result of every rank's share is the result for all of ``x`` in order."""
+    per-example result of every rank's share is the result for all of ``x`` in order.
+    ConfigError (on every rank) if ``x`` has fewer examples than there are ranks."""
     if world_size() == 1:
         return x
+    if len(x) < world_size():
+        raise ConfigError(f"{len(x)} example(s) cannot be split across {world_size()} ranks; "
+                          "give at least one per rank")
     cut = bounds(len(x))
     return x[cut[rank()]:cut[rank() + 1]]
 

@@ -205,9 +205,10 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
                 raise ConfigError(f"batch_size {batch_size} is the global batch of {world} ranks "
                                   f"and must be a multiple of {world}; each rank takes "
                                   f"batch_size / {world} examples of it")
-            if train_x.shape[0] < world:
-                raise ConfigError(f"{train_x.shape[0]} training example(s) are too few for "
-                                  f"{world} ranks; give at least one per rank")
+            for name, x in (("training", train_x), ("test", test_x)):
+                if x is not None and x.shape[0] < world:
+                    raise ConfigError(f"{x.shape[0]} {name} example(s) are too few for {world} "
+                                      "ranks; give at least one per rank")
             out = None if out_dir is None else (stack.enter_context(run_lock(out_dir))
                                                 if distributed.is_main() else Path(out_dir))
             path = out / CHECKPOINT if out is not None else None
