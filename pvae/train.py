@@ -31,6 +31,8 @@ from .vae import VAE
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+UNRECORDED = ("image_shape", "dataset")
+"""VAEConfig fields that older checkpoints lack (None): they resume as MNIST's 28×28."""
 SEED_LIMIT = 2**32 - 1
 
 
@@ -328,10 +330,11 @@ def _resume(vae: VAE, optimizer, path: Path, settings: TrainSettings) -> TrainSt
         raise CheckpointError(f"{path} holds weights but no training state; it cannot be resumed")
     if vae.config is not None and ckpt.config is not None and ckpt.config != vae.config:
         old, new = ckpt.config.to_dict(), vae.config.to_dict()
-        detail = ", ".join(f"{k}: checkpoint {old[k]!r} vs now {new[k]!r}"
-                           for k in old if old[k] != new[k])
-        raise CheckpointError(f"cannot resume from {path}: {detail}; rerun with the checkpoint's "
-                              "flags or without --resume")
+        detail = ", ".join(f"{k}: checkpoint {old[k]!r} vs now {new[k]!r}" for k in old
+                           if old[k] != new[k] and not (k in UNRECORDED and old[k] is None))
+        if detail:
+            raise CheckpointError(f"cannot resume from {path}: {detail}; rerun with the "
+                                  "checkpoint's flags or without --resume")
     saved = ckpt.state.settings
     asked = dataclasses.replace(settings, seed=saved.seed) if settings.seed == -1 else settings
     check_settings(saved, asked, str(path.parent))

@@ -158,7 +158,7 @@ def test_the_conv_guide_and_decoder_fit_images_that_are_not_28_by_28(hw):
     vae = build_vae(guide="conv", decoder="conv", conv_channels=2, z_dim=2, hidden_dims=(8,),
                     x_dim=d, image_shape=hw)
     assert vae.q.net.body.hw == hw and vae.likelihood.decoder.hw == hw
-    x = torch.bernoulli(torch.full((40, d), 0.3, ).clamp(0, 1))
+    x = torch.bernoulli(torch.full((40, d), 0.3), generator=torch.Generator().manual_seed(0))
     state = fit(vae, x, epochs=1, batch_size=20, device="cpu", progress=False, seed=0)
     assert np.isfinite(state.history[-1].train_elbo)
     assert vae.reconstruct(x[:3]).shape == (3, d) and vae.sample(2).shape == (2, d)
@@ -190,3 +190,23 @@ def test_train_on_an_npz_then_evaluate_reloads_the_same_data_from_the_checkpoint
     scored = json.loads((tmp_path / "eval" / "metrics_eval.json").read_text())
     assert scored["n_test"] == 12 and scored["dataset"] == str(tmp_path / "d.npz")
     assert re.search(r"test images\s+12", done.stdout)
+
+
+def test_a_checkpoint_without_image_shape_or_dataset_resumes_and_another_dataset_does_not(
+        tmp_path):
+    from pvae.errors import CheckpointError
+    from pvae.vae import VAE, VAEConfig
+
+    x = torch.bernoulli(torch.full((40, 16), 0.3), generator=torch.Generator().manual_seed(0))
+    old = VAEConfig(z_dim=2, hidden_dims=(8,), x_dim=16)  # as written before these fields
+    torch.manual_seed(0)
+    fit(VAE.from_config(old), x, epochs=1, batch_size=20, out_dir=tmp_path, device="cpu",
+        progress=False, seed=0)
+    now = VAEConfig(z_dim=2, hidden_dims=(8,), x_dim=16, image_shape=(4, 4), dataset="a.npz")
+    state = fit(VAE.from_config(now), x, epochs=2, batch_size=20, out_dir=tmp_path,
+                resume=True, device="cpu", progress=False, seed=0)
+    assert state.epoch == 2
+    other = VAEConfig(z_dim=2, hidden_dims=(8,), x_dim=16, image_shape=(4, 4), dataset="b.npz")
+    with pytest.raises(CheckpointError, match="dataset: checkpoint 'a.npz' vs now 'b.npz'"):
+        fit(VAE.from_config(other), x, epochs=3, batch_size=20, out_dir=tmp_path, resume=True,
+            device="cpu", progress=False, seed=0)
