@@ -124,67 +124,63 @@ def run(config: ExperimentConfig) -> dict:
     ranks (:func:`evaluate_sharded`) and rank 0 alone writes files."""
     config.validate()
     device = resolve_device(config.device)
-    with distributed.process_group(device.type) as world:
-        device = distributed.local_device(device)
-        main = distributed.is_main()
-        with run_lock(config.out) if main else contextlib.nullcontext(Path(config.out)) as out:
-            binary = LIKELIHOODS[config.likelihood].data_kind == "binary"
-            data = None
-            for turn in (0, 1):  # LOCAL_RANK 0 first: one rank per machine fetches missing files
-                with distributed.together("checking the run folder and loading the data"):
-                    if turn == 0 and main and (out / "metrics.json").exists() and not (
-                            config.resume or config.overwrite):
-                        raise ConfigError(f"{config.out} holds a finished run (metrics.json); "
-                                          "resume it (--resume), replace it (--overwrite), or "
-                                          "choose another --out")
-                    if (distributed.env_local_rank() == 0) == (turn == 0):
-                        data = datasets.load_dataset(config.dataset, config.data_dir,
-                                                     binarize=binary,
-                                                     train_subset=config.train_subset,
-                                                     test_subset=config.test_subset)
-            metrics = _train_and_evaluate(config, data, binary, device, out, world)
+    with distributed.process_group(device.type) as world, _run_folder(config.out) as out:
+        device, main = distributed.local_device(device), distributed.is_main()
+        binary = LIKELIHOODS[config.likelihood].data_kind == "binary"
+        for turn in (0, 1):  # LOCAL_RANK 0 first: one rank per machine fetches missing files
+            with distributed.together("checking the run folder and loading the data"):
+                if turn == 0 and main and (out / "metrics.json").exists() and not (
+                        config.resume or config.overwrite):
+                    raise ConfigError(f"{config.out} holds a finished run (metrics.json); resume "
+                                      "it (--resume), replace it (--overwrite), or choose "
+                                      "another --out")
+                if (distributed.env_local_rank() == 0) == (turn == 0):
+                    data = datasets.load_dataset(config.dataset, config.data_dir,
+                                                 binarize=binary, train_subset=config.train_subset,
+                                                 test_subset=config.test_subset)
+        n_train = data.train_x.shape[0]
+        vae_config = config.vae_config(n_train if config.guide == "local" else None,
+                                       data.image_shape)
+        pyro.set_rng_seed(config.seed)
+        vae = VAE.from_config(vae_config, beta=config.beta)
+        state = fit(vae, data.train_x, epochs=config.epochs, batch_size=config.batch_size,
+                    lr=config.lr, loss=config.loss, num_particles=config.num_particles,
+                    beta_warmup_epochs=config.beta_warmup_epochs, binarize=binary,
+                    test_x=data.test_x, out_dir=out, resume=config.resume,
+                    overwrite=config.overwrite, device=str(device), seed=config.seed,
+                    progress=config.progress)
+        test_x = data.test_x.to(device)
+        metrics = {"epochs": state.epoch, "steps": state.step, "train_seconds": state.train_seconds,
+                   "train_elbo": state.history[-1].train_elbo if state.history else None,
+                   "history": [dataclasses.asdict(r) for r in state.history]}
+        if vae.amortized:
+            evaluation = evaluate_sharded(vae, test_x, num_samples=config.eval_samples,
+                                          chunk_size=config.chunk_size,
+                                          progress=config.progress and main)
+            if main:
+                plot_evaluation(evaluation, out / "evaluation.png")
+                np.save(out / PER_EXAMPLE_FILE, np.asarray(evaluation.log_px))
+            metrics.update(evaluation.to_metrics())
+        else:
+            log.warning("--guide %s owns parameters for the training images only and has no "
+                        "encoder for test images, so metrics.json has no test numbers: %s",
+                        config.guide, NO_TEST_EVALUATION)
+            metrics.update(EvalResult.missing_metrics())
+        metrics.update(n_train=n_train, likelihood_kind="discrete (binary pixels)" if binary else
+                       "density (continuous pixels): not comparable with binary log p(x)",
+                       config=config.to_dict(), vae=vae.config.to_dict(), beta=vae.beta,
+                       versions=versions(), device=str(device), world_size=world)
+        if main:
+            draw_figures(vae, test_x, data.test_y, state.history, out)
+            write_json(out / "metrics.json", metrics)
         distributed.barrier()
     return metrics
 
 
-def _train_and_evaluate(config: ExperimentConfig, data, binary: bool, device: torch.device,
-                        out: Path, world: int) -> dict:
-    main = distributed.is_main()
-    n_train = data.train_x.shape[0]
-    vae_config = config.vae_config(n_train if config.guide == "local" else None, data.image_shape)
-    pyro.set_rng_seed(config.seed)
-    vae = VAE.from_config(vae_config, beta=config.beta)
-    state = fit(vae, data.train_x, epochs=config.epochs, batch_size=config.batch_size,
-                lr=config.lr, loss=config.loss, num_particles=config.num_particles,
-                beta_warmup_epochs=config.beta_warmup_epochs, binarize=binary,
-                test_x=data.test_x, out_dir=out, resume=config.resume,
-                overwrite=config.overwrite, device=str(device), seed=config.seed,
-                progress=config.progress)
-    test_x = data.test_x.to(device)
-    metrics = {"epochs": state.epoch, "steps": state.step, "train_seconds": state.train_seconds,
-               "train_elbo": state.history[-1].train_elbo if state.history else None,
-               "history": [dataclasses.asdict(r) for r in state.history]}
-    if vae.amortized:
-        evaluation = evaluate_sharded(vae, test_x, num_samples=config.eval_samples,
-                                      chunk_size=config.chunk_size,
-                                      progress=config.progress and main)
-        if main:
-            plot_evaluation(evaluation, out / "evaluation.png")
-            np.save(out / PER_EXAMPLE_FILE, np.asarray(evaluation.log_px))
-        metrics.update(evaluation.to_metrics())
-    else:
-        log.warning("--guide %s owns parameters for the training images only and has no "
-                    "encoder for test images, so metrics.json has no test numbers: %s",
-                    config.guide, NO_TEST_EVALUATION)
-        metrics.update(EvalResult.missing_metrics())
-    metrics.update(n_train=n_train, likelihood_kind="discrete (binary pixels)" if binary else
-                   "density (continuous pixels): not comparable with binary log p(x)",
-                   config=config.to_dict(), vae=vae.config.to_dict(), beta=vae.beta,
-                   versions=versions(), device=str(device), world_size=world)
-    if main:
-        draw_figures(vae, test_x, data.test_y, state.history, out)
-        write_json(out / "metrics.json", metrics)
-    return metrics
+def _run_folder(out: str | Path):
+    """The run folder: locked by :func:`~pvae.files.run_lock` on rank 0; on the other ranks,
+    which write nothing, its path."""
+    return run_lock(out) if distributed.is_main() else contextlib.nullcontext(Path(out))
 
 
 def evaluate_sharded(vae: VAE, x: torch.Tensor, **kwargs) -> EvalResult:
