@@ -4,11 +4,12 @@ The modules ``pvae.evaluate`` (importance-sampled log p(x)), ``pvae.ais`` (annea
 importance sampling, BDMC) and ``pvae.compare`` keep their names: their main functions are
 ``pvae.evaluate.evaluate``, ``pvae.evaluate.ais`` and ``pvae.compare.compare``.
 """
-from . import ais, compare, evaluate
+from . import ais, compare, distributed, evaluate
 from .ais import AISResult, BDMCResult, ais_log_likelihood, bdmc
 from .amortization import GapReport, LocalFit, fit_local, gap_report, refine
 from .checkpoint import Checkpoint, load
 from .data import MNIST, load_mnist, synthetic
+from .datasets import Dataset, load_dataset
 from .errors import (CheckpointError, ConfigError, DataError, DivergenceError, PvaeError,
                      StorageError)
 from .evaluate import EvalResult, log_likelihood, psis_khat
@@ -34,7 +35,7 @@ __all__ = [
     "LocalGuide", "SemiAmortizedGuide", "fit_local", "refine", "gap_report", "LocalFit", "GapReport",
     "evaluate", "log_likelihood", "EvalResult", "psis_khat",
     "ais", "ais_log_likelihood", "bdmc", "AISResult", "BDMCResult",
-    "load_mnist", "MNIST", "synthetic",
+    "load_mnist", "MNIST", "synthetic", "load_dataset", "Dataset", "distributed",
     "ExperimentConfig", "run",
     "PvaeError", "DataError", "ConfigError", "CheckpointError", "DivergenceError", "StorageError",
 ]

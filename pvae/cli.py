@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pyro
 
-from . import checkpoint, data, experiment
+from . import checkpoint, datasets, distributed, experiment
 from .amortization import gap_report
 from .compare import compare, format_table, grid, option_names, parse_setting
 from .errors import ConfigError, PvaeError
@@ -42,8 +42,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def run_guarded(fn: Callable[[], int]) -> int:
-    """Run ``fn``; print a PvaeError as one line (exit 2), Ctrl-C as exit 130."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    """Run ``fn``; print a PvaeError as one line (exit 2), Ctrl-C as exit 130. Under torchrun
+    only rank 0 logs progress; every rank prints its errors."""
+    logging.basicConfig(level=logging.INFO if distributed.env_rank() == 0 else logging.WARNING,
+                        format="%(message)s")
     try:
         return int(fn() or 0)
     except PvaeError as err:
@@ -97,6 +99,10 @@ def add_shared_arguments(p, test_subset: int | None, subset_help: str, reads_che
         p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by pvae train")
     p.add_argument("--data-dir", default=d.data_dir,
                    help="where MNIST lives or is fetched to (default: %(default)s)")
+    p.add_argument("--dataset", default=None if reads_checkpoint else d.dataset,
+                   metavar="NAME|PATH", help="mnist, fashion-mnist, kmnist, or an .npy/.npz "
+                   "file or image folder of one's own (default: " + (
+                       "the checkpoint's)" if reads_checkpoint else "%(default)s)"))
     p.add_argument("--test-subset", type=positive_int, default=test_subset, metavar="N",
                    help=subset_help)
     p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
@@ -175,8 +181,11 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def run_experiment(args: argparse.Namespace) -> int:
-    """Train and evaluate a VAE on MNIST (the main job); print the summary table."""
+    """Train and evaluate a VAE on MNIST or another dataset (the main job); print the summary
+    table. Under torchrun every rank trains, rank 0 reports."""
     metrics = experiment.run(config_from_args(args))
+    if distributed.env_rank() != 0:  # under torchrun, rank 0 reports
+        return 0
     rows = [("epochs / steps", f"{metrics['epochs']} / {metrics['steps']}"),
             ("train seconds", f"{metrics['train_seconds']:.1f}"),
             ("train ELBO", format_number(metrics["train_elbo"]))]
@@ -195,9 +204,11 @@ def open_checkpoint(args: argparse.Namespace):
         raise ConfigError(f"the guide {vae.config.guide!r} has no encoder for test images; "
                           f"{NO_TEST_EVALUATION}")
     out = check_writable(args.out or Path(args.checkpoint).parent)
-    mnist = data.load_mnist(args.data_dir, binarize=vae.likelihood.data_kind == "binary",
-                            train_subset=1, test_subset=args.test_subset)
+    mnist = datasets.load_dataset(args.dataset or vae.config.dataset or "mnist", args.data_dir,
+                                  binarize=vae.likelihood.data_kind == "binary",
+                                  train_subset=1, test_subset=args.test_subset)
     record = {"checkpoint": str(args.checkpoint), "data_dir": str(args.data_dir),
+              "dataset": mnist.name,
               "seed": getattr(args, "seed", None), "device": str(vae.device),
               "versions": versions()}
     return vae, out, mnist, record, ckpt.state

@@ -11,7 +11,6 @@ import gzip
 import hashlib
 import logging
 import math
-import os
 import pickle
 import socket
 import struct
@@ -26,7 +25,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .errors import ConfigError, DataError
+from .errors import DataError
+from .parts import env_seconds
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,7 @@ def check_raw_files(data_dir: str | Path) -> None:
 
 def network_timeout() -> float:
     """Seconds one network step may wait: ``PVAE_NETWORK_TIMEOUT`` if set, else NETWORK_TIMEOUT."""
-    text = os.environ.get("PVAE_NETWORK_TIMEOUT", "").strip() or str(NETWORK_TIMEOUT)
-    try:
-        if 0 < float(text) < math.inf:
-            return float(text)
-    except ValueError:
-        pass
-    raise ConfigError(f"PVAE_NETWORK_TIMEOUT must be a positive number of seconds, got {text!r}; "
-                      f"fix it or unset it for the default {NETWORK_TIMEOUT:g}")
+    return env_seconds("PVAE_NETWORK_TIMEOUT", NETWORK_TIMEOUT)
 
 
 def convert_pickle(pkl_gz: bytes, data_dir: str | Path) -> None:
@@ -231,14 +224,24 @@ def load_mnist(data_dir: str | Path = "data", binarize: bool = True,
 
 
 def minibatches(x: torch.Tensor, batch_size: int, generator: torch.Generator,
-                binarize: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                binarize: bool = True, rank: int = 0,
+                world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(idx, x[idx])`` over one shuffled epoch; ``x[idx]`` binarized per batch if asked.
 
     ``x`` should already be on the training device; the permutation comes from ``generator``
-    (on the CPU) and the binarization from the global torch RNG of ``x``'s device."""
+    (on the CPU) and the binarization from the global torch RNG of ``x``'s device. With
+    ``world_size`` W > 1, rank ``rank`` takes every W-th entry of the permutation from its
+    ``rank``-th on (padded with its first entries to a multiple of W, as torch's
+    DistributedSampler does) in batches of ``batch_size // W``: the union of the ranks'
+    t-th batches is the t-th global batch of ``batch_size`` examples."""
     n = x.shape[0]
-    perm = torch.randperm(n, generator=generator).to(x.device)
-    for start in range(0, n, batch_size):
+    perm = torch.randperm(n, generator=generator)
+    if world_size > 1:
+        perm = perm.repeat(math.ceil((n + world_size - 1) / n))[:math.ceil(n / world_size)
+                                                                 * world_size]
+        perm, batch_size = perm[rank::world_size], batch_size // world_size
+    perm = perm.to(x.device)
+    for start in range(0, perm.shape[0], batch_size):
         idx = perm[start:start + batch_size]
         xb = x.index_select(0, idx)
         yield idx, (torch.bernoulli(xb) if binarize else xb)

@@ -1,6 +1,7 @@
 """One experiment from configuration to results: data → VAE → fit → evaluate → figures."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -13,7 +14,7 @@ import numpy as np
 import pyro
 import torch
 
-from . import data
+from . import datasets, distributed
 from .amortization import encoder_moments
 from .errors import ConfigError
 from .evaluate import EvalResult, ais, bdmc, evaluate
@@ -41,6 +42,7 @@ class ExperimentConfig:
     ``options`` carries part-specific settings (``num_components``, ...) to the parts."""
 
     data_dir: str = "data"
+    dataset: str = "mnist"
     out: str = "runs/mnist"
     epochs: int = 40
     batch_size: int = 100
@@ -96,11 +98,15 @@ class ExperimentConfig:
                               "replace it")
         return self
 
-    def vae_config(self, num_data: int | None) -> VAEConfig:
-        """The architecture these flags describe (784-pixel MNIST images)."""
+    def vae_config(self, num_data: int | None,
+                   image_shape: tuple[int, ...] = datasets.MNIST_SHAPE) -> VAEConfig:
+        """The architecture these flags describe for images of ``image_shape`` (H, W), or
+        (D,) for flattened data of D values (default: 28×28 MNIST)."""
         return VAEConfig(prior=self.prior, guide=self.guide, likelihood=self.likelihood,
-                         z_dim=self.z_dim, hidden_dims=self.hidden_dims, x_dim=784,
-                         activation=self.activation, num_data=num_data, options=self.options)
+                         z_dim=self.z_dim, hidden_dims=self.hidden_dims,
+                         x_dim=math.prod(image_shape), image_shape=tuple(image_shape),
+                         dataset=self.dataset, activation=self.activation, num_data=num_data,
+                         options=self.options)
 
     def to_dict(self) -> dict:
         """Every flag's value, JSON-ready (``metrics.json``'s ``config``)."""
@@ -121,39 +127,52 @@ def write_json(path: str | Path, obj: dict) -> None:
 
 
 def run(config: ExperimentConfig) -> dict:
-    """Train and evaluate one VAE on MNIST; write ``checkpoint.pt`` (every epoch), the figures
-    and ``metrics.json`` into ``config.out`` (locked; refused if it holds a finished run, unless
-    ``config.resume`` or ``config.overwrite``); return the metrics. ``pvae train`` runs this."""
+    """Train and evaluate one VAE on ``config.dataset``; write ``checkpoint.pt`` (every epoch),
+    the figures and ``metrics.json`` into ``config.out`` (locked; refused if it holds a
+    finished run, unless ``config.resume`` or ``config.overwrite``); return the metrics.
+    ``pvae train`` runs this. Under torchrun (``WORLD_SIZE`` > 1) every rank runs it: the
+    training is data-parallel (:func:`~pvae.train.fit`), the test set is split across the
+    ranks (:func:`evaluate_sharded`) and rank 0 alone writes files."""
     config.validate()
     device = resolve_device(config.device)
-    with run_lock(config.out) as out:
-        if (out / "metrics.json").exists() and not (config.resume or config.overwrite):
-            raise ConfigError(f"{config.out} holds a finished run (metrics.json); resume it "
-                              "(--resume), replace it (--overwrite), or choose another --out")
+    with distributed.process_group(device.type) as world, _run_folder(config.out) as out:
+        device, main = distributed.local_device(device), distributed.is_main()
         binary = LIKELIHOODS[config.likelihood].data_kind == "binary"
-        mnist = data.load_mnist(config.data_dir, binarize=binary,
-                                train_subset=config.train_subset, test_subset=config.test_subset)
-        n_train = mnist.train_x.shape[0]
-        vae_config = config.vae_config(n_train if config.guide == "local" else None)
+        for turn in (0, 1):  # LOCAL_RANK 0 first: one rank per machine fetches missing files
+            with distributed.together("checking the run folder and loading the data"):
+                if turn == 0 and main and (out / "metrics.json").exists() and not (
+                        config.resume or config.overwrite):
+                    raise ConfigError(f"{config.out} holds a finished run (metrics.json); resume "
+                                      "it (--resume), replace it (--overwrite), or choose "
+                                      "another --out")
+                if (distributed.env_local_rank() == 0) == (turn == 0):
+                    data = datasets.load_dataset(config.dataset, config.data_dir,
+                                                 binarize=binary, train_subset=config.train_subset,
+                                                 test_subset=config.test_subset)
+        n_train = data.train_x.shape[0]
+        vae_config = config.vae_config(n_train if config.guide == "local" else None,
+                                       data.image_shape)
         pyro.set_rng_seed(config.seed)
         vae = VAE.from_config(vae_config, beta=config.beta)
-        state = fit(vae, mnist.train_x, epochs=config.epochs, batch_size=config.batch_size,
+        state = fit(vae, data.train_x, epochs=config.epochs, batch_size=config.batch_size,
                     lr=config.lr, loss=config.loss, num_particles=config.num_particles,
                     beta_warmup_epochs=config.beta_warmup_epochs, binarize=binary,
-                    test_x=mnist.test_x, out_dir=out, resume=config.resume,
+                    test_x=data.test_x, out_dir=out, resume=config.resume,
                     overwrite=config.overwrite, device=str(device), seed=config.seed,
                     progress=config.progress)
-        test_x = mnist.test_x.to(device)
+        test_x = data.test_x.to(device)
         metrics = {"epochs": state.epoch, "steps": state.step, "train_seconds": state.train_seconds,
                    "train_elbo": state.history[-1].train_elbo if state.history else None,
                    "history": [dataclasses.asdict(r) for r in state.history]}
         if vae.amortized:
-            evaluation = evaluate(vae.model, vae.guide, test_x, num_samples=config.eval_samples,
-                                  chunk_size=config.chunk_size, progress=config.progress)
-            plot_evaluation(evaluation, out / "evaluation.png")
-            np.save(out / PER_EXAMPLE_FILE, np.asarray(evaluation.log_px))
+            evaluation = evaluate_sharded(vae, test_x, num_samples=config.eval_samples,
+                                          chunk_size=config.chunk_size,
+                                          progress=config.progress and main)
+            if main:
+                plot_evaluation(evaluation, out / "evaluation.png")
+                np.save(out / PER_EXAMPLE_FILE, np.asarray(evaluation.log_px))
             metrics.update(evaluation.to_metrics())
-            metrics.update(annealed(vae, test_x[:config.ais_subset], config, out))
+            metrics.update(annealed(vae, test_x[:config.ais_subset], config, out, main))
         else:
             log.warning("--guide %s owns parameters for the training images only and has no "
                         "encoder for test images, so metrics.json has no test numbers: %s",
@@ -162,28 +181,62 @@ def run(config: ExperimentConfig) -> dict:
         metrics.update(n_train=n_train, likelihood_kind="discrete (binary pixels)" if binary else
                        "density (continuous pixels): not comparable with binary log p(x)",
                        config=config.to_dict(), vae=vae.config.to_dict(), beta=vae.beta,
-                       versions=versions(), device=str(device))
-        draw_figures(vae, test_x, mnist.test_y, state.history, out)
-        write_json(out / "metrics.json", metrics)
+                       versions=versions(), device=str(device), world_size=world)
+        if main:
+            draw_figures(vae, test_x, data.test_y, state.history, out)
+            write_json(out / "metrics.json", metrics)
+        distributed.barrier()
     return metrics
 
 
-def annealed(vae, x: torch.Tensor, config: ExperimentConfig, out: Path) -> dict:
+def _run_folder(out: str | Path):
+    """The run folder: locked by :func:`~pvae.files.run_lock` on rank 0; on the other ranks,
+    which write nothing, its path."""
+    return run_lock(out) if distributed.is_main() else contextlib.nullcontext(Path(out))
+
+
+def gathered(result):
+    """A per-example result (:class:`~pvae.evaluate.EvalResult`, :class:`~pvae.ais.AISResult`,
+    :class:`~pvae.ais.BDMCResult`) of this rank's :func:`~pvae.distributed.shard` with every
+    per-example array gathered, in the order of the examples, on every rank (for one
+    process: ``result`` itself)."""
+    if distributed.world_size() == 1:
+        return result
+    changes = {}
+    for f in dataclasses.fields(result):
+        value = getattr(result, f.name)
+        if isinstance(value, (torch.Tensor, np.ndarray)):
+            changes[f.name] = distributed.gather(value)
+        elif dataclasses.is_dataclass(value):
+            changes[f.name] = gathered(value)
+    return dataclasses.replace(result, **changes)
+
+
+def evaluate_sharded(vae: VAE, x: torch.Tensor, **kwargs) -> EvalResult:
+    """:func:`pvae.evaluate.evaluate` of ``vae`` on ``x``, each rank scoring its
+    :func:`~pvae.distributed.shard` with its own draws, the results :func:`gathered`."""
+    return gathered(evaluate(vae.model, vae.guide, distributed.shard(x), **kwargs))
+
+
+def annealed(vae, x: torch.Tensor, config: ExperimentConfig, out: Path, main: bool) -> dict:
     """``--method ais``: AIS on ``x`` (``test_log_px_ais``, ...); ``bdmc``: also BDMC on as many
-    simulated images; ``is``: nothing. The metrics entries, with their figures written."""
+    simulated images; ``is``: nothing. Sharded across ranks like :func:`evaluate_sharded`;
+    the figures are written on rank 0 (``main``). Returns the metrics entries."""
     if config.method == "is":
         return {}
     budget = dict(num_steps=config.ais_steps, num_chains=config.ais_chains,
                   num_leapfrog=config.ais_leapfrog, chunk_size=config.chunk_size,
-                  progress=config.progress)
-    result = ais(vae.model, vae.guide, x, **budget)
-    np.save(out / AIS_PER_EXAMPLE_FILE, result.log_px.numpy())
-    plot_ais(result, out / "ais.png")
+                  progress=config.progress and main)
+    result = gathered(ais(vae.model, vae.guide, distributed.shard(x), **budget))
     metrics = result.to_metrics()
     if config.method == "bdmc":
-        sandwich = bdmc(vae.model, vae.guide, x, **budget)
-        plot_ais(sandwich, out / "bdmc.png")
+        sandwich = gathered(bdmc(vae.model, vae.guide, distributed.shard(x), **budget))
         metrics.update(sandwich.to_metrics())
+    if main:
+        np.save(out / AIS_PER_EXAMPLE_FILE, result.log_px.numpy())
+        plot_ais(result, out / "ais.png")
+        if config.method == "bdmc":
+            plot_ais(sandwich, out / "bdmc.png")
     return metrics
 
 
@@ -192,11 +245,12 @@ def draw_figures(vae, test_x: torch.Tensor, test_y: torch.Tensor, history,
                  out: Path) -> list[Path]:
     """Prior samples, the ELBO curves of ``history`` (if any) and, with an encoder, the
     reconstructions and latent embedding of ``test_x`` (at most 2000 images); the files."""
-    written = [plot_samples(vae.sample(64), out / "samples.png")]
+    shape = vae.config.image_shape if vae.config is not None else None
+    written = [plot_samples(vae.sample(64), out / "samples.png", image_shape=shape)]
     if vae.amortized:
         n = min(2000, test_x.shape[0])
         written.append(plot_reconstructions(test_x[:16], vae.reconstruct(test_x[:16]),
-                                            out / "reconstructions.png"))
+                                            out / "reconstructions.png", image_shape=shape))
         z, _ = encoder_moments(vae, test_x[:n])
         written.append(plot_latent(z, test_y[:n], out / "latent.png"))
     if history:

@@ -42,13 +42,15 @@ class NormalEncoder(_Guide):
 
 class ConvNormalEncoder(NormalEncoder):
     """The Normal encoder with a :class:`pvae.nets.ConvEncoder` (``conv_channels``) for the MLP:
-    x reshaped to one ``side×side`` channel (x_dim = 784 -> 28×28)."""
+    x reshaped to one H×W channel, ``image_shape`` (default: square, x_dim = 784 -> 28×28)."""
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
-                 activation: str = "tanh", *, conv_channels: int = 32):
+                 activation: str = "tanh", image_shape: Sequence[int] | None = None, *,
+                 conv_channels: int = 32):
         nn.Module.__init__(self)
         self.z_dim = int(z_dim)
-        body = ConvEncoder(x_dim, hidden_dims, 2 * self.z_dim, activation, conv_channels)
+        body = ConvEncoder(x_dim, hidden_dims, 2 * self.z_dim, activation, conv_channels,
+                           image_shape)
         self.net = Split(body, 2)
 
 

@@ -28,16 +28,18 @@ def _refuse(x: torch.Tensor, bad: torch.Tensor, likelihood: str, need: str, fix:
 
 class _Decoded(nn.Module):
     """Holds the decoder f: z → one distribution parameter per pixel: an MLP with widths
-    ``hidden_dims`` (``decoder="mlp"``) or a :class:`pvae.nets.ConvDecoder` for square
-    images (``"conv"``, with ``conv_channels``)."""
+    ``hidden_dims`` (``decoder="mlp"``) or a :class:`pvae.nets.ConvDecoder` for images of
+    ``image_shape`` (H, W; default: square) (``"conv"``, with ``conv_channels``)."""
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
-                 activation: str = "tanh", *, decoder: str = "mlp", conv_channels: int = 32):
+                 activation: str = "tanh", image_shape: Sequence[int] | None = None, *,
+                 decoder: str = "mlp", conv_channels: int = 32):
         super().__init__()
         if decoder not in ("mlp", "conv"):
             raise ConfigError(f"unknown decoder {decoder!r}; choose one of: mlp, conv")
         self.decoder = (mlp(z_dim, hidden_dims, x_dim, activation) if decoder == "mlp" else
-                        ConvDecoder(z_dim, hidden_dims, x_dim, activation, conv_channels))
+                        ConvDecoder(z_dim, hidden_dims, x_dim, activation, conv_channels,
+                                    image_shape))
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         """E[x|z] clipped to [0, 1], the image a figure shows: σ(f(z)) for the Bernoulli, f(z)
@@ -112,13 +114,14 @@ class Normal(_Decoded):
     MIN_SCALE = 1e-3
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
-                 activation: str = "tanh", *, decoder: str = "mlp", conv_channels: int = 32,
-                 likelihood_scale: float = 0.1, learn_scale: bool = False):
+                 activation: str = "tanh", image_shape: Sequence[int] | None = None, *,
+                 decoder: str = "mlp", conv_channels: int = 32, likelihood_scale: float = 0.1,
+                 learn_scale: bool = False):
         scale = float(likelihood_scale)
         if not scale > self.MIN_SCALE or not math.isfinite(scale):
             raise ConfigError(f"likelihood_scale must be a finite number > {self.MIN_SCALE}, "
                               f"got {likelihood_scale}")
-        super().__init__(z_dim, x_dim, hidden_dims, activation, decoder=decoder,
+        super().__init__(z_dim, x_dim, hidden_dims, activation, image_shape, decoder=decoder,
                          conv_channels=conv_channels)
         raw = torch.tensor(math.log(scale - self.MIN_SCALE))
         if learn_scale:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import os
 from numbers import Integral, Real
 from typing import Any, Mapping, Protocol, runtime_checkable
 
@@ -19,7 +20,7 @@ from pyro.distributions import Distribution
 
 from .errors import ConfigError
 
-SHARED = ("z_dim", "x_dim", "hidden_dims", "activation", "num_data", "guide")
+SHARED = ("z_dim", "x_dim", "hidden_dims", "activation", "num_data", "image_shape", "guide")
 """Constructor arguments that are not options: the VAE's sizes, and the guide for a prior."""
 
 
@@ -108,6 +109,16 @@ def real_number(value: Any) -> float:
         return math.nan if isinstance(value, bool) else float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def env_seconds(name: str, default: float) -> float:
+    """The environment variable ``name`` as a positive finite number of seconds, ``default``
+    when it is unset or blank; ConfigError for anything else."""
+    text = os.environ.get(name, "").strip() or str(default)
+    if 0 < real_number(text) < math.inf:
+        return real_number(text)
+    raise ConfigError(f"{name} must be a positive number of seconds, got {text!r}; fix it or "
+                      f"unset it for the default {default:g}")
 
 
 def whole_number(name: str, value: Any) -> int:

@@ -26,12 +26,22 @@ def _save(fig, path: str | Path, grid: str | None = None) -> Path:
     return path
 
 
+def image_hw(x_dim: int, image_shape: Sequence[int] | None = None) -> tuple[int, int]:
+    """How to draw one example of ``x_dim`` values: ``image_shape`` (H, W), else a square
+    if ``x_dim`` is a square number, else one row of ``x_dim`` pixels."""
+    if image_shape is not None and len(image_shape) == 2:
+        return int(image_shape[0]), int(image_shape[1])
+    side = int(round(x_dim ** 0.5))
+    return (side, side) if side * side == x_dim else (1, int(x_dim))
+
+
 def _image_grid(images: torch.Tensor, nrow: int, title: str, path: str | Path,
-                figsize: tuple[float, float]) -> Path:
+                figsize: tuple[float, float], image_shape: Sequence[int] | None) -> Path:
     from torchvision.utils import make_grid
 
     fig, ax = _plt().subplots(figsize=figsize)
-    grid = make_grid(images.detach().float().cpu().clamp(0, 1).reshape(-1, 1, 28, 28),
+    hw = image_hw(images.shape[-1], image_shape)
+    grid = make_grid(images.detach().float().cpu().clamp(0, 1).reshape(-1, 1, *hw),
                      nrow=nrow, padding=2, pad_value=0.0)[0].numpy()
     ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1)
     ax.set_axis_off()
@@ -40,17 +50,20 @@ def _image_grid(images: torch.Tensor, nrow: int, title: str, path: str | Path,
 
 
 def plot_reconstructions(x: torch.Tensor, recon: torch.Tensor, path: str | Path,
-                         n: int = 16) -> Path:
-    """Inputs (top row) above their reconstructions E[x|z], z ~ q(z|x) (bottom row)."""
+                         n: int = 16, image_shape: Sequence[int] | None = None) -> Path:
+    """Inputs (top row) above their reconstructions E[x|z], z ~ q(z|x) (bottom row), each
+    drawn as an image of ``image_shape`` (see :func:`image_hw`)."""
     n = min(n, x.shape[0])
     return _image_grid(torch.cat([x[:n], recon[:n]]), n, "test inputs (top) and "
-                       "reconstructions E[x|z], z ~ q(z|x) (bottom)", path, (n * 0.6, 1.5))
+                       "reconstructions E[x|z], z ~ q(z|x) (bottom)", path, (n * 0.6, 1.5),
+                       image_shape)
 
 
-def plot_samples(samples: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
-    """A grid of E[x|z] for z ~ p(z)."""
+def plot_samples(samples: torch.Tensor, path: str | Path, nrow: int = 8,
+                 image_shape: Sequence[int] | None = None) -> Path:
+    """A grid of E[x|z] for z ~ p(z), each drawn as an image of ``image_shape``."""
     return _image_grid(samples, nrow, "samples: E[x|z], z ~ p(z)", path,
-                       (nrow * 0.6, samples.shape[0] / nrow * 0.6 + 0.3))
+                       (nrow * 0.6, samples.shape[0] / nrow * 0.6 + 0.3), image_shape)
 
 
 def plot_latent(z: torch.Tensor, labels: torch.Tensor, path: str | Path) -> Path:

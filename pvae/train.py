@@ -17,9 +17,10 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer.util import torch_item
+from torch import nn
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .data import minibatches
 from .errors import CheckpointError, ConfigError, DataError, DivergenceError
 from .files import run_lock
@@ -30,6 +31,8 @@ from .vae import VAE
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+UNRECORDED = ("image_shape", "dataset")
+"""VAEConfig fields that older checkpoints lack (None): they resume as MNIST's 28×28."""
 SEED_LIMIT = 2**32 - 1
 
 
@@ -51,12 +54,14 @@ def mean_elbo(vae: VAE, x: torch.Tensor) -> float:
 
     Its draws come from forked RNGs, so evaluating during training leaves the training
     run's random stream, and hence its parameters, exactly as they would be without it.
+    In a data-parallel run each rank scores its :func:`~pvae.distributed.shard` of ``x``.
     """
     from .evaluate import log_likelihood
 
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        return float(log_likelihood(vae.model, vae.guide, x, num_samples=1).mean())
+        mine = log_likelihood(vae.model, vae.guide, distributed.shard(x), num_samples=1)
+        return float(distributed.gather(mine).mean())
 
 
 def make_optimizer(vae: VAE, lr: float) -> torch.optim.Adam:
@@ -69,15 +74,32 @@ def make_optimizer(vae: VAE, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr)
 
 
-def make_step(vae: VAE, objective: pyro.infer.ELBO,
-              optimizer: torch.optim.Optimizer) -> Callable[..., float]:
+class LossModule(nn.Module):
+    """``forward(*args)`` = ``scale`` · ``objective``'s differentiable loss of ``vae`` on the
+    batch: the module ``DistributedDataParallel`` wraps so that ``backward`` all-reduces
+    (averages) the gradients over the ranks."""
+
+    def __init__(self, vae: VAE, objective: pyro.infer.ELBO, scale: float = 1.0):
+        super().__init__()
+        self.vae, self.objective, self.scale = vae, objective, float(scale)
+
+    def forward(self, *args) -> torch.Tensor:
+        loss = self.objective.differentiable_loss(self.vae.model, self.vae.guide, *args)
+        return loss * self.scale if self.scale != 1.0 else loss
+
+
+def make_step(vae: VAE, objective: pyro.infer.ELBO, optimizer: torch.optim.Optimizer,
+              loss_module: nn.Module | None = None) -> Callable[..., float]:
     """Return ``step(*args) -> loss``: one gradient step on ``objective`` for ``vae``.
 
     The loss and gradients of ``pyro.infer.SVI(...).step``, without SVI's per-step param
     capture and per-parameter optimizers. The first step refuses (ConfigError) a free
     ``pyro.param``, one that is not a parameter of the VAE's modules: it would not be updated.
+    ``loss_module`` (a ``DistributedDataParallel`` around a :class:`LossModule`), if given,
+    computes the loss instead, and its backward pass all-reduces the gradients.
     """
     model, guide = vae.model, vae.guide
+    compute = loss_module or (lambda *args: objective.differentiable_loss(model, guide, *args))
     owned = {p for group in optimizer.param_groups for p in group["params"]}
     optimizer.zero_grad(set_to_none=True)
     checked = False
@@ -86,10 +108,10 @@ def make_step(vae: VAE, objective: pyro.infer.ELBO,
         nonlocal checked
         if checked:
             with vae.direct_params():
-                loss = objective.differentiable_loss(model, guide, *args)
+                loss = compute(*args)
         else:
             with poutine.trace(param_only=True) as capture, vae.direct_params():
-                loss = objective.differentiable_loss(model, guide, *args)
+                loss = compute(*args)
             for name, site in capture.trace.nodes.items():
                 value = site["value"]
                 if getattr(value, "unconstrained", lambda: value)() not in owned:
@@ -132,46 +154,71 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
     each epoch's shuffle; with None the RNGs are left alone and the shuffle seed is drawn from
     torch's. Pyro's param store is not touched. The VAE moves to ``device``, the data too.
 
+    In a joined process group of W ranks (:mod:`pvae.distributed`; each rank calls ``fit``
+    with the same arguments) the run is data-parallel: ``batch_size`` is the global batch,
+    each rank takes its ``batch_size / W`` examples of it (:func:`~pvae.data.minibatches`),
+    draws its own Monte Carlo noise (torch's RNGs seeded per rank and epoch) and the loss goes
+    through ``DistributedDataParallel``, whose averaged gradient is the global batch's: an
+    amortized VAE's per-rank loss is multiplied by W, and a local guide's ``"data"`` plate
+    keeps size N, so its N/B_rank scale does it. Rank 0 alone writes the checkpoint; every
+    rank reads it to resume; a NaN loss on any rank stops every rank.
+
     Returns the final :class:`~pvae.state.TrainState`; DivergenceError (keeping the last good
     checkpoint) if the loss or a parameter becomes NaN/Inf.
     """
-    epochs, batch_size = whole_number("epochs", epochs), whole_number("batch_size", batch_size)
-    num_particles = whole_number("num_particles", num_particles)
-    seed = None if seed is None else whole_number("seed", seed)
-    rate, warmup = real_number(lr), real_number(beta_warmup_epochs)
-    checks = (("epochs", epochs, epochs >= 0, ">= 0"),
-              ("batch_size", batch_size, batch_size >= 1, ">= 1"),
-              ("num_particles", num_particles, num_particles >= 1, ">= 1"),
-              ("lr", lr, math.isfinite(rate) and rate > 0, "a finite number > 0"),
-              ("beta_warmup_epochs", beta_warmup_epochs,
-               math.isfinite(warmup) and warmup >= 0, "a finite number >= 0"),
-              ("seed", seed, seed is None or 0 <= seed <= SEED_LIMIT, f"in [0, {SEED_LIMIT}]"))
-    for name, value, ok, what in checks:
-        if not ok:
-            raise ConfigError(f"{name} must be {what}, got {value!r}")
-    if resume and overwrite:
-        raise ConfigError("resume and overwrite exclude each other: continue the run or replace it")
-    dev = resolve_device(device)
-    binarize = vae.likelihood.data_kind == "binary" if binarize is None else bool(binarize)
-    dtype = next((p.dtype for p in vae.parameters() if p.is_floating_point()), torch.float32)
-    train_x = as_training_data(train_x, "the training data", dtype)
-    test_x = None if test_x is None else as_training_data(test_x, "the test data", dtype)
-    vae.check_data(train_x, probabilities=binarize)
-    if test_x is not None:
-        vae.check_data(test_x)
-    if not vae.amortized and vae.num_data != train_x.shape[0]:
-        raise ConfigError(f"the guide holds parameters for {vae.num_data} examples but the "
-                          f"training set has {train_x.shape[0]}; build it with "
-                          f"num_data={train_x.shape[0]}")
-    if resume and out_dir is None:
-        raise ConfigError("resume needs out_dir (the folder holding checkpoint.pt)")
-    with run_lock(out_dir) if out_dir is not None else contextlib.nullcontext() as out:
-        path = out / CHECKPOINT if out is not None else None
-        if path is not None and path.exists() and not (resume or overwrite):
-            raise ConfigError(f"{out} already holds a run's checkpoint; resume it (--resume), "
-                              "replace it (--overwrite), or choose another --out")
+    with contextlib.ExitStack() as stack:  # holds rank 0's lock on the run folder
+        with distributed.together("checking the arguments, the data and the run folder"):
+            epochs = whole_number("epochs", epochs)
+            batch_size = whole_number("batch_size", batch_size)
+            num_particles = whole_number("num_particles", num_particles)
+            seed = None if seed is None else whole_number("seed", seed)
+            rate, warmup = real_number(lr), real_number(beta_warmup_epochs)
+            checks = (("epochs", epochs, epochs >= 0, ">= 0"),
+                      ("batch_size", batch_size, batch_size >= 1, ">= 1"),
+                      ("num_particles", num_particles, num_particles >= 1, ">= 1"),
+                      ("lr", lr, math.isfinite(rate) and rate > 0, "a finite number > 0"),
+                      ("beta_warmup_epochs", beta_warmup_epochs,
+                       math.isfinite(warmup) and warmup >= 0, "a finite number >= 0"),
+                      ("seed", seed, seed is None or 0 <= seed <= SEED_LIMIT,
+                       f"in [0, {SEED_LIMIT}]"))
+            for name, value, ok, what in checks:
+                if not ok:
+                    raise ConfigError(f"{name} must be {what}, got {value!r}")
+            if resume and overwrite:
+                raise ConfigError("resume and overwrite exclude each other: continue the run or "
+                                  "replace it")
+            dev = distributed.local_device(resolve_device(device))
+            binarize = vae.likelihood.data_kind == "binary" if binarize is None else bool(binarize)
+            dtype = next((p.dtype for p in vae.parameters() if p.is_floating_point()),
+                         torch.float32)
+            train_x = as_training_data(train_x, "the training data", dtype)
+            test_x = None if test_x is None else as_training_data(test_x, "the test data", dtype)
+            vae.check_data(train_x, probabilities=binarize)
+            if test_x is not None:
+                vae.check_data(test_x)
+            if not vae.amortized and vae.num_data != train_x.shape[0]:
+                raise ConfigError(f"the guide holds parameters for {vae.num_data} examples but "
+                                  f"the training set has {train_x.shape[0]}; build it with "
+                                  f"num_data={train_x.shape[0]}")
+            if resume and out_dir is None:
+                raise ConfigError("resume needs out_dir (the folder holding checkpoint.pt)")
+            world, rank = distributed.world_size(), distributed.rank()
+            if batch_size % world:
+                raise ConfigError(f"batch_size {batch_size} is the global batch of {world} ranks "
+                                  f"and must be a multiple of {world}; each rank takes "
+                                  f"batch_size / {world} examples of it")
+            for name, x in (("training", train_x), ("test", test_x)):
+                if x is not None and x.shape[0] < world:
+                    raise ConfigError(f"{x.shape[0]} {name} example(s) are too few for {world} "
+                                      "ranks; give at least one per rank")
+            out = None if out_dir is None else (stack.enter_context(run_lock(out_dir))
+                                                if distributed.is_main() else Path(out_dir))
+            path = out / CHECKPOINT if out is not None else None
+            if path is not None and path.exists() and not (resume or overwrite):
+                raise ConfigError(f"{out} already holds a run's checkpoint; resume it "
+                                  "(--resume), replace it (--overwrite), or choose another --out")
         if seed is not None:
-            pyro.set_rng_seed(seed)
+            pyro.set_rng_seed((seed + rank) % (SEED_LIMIT + 1))
         settings = TrainSettings(batch_size=batch_size, lr=rate, loss=loss,
                                  num_particles=num_particles, beta=vae.beta,
                                  beta_warmup_epochs=warmup, binarize=binarize,
@@ -181,30 +228,51 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
         optimizer = make_optimizer(vae, rate)
         objective = make_loss(loss, num_particles)
         if resume:
-            state = _resume(vae, optimizer, path, settings)
+            with distributed.together("reading the checkpoint"):
+                state = _resume(vae, optimizer, path, settings)
         else:
             if seed is None:
                 settings = dataclasses.replace(settings, seed=int(torch.randint(0, SEED_LIMIT, ())))
             state = TrainState(0, 0, (), 0.0, settings, {}, {})
+            if world > 1:
+                state = dataclasses.replace(state, settings=dataclasses.replace(
+                    settings, seed=int(distributed.gather(torch.tensor([settings.seed]))[0])))
+        ddp = None
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            module = LossModule(vae, objective, scale=world if vae.amortized else 1.0)
+            ddp = DistributedDataParallel(module, device_ids=[dev] if dev.type == "cuda" else None)
         state = _train(vae, optimizer, objective, state, train_x.to(dev),
-                       test_x.to(dev) if test_x is not None else None, epochs, path, progress)
+                       test_x.to(dev) if test_x is not None else None, epochs, path,
+                       progress and distributed.is_main(), ddp)
     return state
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of rank ``rank``'s RNGs in ``epoch`` of a data-parallel run: distinct per rank,
+    and a function of (seed, epoch, rank) alone, so a resumed run draws the same noise."""
+    return ((seed * 1_000_003 + epoch) * 1_000_033 + rank) % (SEED_LIMIT + 1)
 
 
 def _train(vae: VAE, optimizer, objective, state: TrainState, train_x: torch.Tensor,
            test_x: torch.Tensor | None, epochs: int, path: Path | None,
-           progress: bool) -> TrainState:
+           progress: bool, ddp: nn.Module | None = None) -> TrainState:
     s = state.settings
-    step_fn = make_step(vae, objective, optimizer)
+    step_fn = make_step(vae, objective, optimizer, ddp)
     n = train_x.shape[0]
-    steps_per_epoch = math.ceil(n / s.batch_size)
+    world, rank = (distributed.world_size(), distributed.rank()) if ddp is not None else (1, 0)
+    steps_per_epoch = math.ceil(math.ceil(n / world) / (s.batch_size // world))
     warmup_steps = round(s.beta_warmup_epochs * steps_per_epoch)
     amortized = vae.amortized
     plate_size = None if amortized else vae.num_data
     history, step, train_seconds = list(state.history), state.step, state.train_seconds
     for epoch in range(state.epoch + 1, epochs + 1):
         gen = torch.Generator().manual_seed(s.seed * 1_000_003 + epoch)
-        batches = minibatches(train_x, s.batch_size, gen, binarize=s.binarize)
+        if ddp is not None:
+            pyro.set_rng_seed(epoch_seed(s.seed, epoch, rank))
+        batches = minibatches(train_x, s.batch_size, gen, binarize=s.binarize, rank=rank,
+                              world_size=world)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}",
                    disable=not progress, leave=False, dynamic_ncols=True)
         tic, total, seen = time.perf_counter(), 0.0, 0
@@ -214,10 +282,14 @@ def _train(vae: VAE, optimizer, objective, state: TrainState, train_x: torch.Ten
                     batch_loss = step_fn(*((xb,) if amortized else (xb, idx)))
                     kl_weight = vae.kl_weight
                 step += 1
-                if not math.isfinite(batch_loss):
-                    _diverged(f"the loss is {batch_loss}", epoch, step, path)
                 b = xb.shape[0]
-                total += batch_loss * (b / plate_size if plate_size else 1.0)
+                summed = batch_loss * (b / plate_size if plate_size else 1.0)  # Σ_i −ELBO_i
+                if ddp is not None:  # the global batch's sum; a NaN on any rank stops every rank
+                    summed, b = distributed.all_sum(summed / ddp.module.scale, b)
+                    b = int(b)
+                if not math.isfinite(summed):
+                    _diverged(f"the loss is {summed}", epoch, step, path)
+                total += summed
                 seen += b
                 if step % 10 == 0:
                     bar.set_postfix(elbo=f"{-total / seen:.2f}", beta=f"{kl_weight:.2f}")
@@ -234,7 +306,7 @@ def _train(vae: VAE, optimizer, objective, state: TrainState, train_x: torch.Ten
                  record.train_elbo, "n/a" if elbo is None else f"{elbo:.2f}", seconds)
         state = TrainState(epoch, step, tuple(history), train_seconds, s,
                            optimizer.state_dict(), rng_state())
-        if path is not None:
+        if path is not None and distributed.is_main():
             checkpoint.save(path, vae, state)
     return state
 
@@ -258,10 +330,11 @@ def _resume(vae: VAE, optimizer, path: Path, settings: TrainSettings) -> TrainSt
         raise CheckpointError(f"{path} holds weights but no training state; it cannot be resumed")
     if vae.config is not None and ckpt.config is not None and ckpt.config != vae.config:
         old, new = ckpt.config.to_dict(), vae.config.to_dict()
-        detail = ", ".join(f"{k}: checkpoint {old[k]!r} vs now {new[k]!r}"
-                           for k in old if old[k] != new[k])
-        raise CheckpointError(f"cannot resume from {path}: {detail}; rerun with the checkpoint's "
-                              "flags or without --resume")
+        detail = ", ".join(f"{k}: checkpoint {old[k]!r} vs now {new[k]!r}" for k in old
+                           if old[k] != new[k] and not (k in UNRECORDED and old[k] is None))
+        if detail:
+            raise CheckpointError(f"cannot resume from {path}: {detail}; rerun with the "
+                                  "checkpoint's flags or without --resume")
     saved = ckpt.state.settings
     asked = dataclasses.replace(settings, seed=saved.seed) if settings.seed == -1 else settings
     check_settings(saved, asked, str(path.parent))

@@ -55,6 +55,9 @@ class VAEConfig:
     Frozen and checked on creation (unknown names, sizes that are not positive whole
     numbers and options no chosen part declares are ConfigErrors); ``options`` is read-only,
     each value of its declared type. β weights the objective and lives on the VAE.
+    ``image_shape`` is the shape of one example before flattening, (H, W) or (x_dim,)
+    (None: a square image if x_dim is a square number); ``dataset`` names the data the VAE
+    is trained on (``mnist``, ``fashion-mnist``, ``kmnist`` or a path), for reloading it.
     """
 
     prior: str = "standard"
@@ -66,6 +69,8 @@ class VAEConfig:
     activation: str = "tanh"
     num_data: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    image_shape: tuple[int, ...] | None = None
+    dataset: str | None = None
 
     def __post_init__(self) -> None:
         for role, registry in {**REGISTRIES, "activation": ACTIVATIONS}.items():
@@ -82,6 +87,15 @@ class VAEConfig:
                                   f"got {getattr(self, name)!r}")
             object.__setattr__(self, name, values if name == "hidden_dims" else
                                (values[0] if values else None))
+        if self.image_shape is not None:
+            shape = coerce_option("image_shape", self.image_shape, ())
+            shape = tuple(whole_number("image_shape", v) for v in shape)
+            if not 1 <= len(shape) <= 2 or min(shape) < 1 or math.prod(shape) != self.x_dim:
+                raise ConfigError(f"image_shape must be (H, W) or (x_dim,) with H·W = x_dim = "
+                                  f"{self.x_dim}, got {self.image_shape!r}")
+            object.__setattr__(self, "image_shape", shape)
+        if self.dataset is not None and not isinstance(self.dataset, str):
+            raise ConfigError(f"dataset must be a name or a path, got {self.dataset!r}")
         if not isinstance(self.options, Mapping):
             raise ConfigError(f"options must be a mapping of names to values, got {self.options!r}")
         merged = {k: v for opts in self.part_options().values() for k, v in opts.items()}
@@ -100,6 +114,7 @@ class VAEConfig:
         """A plain dict of str/int/float/bool/list values (JSON and checkpoint safe)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["hidden_dims"] = list(self.hidden_dims)
+        out["image_shape"] = None if self.image_shape is None else list(self.image_shape)
         out["options"] = {k: list(v) if isinstance(v, tuple) else v
                           for k, v in self.options.items()}
         return out
@@ -116,7 +131,8 @@ class VAEConfig:
     def build(self) -> tuple[nn.Module, nn.Module, nn.Module]:
         """New ``(prior, likelihood, guide)`` modules; the guide is handed to the prior."""
         shared = {"z_dim": self.z_dim, "x_dim": self.x_dim, "hidden_dims": self.hidden_dims,
-                  "activation": self.activation, "num_data": self.num_data}
+                  "activation": self.activation, "num_data": self.num_data,
+                  "image_shape": self.image_shape}
         options = self.part_options()
         made: dict[str, nn.Module] = {}
         for role in ("guide", "prior", "likelihood"):
@@ -288,14 +304,16 @@ class VAE(PyroModule):
 def build_vae(prior: str = "standard", guide: str = "mlp", likelihood: str = "bernoulli",
               z_dim: int = 50, hidden_dims: Sequence[int] = (200, 200), x_dim: int = 784,
               activation: str = "tanh", num_data: int | None = None, beta: float = 1.0,
-              **options: Any) -> VAE:
+              image_shape: Sequence[int] | None = None, **options: Any) -> VAE:
     """Build a :class:`VAE` from registry names; the default is the IWAE paper's 1-layer VAE.
 
     The arguments become ``vae.config``; ``options`` go to the parts that declare them
     (e.g. ``num_components`` of the ``mog`` prior, ``conv_channels`` of a ``conv`` guide and
-    decoder).
+    decoder). ``image_shape`` (H, W) with H·W = ``x_dim`` shapes the convolutional nets and
+    the figures of non-square images.
     """
     config = VAEConfig(prior=prior, guide=guide, likelihood=likelihood, z_dim=z_dim,
                        hidden_dims=hidden_dims, x_dim=x_dim, activation=activation,
-                       num_data=num_data, options=options)
+                       num_data=num_data, options=options,
+                       image_shape=None if image_shape is None else tuple(image_shape))
     return VAE.from_config(config, beta=beta)

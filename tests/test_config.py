@@ -100,10 +100,10 @@ def test_no_public_function_shadows_a_module():
     assert isinstance(ev, types.ModuleType) and callable(ev.evaluate) and callable(ev.log_likelihood)
 
 
-LAYERS = ["errors", "parts", "nets", "files", "state", "weights", "diagnostics", "localfit",
-          "priors", "likelihoods", "guides", "vae", "checkpoint", "objectives", "ais", "evaluate",
-          "amortization",
-          "data", "train", "plotting", "experiment", "compare", "cli"]
+LAYERS = ["errors", "parts", "nets", "files", "distributed", "state", "weights", "diagnostics",
+          "localfit", "priors", "likelihoods", "guides", "vae", "checkpoint", "objectives", "ais",
+          "evaluate", "amortization", "data", "datasets", "train", "plotting", "experiment",
+          "compare", "cli"]
 
 
 def test_modules_import_only_downward_and_no_private_names():

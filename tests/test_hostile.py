@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -127,7 +128,22 @@ CLI_CASES = [
                                                  "--method", "hmc"], "--method: invalid choice"),
     ("plot-bad-device", lambda r, m, t: ["plot", "--checkpoint", r / "checkpoint.pt",
                                          "--device", "tpu"], "--device: invalid choice"),
+    ("dataset-wrong-shape", lambda r, m, t: _own(t, np.zeros((20, 4, 4, 3))),
+     r"x.npy has shape \(20, 4, 4, 3\); expected images"),
+    ("dataset-nan", lambda r, m, t: _own(t, np.full((20, 16), np.nan)),
+     "x.npy contains 320 NaN/Inf values"),
+    ("dataset-out-of-range", lambda r, m, t: _own(t, np.full((20, 16), 256)),
+     r"x.npy has values in \[256, 256\]; images must lie in \[0, 1\] or be whole numbers"),
+    ("dataset-empty", lambda r, m, t: _own(t, np.zeros((0, 16))), "x.npy is empty"),
+    ("dataset-missing", lambda r, m, t: ["train", "--dataset", t / "none.npz", "--out",
+                                         t / "o", *TINY], "none.npz: no such file or folder"),
 ]
+
+
+def _own(tmp: Path, array) -> list:
+    """``pvae train`` on the user's own .npy file holding ``array``."""
+    np.save(tmp / "x.npy", array)
+    return ["train", "--dataset", tmp / "x.npy", "--out", tmp / "o", *TINY]
 
 
 def _write(path: Path, data: bytes) -> Path:
