@@ -228,7 +228,8 @@ def _evaluate(rank, out):
     import pyro
 
     from pvae import distributed
-    from pvae.experiment import evaluate_sharded
+    from pvae.evaluate import ais
+    from pvae.experiment import evaluate_sharded, gathered
 
     W, b, sigma = make_problem(z_dim=2, x_dim=5, sigma=0.5)
     x = sample_data(W, b, sigma, 101)
@@ -236,9 +237,12 @@ def _evaluate(rank, out):
     exact = evaluate_sharded(make_vae(W, b, sigma), x, num_samples=20, progress=False)
     shifted = evaluate_sharded(make_vae(W, b, sigma, mild_guide(W, b, sigma)), x,
                                num_samples=200, progress=False)
+    vae = make_vae(W, b, sigma)
+    annealed = gathered(ais(vae.model, vae.guide, distributed.shard(x), num_steps=3,
+                            num_chains=2, num_leapfrog=2))
     order = distributed.gather(distributed.shard(torch.arange(7.0)) * 10)
     order_np = distributed.gather(distributed.shard(np.arange(7)) + 1)
-    torch.save({"exact": exact, "shifted": shifted, "order": order, "order_np": order_np,
+    torch.save({"exact": exact, "shifted": shifted, "annealed": annealed, "order": order, "order_np": order_np,
                 "shard": len(distributed.shard(x))}, out / f"eval-{rank}.pt")
 
 
@@ -260,6 +264,9 @@ def test_sharded_evaluation_equals_unsharded(spawned):
         assert r["exact"].n == 101
         np.testing.assert_allclose(r["exact"].log_px, truth, rtol=0, atol=1e-8)
         np.testing.assert_array_equal(r["shifted"].log_px, ranks[0]["shifted"].log_px)
+        # AIS from the exact posterior is exact too: gathered in order, every example once
+        assert r["annealed"].n == 101 and r["annealed"].log_weights.shape == (101, 2)
+        np.testing.assert_allclose(r["annealed"].log_px.numpy(), truth, rtol=0, atol=1e-8)
     pyro.set_rng_seed(11)
     vae = make_vae(W, b, sigma, mild_guide(W, b, sigma))
     whole = evaluate(vae.model, vae.guide, x, num_samples=200, progress=False)
