@@ -214,6 +214,9 @@ def gap_report(vae, x: torch.Tensor, *, n: int | None = None, num_samples: int =
     if not vae.amortized:
         raise ConfigError("the amortization gap needs an amortized guide; this VAE's guide owns "
                           "per-example parameters (train with --guide mlp)")
+    if getattr(vae, "upper", None) is not None:
+        raise ConfigError("the amortization gap is implemented for one stochastic layer; this "
+                          "VAE has two (its local q* would need q(z2|z) as well)")
     if log_px_proposal not in ("mixture", "amortized", "local"):
         raise ConfigError(f"log_px_proposal must be 'mixture', 'amortized' or 'local', "
                           f"got {log_px_proposal!r}")

@@ -121,6 +121,9 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hidden-dims", type=positive_int, nargs="+", default=list(d.hidden_dims),
                    metavar="H", help="hidden widths of encoder and decoder MLPs")
     g.add_argument("--activation", default=d.activation, choices=sorted(ACTIVATIONS))
+    g.add_argument("--stochastic-layers", type=int, default=d.stochastic_layers, choices=[1, 2],
+                   help="2: the IWAE paper's two-layer model, z2 (50) -> (100, 100) -> z "
+                        "(--z-dim, 100 in the paper)")
     g = p.add_argument_group("part options (for the prior, guide or likelihood that takes them)")
     g.add_argument("--num-components", type=positive_int, help="mog prior: mixture components")
     g.add_argument("--num-pseudo-inputs", type=positive_int, help="vamp prior: pseudo-inputs")

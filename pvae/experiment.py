@@ -45,6 +45,7 @@ class ExperimentConfig:
     z_dim: int = 50
     hidden_dims: tuple[int, ...] = (200, 200)
     activation: str = "tanh"
+    stochastic_layers: int = 1
     seed: int = 0
     device: str = "auto"
     train_subset: int | None = None
@@ -89,7 +90,8 @@ class ExperimentConfig:
         """The architecture these flags describe (784-pixel MNIST images)."""
         return VAEConfig(prior=self.prior, guide=self.guide, likelihood=self.likelihood,
                          z_dim=self.z_dim, hidden_dims=self.hidden_dims, x_dim=784,
-                         activation=self.activation, num_data=num_data, options=self.options)
+                         activation=self.activation, num_data=num_data,
+                         stochastic_layers=self.stochastic_layers, options=self.options)
 
     def to_dict(self) -> dict:
         """Every flag's value, JSON-ready (``metrics.json``'s ``config``)."""

@@ -101,8 +101,8 @@ def test_no_public_function_shadows_a_module():
 
 
 LAYERS = ["errors", "parts", "nets", "files", "state", "weights", "localfit", "priors",
-          "likelihoods", "guides", "vae", "checkpoint", "objectives", "evaluate", "amortization",
-          "data", "train", "plotting", "experiment", "compare", "cli"]
+          "likelihoods", "guides", "hierarchy", "vae", "checkpoint", "objectives", "evaluate",
+          "amortization", "data", "train", "plotting", "experiment", "compare", "cli"]
 
 
 def test_modules_import_only_downward_and_no_private_names():
