@@ -27,6 +27,7 @@ from .files import check_writable
 from .nets import ACTIVATIONS
 from .objectives import OBJECTIVES
 from .plotting import plot_evaluation, plot_gap
+from .recipes import RECIPES
 from .train import resolve_device
 from .vae import REGISTRIES
 
@@ -141,6 +142,9 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> None:
                    help="normal likelihood: learn one shared σ")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=positive_int, default=d.epochs)
+    g.add_argument("--recipe", default=d.recipe, choices=list(RECIPES),
+                   help="the training schedule (docs: recipes): " + "; ".join(
+                       f"{r.name}: {r.summary}" for r in RECIPES.values()))
     g.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     g.add_argument("--lr", type=positive_float, default=d.lr)
     g.add_argument("--loss", default=d.loss, choices=sorted(OBJECTIVES))

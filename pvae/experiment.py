@@ -21,6 +21,7 @@ from .files import atomic_write, run_lock
 from .likelihoods import LIKELIHOODS
 from .plotting import (plot_elbo_curves, plot_evaluation, plot_latent, plot_reconstructions,
                        plot_samples)
+from .recipes import check_overrides, get_recipe, warmup_epochs
 from .train import fit, resolve_device
 from .vae import VAE, VAEConfig
 
@@ -61,12 +62,15 @@ class ExperimentConfig:
     num_particles: int = 1
     beta: float = 1.0
     beta_warmup_epochs: float = 0.0
+    recipe: str = "quick"
     progress: bool = True
     options: dict = field(default_factory=dict)
 
     def validate(self) -> "ExperimentConfig":
         """Raise ConfigError for a nonsensical setting, naming the flag and what it accepts."""
         self.vae_config(None)
+        check_overrides(get_recipe(self.recipe), self.lr, self.beta_warmup_epochs,
+                        ExperimentConfig.lr)
         checks = [("--epochs", self.epochs >= 1, "at least 1"),
                   ("--batch-size", self.batch_size >= 1, "at least 1"),
                   ("--lr", math.isfinite(self.lr) and self.lr > 0, "a finite number > 0"),
@@ -128,9 +132,15 @@ def run(config: ExperimentConfig) -> dict:
         vae_config = config.vae_config(n_train if config.guide == "local" else None)
         pyro.set_rng_seed(config.seed)
         vae = VAE.from_config(vae_config, beta=config.beta)
+        recipe = get_recipe(config.recipe)
+        if recipe.pseudo_inputs == "data" and hasattr(vae.prior, "start_at"):
+            vae.prior.start_at(mnist.train_x, torch.Generator().manual_seed(config.seed))
         state = fit(vae, mnist.train_x, epochs=config.epochs, batch_size=config.batch_size,
-                    lr=config.lr, loss=config.loss, num_particles=config.num_particles,
-                    beta_warmup_epochs=config.beta_warmup_epochs, binarize=binary,
+                    lr=recipe.lr or config.lr, loss=config.loss,
+                    num_particles=config.num_particles, adam_eps=recipe.adam_eps,
+                    lr_schedule=recipe.lr_schedule, schedule_epochs=config.epochs,
+                    beta_warmup_epochs=warmup_epochs(recipe, config.epochs,
+                                                     config.beta_warmup_epochs), binarize=binary,
                     test_x=mnist.test_x, out_dir=out, resume=config.resume,
                     overwrite=config.overwrite, device=str(device), seed=config.seed,
                     progress=config.progress)

@@ -121,6 +121,19 @@ class VampPrior(nn.Module):
         init = (0.05 if self.bounded else 0.0) + 0.01 * torch.randn(k, int(x_dim))
         self.raw_pseudo_inputs = nn.Parameter(init)
 
+    @torch.no_grad()
+    def start_at(self, images: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Set the K pseudo-inputs to K distinct rows of ``images`` (values in [0, 1]), drawn
+        with ``generator``: the VampPrior starts as a mixture over the encoder at real data."""
+        k = self.raw_pseudo_inputs.shape[0]
+        if images.dim() != 2 or images.shape[0] < k or images.shape[1] != \
+                self.raw_pseudo_inputs.shape[1]:
+            raise ConfigError(f"starting {k} pseudo-inputs at training images needs at least "
+                              f"{k} images of {self.raw_pseudo_inputs.shape[1]} values, got "
+                              f"shape {tuple(images.shape)}; use fewer pseudo-inputs")
+        rows = torch.randperm(images.shape[0], generator=generator)[:k]
+        self.raw_pseudo_inputs.copy_(images[rows].to(self.raw_pseudo_inputs))
+
     @property
     def pseudo_inputs(self) -> torch.Tensor:
         """The K pseudo-inputs u_k, shape ``(K, x_dim)``."""

@@ -100,9 +100,9 @@ def test_no_public_function_shadows_a_module():
     assert isinstance(ev, types.ModuleType) and callable(ev.evaluate) and callable(ev.log_likelihood)
 
 
-LAYERS = ["errors", "parts", "nets", "files", "state", "weights", "localfit", "priors",
-          "likelihoods", "guides", "hierarchy", "vae", "checkpoint", "objectives", "evaluate",
-          "amortization", "data", "train", "plotting", "experiment", "compare", "cli"]
+LAYERS = ["errors", "parts", "nets", "files", "state", "weights", "localfit", "recipes",
+          "priors", "likelihoods", "guides", "hierarchy", "vae", "checkpoint", "objectives",
+          "evaluate", "amortization", "data", "train", "plotting", "experiment", "compare", "cli"]
 
 
 def test_modules_import_only_downward_and_no_private_names():
