@@ -143,10 +143,31 @@ class VampPrior(nn.Module):
     def forward(self) -> dist.Distribution:
         components = self.encoder(self.pseudo_inputs)
         logits = self.raw_pseudo_inputs.new_zeros(self.raw_pseudo_inputs.shape[0])
+        flows = shared_flows(components)
+        if flows:
+            components = components.base_dist
         base = getattr(components, "base_dist", None)
         if isinstance(base, dist.Normal) and components.reinterpreted_batch_ndims == 1:
-            return DiagonalNormalMixture(logits, base.loc, base.scale)
-        return dist.MixtureSameFamily(dist.Categorical(logits=logits), components)
+            mixture = DiagonalNormalMixture(logits, base.loc, base.scale)
+        else:
+            mixture = dist.MixtureSameFamily(dist.Categorical(logits=logits), components)
+        return dist.TransformedDistribution(mixture, flows) if flows else mixture
+
+
+def shared_flows(q: dist.Distribution) -> list:
+    """The transforms f of a guide's ``TransformedDistribution(q0(z0|x), f)`` when every one is
+    a parameter-holding ``TransformModule`` (the same map for all x, as in the IAF guide), else [].
+
+    Then (1/K) Σ_k q(z|u_k) is the push-forward by f of the mixture (1/K) Σ_k q0(z0|u_k), since
+    each component's density is q0(f⁻¹(z)|u_k)·|det ∂f⁻¹/∂z| with one shared Jacobian. Its
+    ``log_prob`` at a guide sample z = f(z0) reuses the flows' cached z0; the mixture of
+    flows instead inverted f afresh, one latent coordinate after another (``z_dim`` passes
+    whose errors and gradients multiply by up to e⁵ per coordinate, see the VampPrior notes
+    of the docs)."""
+    if not isinstance(q, dist.TransformedDistribution):
+        return []
+    flows = list(q.transforms)
+    return flows if all(isinstance(t, dist.TransformModule) for t in flows) else []
 
 
 class FlowPrior(StandardNormal):
