@@ -159,7 +159,7 @@ def shared_flows(q: dist.Distribution) -> list:
     a parameter-holding ``TransformModule`` (the same map for all x, as in the IAF guide), else [].
 
     Then (1/K) Σ_k q(z|u_k) is the push-forward by f of the mixture (1/K) Σ_k q0(z0|u_k), since
-    each component's density is q0(f⁻¹(z)|u_k)·|det ∂f⁻¹/∂z| with one shared Jacobian. Its
+    each component's density is q0(f⁻¹(z)|u_k)·abs(det ∂f⁻¹/∂z) with one shared Jacobian. Its
     ``log_prob`` at a guide sample z = f(z0) reuses the flows' cached z0; the mixture of
     flows instead inverted f afresh, one latent coordinate after another (``z_dim`` passes
     whose errors and gradients multiply by up to e⁵ per coordinate, see the VampPrior notes
