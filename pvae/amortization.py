@@ -6,8 +6,11 @@ the ELBO L[q] = E_q[log p(x, z) − log q(z|x)] splits in two (Cremer, Li & Duve
     log p(x) − L[q] = (log p(x) − L[q*]) + (L[q*] − L[q])
                        approximation gap    amortization gap
 
-where q* is the best diagonal Gaussian for this one x, fitted per example with the decoder
-frozen (:func:`fit_local`); :func:`refine` and :class:`pvae.guides.SemiAmortizedGuide` sit in
+where q* is the best member of the guide's own family for this one x, fitted per example
+with the decoder frozen (:func:`fit_local`): a diagonal Gaussian, or for a guide whose flow
+f is shared by all x (the IAF guide) f applied to a diagonal Gaussian, the family q(z|x)
+itself chooses from, so that L[q] ≤ L[q*] up to the fit; :func:`refine` and
+:class:`pvae.guides.SemiAmortizedGuide` sit in
 between (Kim et al. 2018). Every ELBO here is the β = 1 bound; ``x`` moves to the model's
 device (:func:`pvae.weights.prepare_examples`) and results live there."""
 from __future__ import annotations
@@ -24,13 +27,18 @@ import torch
 from .errors import ConfigError, DataError
 from .evaluate import DEFAULT_CHUNK_SIZE, log_likelihood
 from .localfit import local_guide, optimise_local
+from .priors import shared_flows
 from .weights import check_count, check_pair, log_weights, prepare_examples
+
+
+FAMILIES = {"normal": "diagonal Normal", "flow": "the guide's flow of a diagonal Normal"}
 
 
 @dataclass(frozen=True)
 class LocalFit:
-    """q*(z_n) = N(loc_n, diag scale_n²) and L[q*] for each of B examples, and the steps,
-    convergence, window means (:func:`pvae.localfit.optimise_local`) and wall time of the fit."""
+    """q*(z_n) = N(loc_n, diag scale_n²) (``family`` "flow": pushed through the guide's shared
+    flow) and L[q*] for each of B examples, and the steps, convergence, window means
+    (:func:`pvae.localfit.optimise_local`) and wall time of the fit."""
 
     loc: torch.Tensor
     scale: torch.Tensor
@@ -39,6 +47,7 @@ class LocalFit:
     converged: bool
     history: tuple[float, ...]
     seconds: float
+    family: str = "normal"
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class GapReport:
     elbo_samples: int
     local_steps: int
     local_converged: bool
+    local_family: str = "normal"
 
     @property
     def n(self) -> int:
@@ -90,7 +100,8 @@ class GapReport:
                    seconds_per_example_local=self.seconds_local / self.n,
                    log_px_proposal=self.log_px_proposal, num_samples=self.num_samples,
                    elbo_samples=self.elbo_samples, local_steps=self.local_steps,
-                   local_converged=self.local_converged)
+                   local_converged=self.local_converged, local_family=self.local_family,
+                   local_family_description=FAMILIES[self.local_family])
         return out
 
 
@@ -117,9 +128,18 @@ def encoder_moments(vae, x: torch.Tensor):
     return loc.detach(), scale.detach()
 
 
+def guide_flows(vae, x: torch.Tensor) -> list:
+    """The flow f shared by all x of ``vae``'s amortized guide q(z|x) = f(q0(z0|x)) (the IAF
+    guide), else []: the local q* of :func:`fit_local` is then f(N(m, diag s²))."""
+    if not (_is_vae(vae) and vae.amortized):
+        return []
+    with torch.no_grad():
+        return shared_flows(vae.q(x[:1]))
+
+
 def _optimised(vae_or_model, x, init, model_args: Sequence, chunk_size, **options):
-    """The local guide's float64 log-weights function, :func:`optimise_local`'s results, and
-    its wall time."""
+    """The local guide's float64 log-weights function, :func:`optimise_local`'s results, its
+    wall time and the flows of its family."""
     vae = vae_or_model if _is_vae(vae_or_model) else None
     model = vae_or_model if vae is None else vae.model
     if not callable(model):
@@ -128,10 +148,16 @@ def _optimised(vae_or_model, x, init, model_args: Sequence, chunk_size, **option
     idx = torch.arange(x.shape[0], device=x.device)
     if vae is not None and not vae.amortized:  # a local guide: pass its rows
         model = functools.partial(vae.model, idx=idx)
+    flows = guide_flows(vae, x) if vae is not None else []
     if isinstance(init, str) and init == "encoder":
         if vae is None:
             raise ConfigError("init='encoder' needs a VAE (with an encoder); use init='prior'")
-        loc0, scale0 = encoder_moments(vae, x)
+        if flows:
+            with torch.no_grad():
+                base = vae.q(x).base_dist.base_dist
+            loc0, scale0 = base.loc.detach(), base.scale.detach()
+        else:
+            loc0, scale0 = encoder_moments(vae, x)
     elif isinstance(init, str) and init == "prior":
         if vae is None:
             with torch.no_grad(), poutine.block():
@@ -147,7 +173,7 @@ def _optimised(vae_or_model, x, init, model_args: Sequence, chunk_size, **option
     chunk = chunk_size or DEFAULT_CHUNK_SIZE
 
     def pair(loc, scale):  # idx rides along after x: a pass reads its examples' rows
-        guide = local_guide(loc, scale)
+        guide = local_guide(loc, scale, flows=flows)
         return (lambda x_, i, *a: model(x_, *a)), (lambda x_, i, *a: guide(x_, i))
 
     structure = check_pair(*pair(loc0, scale0), x, idx, *args)
@@ -166,34 +192,39 @@ def _optimised(vae_or_model, x, init, model_args: Sequence, chunk_size, **option
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    return lw, fitted, time.perf_counter() - start
+    return lw, fitted, time.perf_counter() - start, flows
 
 
 def fit_local(vae_or_model, x: torch.Tensor, *, init="encoder", num_particles: int = 16,
               lr: float = 1e-2, max_steps: int = 5000, patience: int = 5, window: int = 50,
               elbo_samples: int = 1000, chunk_size: int | None = None, model_args: Sequence = (),
-              progress: bool = True) -> LocalFit:
-    """Fit q*(z_n) = N(m_n, diag s_n²) = argmax L[q] for every example of ``x``, decoder frozen.
+              progress: bool = True, max_seconds: float | None = None) -> LocalFit:
+    """Fit q*(z_n) = N(m_n, diag s_n²) = argmax L[q] for every example of ``x``, decoder frozen;
+    for a VAE whose guide has a flow f shared by all x, q*(z_n) = f(N(m_n, diag s_n²)), started
+    at the guide's base (m, s) (``init="encoder"``). ``max_seconds`` bounds the fit's wall time.
 
     ``vae_or_model``: a :class:`pvae.vae.VAE` or a ``model(x, *model_args)`` with latent
     ``"z"`` in the ``"data"`` plate; ``init``: ``"encoder"``, ``"prior"`` (N(0, I)) or
     ``(loc, scale)``; the options: :func:`pvae.localfit.optimise_local`'s."""
     check_count("elbo_samples", elbo_samples)
     check_count("chunk_size", chunk_size, allow_none=True)
-    lw, (loc, scale, steps, converged, history), seconds = _optimised(
+    lw, (loc, scale, steps, converged, history), seconds, flows = _optimised(
         vae_or_model, x, init, model_args, chunk_size, num_particles=num_particles, lr=lr,
-        max_steps=max_steps, patience=patience, window=window, progress=progress)
+        max_steps=max_steps, patience=patience, window=window, progress=progress,
+        max_seconds=max_seconds)
     with torch.no_grad():
         elbo = lw(loc, scale, elbo_samples).mean(0).to(x.dtype)
-    return LocalFit(loc, scale, elbo, steps, converged, tuple(history), seconds)
+    return LocalFit(loc, scale, elbo, steps, converged, tuple(history), seconds,
+                    "flow" if flows else "normal")
 
 
 def refine(vae, x: torch.Tensor, steps: int = 5, lr: float = 1e-2, num_particles: int = 1,
            progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Semi-amortized inference (Kim et al. 2018): the encoder's (loc, scale) for ``x`` after
-    exactly ``steps`` Adam steps on each example's ELBO, the decoder frozen; on the VAE's device."""
+    exactly ``steps`` Adam steps on each example's ELBO, the decoder frozen; on the VAE's device
+    (for a guide with a shared flow, the (loc, scale) of its base, :func:`fit_local`'s family)."""
     check_count("steps", steps)
-    _, (loc, scale, *_), _ = _optimised(
+    _, (loc, scale, *_), _, _ = _optimised(
         vae, x, "encoder", (), None, num_particles=num_particles, lr=lr, max_steps=steps,
         patience=None, window=steps, progress=progress, desc="refine")
     return loc, scale
@@ -237,8 +268,9 @@ def gap_report(vae, x: torch.Tensor, *, n: int | None = None, num_samples: int =
         elbo_q = log_weights(vae.model, vae.guide, x, elbo_samples,
                              chunk_size=chunk_size or DEFAULT_CHUNK_SIZE).mean(0).to(x.dtype)
     lp_q = log_likelihood(vae.model, vae.guide, x, num_samples=num_samples, chunk_size=chunk_size)
-    proposal = {"local": local_guide(fit.loc, fit.scale),
-                "mixture": local_guide(fit.loc, fit.scale, vae.q)}.get(log_px_proposal)
+    flows = guide_flows(vae, x) if fit.family == "flow" else []
+    proposal = {"local": local_guide(fit.loc, fit.scale, flows=flows),
+                "mixture": local_guide(fit.loc, fit.scale, vae.q, flows)}.get(log_px_proposal)
     lp = lp_q if proposal is None else log_likelihood(
         lambda x_, idx_: vae.model(x_), proposal, x, torch.arange(x.shape[0], device=x.device),
         num_samples=num_samples, chunk_size=chunk_size)
@@ -247,4 +279,4 @@ def gap_report(vae, x: torch.Tensor, *, n: int | None = None, num_samples: int =
                      elbo_amortized=elbo_q, seconds_amortized=seconds_amortized,
                      seconds_local=fit.seconds, num_samples=num_samples,
                      elbo_samples=elbo_samples, local_steps=fit.steps,
-                     local_converged=fit.converged)
+                     local_converged=fit.converged, local_family=fit.family)

@@ -243,6 +243,8 @@ def _gap_arguments(p: argparse.ArgumentParser) -> None:
                    help="steps averaged per convergence check")
     p.add_argument("--patience", type=positive_int, default=5,
                    help="stop after this many windows without improvement")
+    p.add_argument("--max-seconds-per-image", type=positive_float, default=10.0, metavar="S",
+                   help="wall-time budget of the local fits: S x the number of images")
 
 
 def _gap(args: argparse.Namespace) -> int:
@@ -253,6 +255,7 @@ def _gap(args: argparse.Namespace) -> int:
                         elbo_samples=args.elbo_samples, init=args.init, lr=args.lr,
                         max_steps=args.max_steps, num_particles=args.num_particles,
                         window=args.window, patience=args.patience,
+                        max_seconds=args.max_seconds_per_image * len(mnist.test_x),
                         progress=not args.no_progress and sys.stderr.isatty())
     s = report.to_json()
     write_json(out / "gap.json", {**s, **record, "init": args.init})
@@ -263,7 +266,9 @@ def _gap(args: argparse.Namespace) -> int:
                  ("approximation gap", "approximation_gap"),
                  ("amortization gap", "amortization_gap")]
     budget = "" if s["local_converged"] else " (budget reached)"
-    print(format_rows([("test images", f"{s['n']}"), *estimate_rows(s, estimates),
+    print(format_rows([("test images", f"{s['n']}"),
+                       ("local q* family", s["local_family_description"]),
+                       *estimate_rows(s, estimates),
                        ("seconds per image", f"amortized {s['seconds_per_example_amortized']:.2e}"
                                              f", local {s['seconds_per_example_local']:.2e}"),
                        ("local-fit steps", f"{s['local_steps']}{budget}")]))

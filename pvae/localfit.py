@@ -4,7 +4,8 @@ guide), and the fitted q as a Pyro guide, alone or mixed with q(z|x) (:func:`loc
 from __future__ import annotations
 
 import math
-from typing import Callable
+import time
+from typing import Callable, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -21,12 +22,16 @@ from .weights import DATA_PLATE, check_count
 MIN_SCALE = 1e-5
 
 
-def local_guide(loc: torch.Tensor, scale: torch.Tensor, q: Callable | None = None) -> Callable:
-    """guide(x, idx): z_n ~ N(loc[idx_n], diag scale[idx_n]²) in the data plate; given an
-    amortized ``q``, z_n ~ ½ q(z|x_n) + ½ N(loc[idx_n], diag scale[idx_n]²) instead."""
+def local_guide(loc: torch.Tensor, scale: torch.Tensor, q: Callable | None = None,
+                flows: Sequence = ()) -> Callable:
+    """guide(x, idx): z_n ~ N(loc[idx_n], diag scale[idx_n]²) in the data plate, pushed through
+    the transforms ``flows`` if any (z_n = f(z0_n): a flow guide's own family); given an
+    amortized ``q``, z_n ~ ½ q(z|x_n) + ½ that local q instead."""
 
     def guide(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         local = dist.Normal(loc[idx], scale[idx]).to_event(1)
+        if flows:
+            local = dist.TransformedDistribution(local, list(flows))
         with pyro.plate(DATA_PLATE, x.shape[0]):
             return pyro.sample("z", local if q is None else _HalfHalf(q(x), local))
 
@@ -36,13 +41,16 @@ def local_guide(loc: torch.Tensor, scale: torch.Tensor, q: Callable | None = Non
 def optimise_local(log_weight_fn: Callable, loc0: torch.Tensor, scale0: torch.Tensor, *,
                    num_particles: int = 16, lr: float = 1e-2, max_steps: int = 5000,
                    patience: int | None = 5, window: int = 50, progress: bool = False,
-                   desc: str = "local fit") -> tuple[torch.Tensor, torch.Tensor, int, bool, list]:
+                   desc: str = "local fit", max_seconds: float | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, int, bool, list]:
     """Maximise Σ_n L_n over per-example (m_n, s_n = softplus(ρ_n) + 1e-5) with one Adam.
 
     ``log_weight_fn(loc, scale, S)``: ``(S, B)`` differentiable log p(x_n, z) − log q(z),
     z ~ q; only (m, ρ) get gradients. Stops (Cremer et al.) when ``patience`` windows of
     ``window`` steps bring no better mean ELBO, returning the last window's mean iterate, or
-    after ``max_steps`` (``patience=None``: exactly, the last iterate). Returns detached
+    after ``max_steps`` (``patience=None``: exactly, the last iterate) or once ``max_seconds``
+    of wall time have passed (not converged; the last window's mean if one ended, else the
+    last iterate). Returns detached
     ``(loc, scale, steps, converged, window_means)``."""
     for name, count in dict(max_steps=max_steps, window=window,
                             num_particles=num_particles).items():
@@ -50,6 +58,9 @@ def optimise_local(log_weight_fn: Callable, loc0: torch.Tensor, scale0: torch.Te
     check_count("patience", patience, allow_none=True)
     if not lr > 0:
         raise ConfigError(f"lr must be > 0, got {lr}")
+    if max_seconds is not None and not max_seconds >= 0:
+        raise ConfigError(f"max_seconds must be >= 0 or None, got {max_seconds}")
+    deadline = math.inf if max_seconds is None else time.perf_counter() + max_seconds
     loc = loc0.detach().clone().requires_grad_(True)
     raw = inv_softplus((scale0.detach() - MIN_SCALE).clamp_min(1e-4)).requires_grad_(True)
     opt = torch.optim.Adam([loc, raw], lr=lr)
@@ -82,6 +93,8 @@ def optimise_local(log_weight_fn: Callable, loc0: torch.Tensor, scale0: torch.Te
                     if bad >= patience:
                         converged = True
                         break
+            if time.perf_counter() > deadline:
+                break
     if patience is not None and avg_loc is not None:
         loc, raw = avg_loc, avg_raw
     return loc.detach(), (F.softplus(raw) + MIN_SCALE).detach(), step, converged, history
