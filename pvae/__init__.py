@@ -26,7 +26,8 @@ from .vae import VAE, VAEConfig, beta_handler, build_vae
 __version__ = "0.2.0"
 
 __all__ = [
-    "VAE", "VAEConfig", "build_vae", "beta_handler", "Prior", "Likelihood", "Guide", "UpperLayer",
+    "VAE", "VAEConfig", "build_vae", "beta_handler", "Prior", "Likelihood", "Guide",
+    "UpperLayer",
     "PRIORS", "LIKELIHOODS", "GUIDES", "OBJECTIVES", "make_loss", "beta_at", "IWAE",
     "compare", "CompareRow",
     "fit", "EpochRecord", "TrainState", "TrainSettings", "make_optimizer",

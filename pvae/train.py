@@ -132,9 +132,9 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
     that holds a checkpoint already is refused unless ``resume`` (its training settings must
     match these) or ``overwrite``. ``lr_schedule`` (:mod:`pvae.recipes`: ``"constant"``, or
     ``"burda"``'s decay spread over ``schedule_epochs``, default ``epochs``) is a
-    ``torch.optim.lr_scheduler`` stepped per step and resumed exactly. ``seed`` seeds Pyro's, torch's and NumPy's global RNGs and
-    each epoch's shuffle; with None the RNGs are left alone and the shuffle seed is drawn from
-    torch's. Pyro's param store is not touched. The VAE moves to ``device``, the data too.
+    ``torch.optim.lr_scheduler`` stepped per step and resumed exactly; ``adam_eps`` is Adam's ε.
+    ``seed`` seeds Pyro's, torch's and NumPy's global RNGs and each epoch's shuffle; with None
+    the RNGs are left alone and the shuffle seed is drawn from torch's. Pyro's param store is not touched. The VAE moves to ``device``, the data too.
 
     Returns the final :class:`~pvae.state.TrainState`; DivergenceError (keeping the last good
     checkpoint) if the loss or a parameter becomes NaN/Inf.

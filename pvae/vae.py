@@ -225,7 +225,7 @@ class VAE(PyroModule):
 
     @contextlib.contextmanager
     def warmup(self, fraction: float):
-        """Within this context the latent sites are scaled by ``fraction``·β (0 <= fraction <= 1)."""
+        """Within this context the latent sites are scaled by ``fraction``·β (0 ≤ fraction ≤ 1)."""
         if not 0.0 <= fraction <= 1.0:
             raise ConfigError(f"a warm-up fraction must lie in [0, 1], got {fraction}")
         previous, self._warmup = self._warmup, float(fraction)

@@ -74,7 +74,8 @@ def linear_problem(shift=0.0):
     s, sigma = 0.7, 0.5
     vae = VAE(StandardNormal(top).double(), LinearGaussianLikelihood(W, b, sigma),
               MarginalGuide(A, c, s, W, b, sigma), x_dim=x_dim, upper=LinearUpper(A, c, s, shift))
-    cov = W @ (A @ A.T + s**2 * torch.eye(z_dim, dtype=A.dtype)) @ W.T + sigma**2 * torch.eye(x_dim, dtype=A.dtype)
+    eye = torch.eye(max(z_dim, x_dim), dtype=A.dtype)
+    cov = W @ (A @ A.T + s**2 * eye[:z_dim, :z_dim]) @ W.T + sigma**2 * eye[:x_dim, :x_dim]
     marginal = dist.MultivariateNormal(W @ c + b, covariance_matrix=cov)
     return vae, marginal
 
@@ -109,14 +110,16 @@ def test_beta_scales_both_latent_sites_in_model_and_guide():
               for n, s in tr.nodes.items() if s["type"] == "sample" and n != "data"}
     assert scales == {("q", "z"): 0.25, ("q", "z2"): 0.25, ("p", "z"): 0.25, ("p", "z2"): 0.25,
                       ("p", "x"): 1.0}
-    assert model.nodes["z2"]["fn"].event_shape == (2,) and model.nodes["z"]["fn"].event_shape == (4,)
+    assert model.nodes["z2"]["fn"].event_shape == (2,)
+    assert model.nodes["z"]["fn"].event_shape == (4,)
 
 
 def test_the_paper_sizes_and_the_prior_of_the_top_layer():
     vae = build_vae(stochastic_layers=2, z_dim=100)
     assert vae.z_dim == 100 and vae.prior.z_dim == 50
-    assert [m.out_features for m in vae.upper.p.net.body if isinstance(m, nn.Linear)] == [100, 100, 200]
-    assert [m.out_features for m in vae.upper.q.net.body if isinstance(m, nn.Linear)] == [100, 100, 100]
+    widths = {side: [m.out_features for m in getattr(vae.upper, side).net.body
+                     if isinstance(m, nn.Linear)] for side in ("p", "q")}
+    assert widths == {"p": [100, 100, 200], "q": [100, 100, 100]}
     assert vae.sample(3).shape == (3, 784)
     flow = build_vae(stochastic_layers=2, prior="flow", **TINY)
     assert flow.prior.z_dim == 2 and flow.sample(2).shape == (2, 6)
