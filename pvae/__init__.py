@@ -15,6 +15,7 @@ from .errors import (CheckpointError, ConfigError, DataError, DivergenceError, P
 from .evaluate import EvalResult, log_likelihood, psis_khat
 from .experiment import ExperimentConfig, run
 from .guides import GUIDES, LocalGuide, SemiAmortizedGuide
+from .hierarchy import UpperLayer
 from .likelihoods import LIKELIHOODS
 from .compare import CompareRow
 from .objectives import IWAE, OBJECTIVES, beta_at, make_loss
@@ -28,6 +29,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "VAE", "VAEConfig", "build_vae", "beta_handler", "Prior", "Likelihood", "Guide",
+    "UpperLayer",
     "PRIORS", "LIKELIHOODS", "GUIDES", "OBJECTIVES", "make_loss", "beta_at", "IWAE",
     "compare", "CompareRow",
     "fit", "EpochRecord", "TrainState", "TrainSettings", "make_optimizer",

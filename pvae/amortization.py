@@ -6,8 +6,11 @@ the ELBO L[q] = E_q[log p(x, z) − log q(z|x)] splits in two (Cremer, Li & Duve
     log p(x) − L[q] = (log p(x) − L[q*]) + (L[q*] − L[q])
                        approximation gap    amortization gap
 
-where q* is the best diagonal Gaussian for this one x, fitted per example with the decoder
-frozen (:func:`fit_local`); :func:`refine` and :class:`pvae.guides.SemiAmortizedGuide` sit in
+where q* is the best member of the guide's own family for this one x, fitted per example
+with the decoder frozen (:func:`fit_local`): a diagonal Gaussian, or for a guide whose flow
+f is shared by all x (the IAF guide) f applied to a diagonal Gaussian, the family q(z|x)
+itself chooses from, so that L[q] ≤ L[q*] up to the fit; :func:`refine` and
+:class:`pvae.guides.SemiAmortizedGuide` sit in
 between (Kim et al. 2018). Every ELBO here is the β = 1 bound; ``x`` moves to the model's
 device (:func:`pvae.weights.prepare_examples`) and results live there."""
 from __future__ import annotations
@@ -23,10 +26,12 @@ import torch
 
 from .errors import ConfigError, DataError
 from .evaluate import log_likelihood
-from .localfit import LocalFit, encoder_moments, fit_local, is_vae, local_guide, optimised
+from .localfit import (FAMILIES, LocalFit, encoder_moments, fit_local, guide_flows, is_vae,
+                       local_guide, optimised)
 from .weights import check_count, default_chunk_size, log_weights, prepare_examples
 
-__all__ = ["LocalFit", "GapReport", "encoder_moments", "fit_local", "refine", "gap_report"]
+__all__ = ["LocalFit", "GapReport", "FAMILIES", "encoder_moments", "fit_local", "guide_flows",
+           "refine", "gap_report"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class GapReport:
     elbo_samples: int
     local_steps: int
     local_converged: bool
+    local_family: str = "normal"
 
     @property
     def n(self) -> int:
@@ -78,16 +84,18 @@ class GapReport:
                    seconds_per_example_local=self.seconds_local / self.n,
                    log_px_proposal=self.log_px_proposal, num_samples=self.num_samples,
                    elbo_samples=self.elbo_samples, local_steps=self.local_steps,
-                   local_converged=self.local_converged)
+                   local_converged=self.local_converged, local_family=self.local_family,
+                   local_family_description=FAMILIES[self.local_family])
         return out
 
 
 def refine(vae, x: torch.Tensor, steps: int = 5, lr: float = 1e-2, num_particles: int = 1,
            progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Semi-amortized inference (Kim et al. 2018): the encoder's (loc, scale) for ``x`` after
-    exactly ``steps`` Adam steps on each example's ELBO, the decoder frozen; on the VAE's device."""
+    exactly ``steps`` Adam steps on each example's ELBO, the decoder frozen; on the VAE's device
+    (for a guide with a shared flow, the (loc, scale) of its base, :func:`fit_local`'s family)."""
     check_count("steps", steps)
-    _, (loc, scale, *_), _ = optimised(
+    _, (loc, scale, *_), _, _ = optimised(
         vae, x, "encoder", (), None, num_particles=num_particles, lr=lr, max_steps=steps,
         patience=None, window=steps, progress=progress, desc="refine")
     return loc, scale
@@ -108,6 +116,9 @@ def gap_report(vae, x: torch.Tensor, *, n: int | None = None, num_samples: int =
     if not vae.amortized:
         raise ConfigError("the amortization gap needs an amortized guide; this VAE's guide owns "
                           "per-example parameters (train with --guide mlp)")
+    if getattr(vae, "upper", None) is not None:
+        raise ConfigError("the amortization gap is implemented for one stochastic layer; this "
+                          "VAE has two (its local q* would need q(z2|z) as well)")
     if log_px_proposal not in ("mixture", "amortized", "local"):
         raise ConfigError(f"log_px_proposal must be 'mixture', 'amortized' or 'local', "
                           f"got {log_px_proposal!r}")
@@ -128,8 +139,9 @@ def gap_report(vae, x: torch.Tensor, *, n: int | None = None, num_samples: int =
         elbo_q = log_weights(vae.model, vae.guide, x, elbo_samples,
                              chunk_size=chunk_size or default_chunk_size(x.device)).mean(0).to(x.dtype)
     lp_q = log_likelihood(vae.model, vae.guide, x, num_samples=num_samples, chunk_size=chunk_size)
-    proposal = {"local": local_guide(fit.loc, fit.scale),
-                "mixture": local_guide(fit.loc, fit.scale, vae.q)}.get(log_px_proposal)
+    flows = guide_flows(vae, x) if fit.family == "flow" else []
+    proposal = {"local": local_guide(fit.loc, fit.scale, flows=flows),
+                "mixture": local_guide(fit.loc, fit.scale, vae.q, flows)}.get(log_px_proposal)
     lp = lp_q if proposal is None else log_likelihood(
         lambda x_, idx_: vae.model(x_), proposal, x, torch.arange(x.shape[0], device=x.device),
         num_samples=num_samples, chunk_size=chunk_size)
@@ -138,4 +150,4 @@ def gap_report(vae, x: torch.Tensor, *, n: int | None = None, num_samples: int =
                      elbo_amortized=elbo_q, seconds_amortized=seconds_amortized,
                      seconds_local=fit.seconds, num_samples=num_samples,
                      elbo_samples=elbo_samples, local_steps=fit.steps,
-                     local_converged=fit.converged)
+                     local_converged=fit.converged, local_family=fit.family)

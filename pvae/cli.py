@@ -30,6 +30,7 @@ from .files import check_writable
 from .nets import ACTIVATIONS
 from .objectives import OBJECTIVES
 from .plotting import plot_ais, plot_evaluation, plot_gap
+from .recipes import RECIPES
 from .train import resolve_device
 from .vae import REGISTRIES
 
@@ -130,6 +131,9 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hidden-dims", type=positive_int, nargs="+", default=list(d.hidden_dims),
                    metavar="H", help="hidden widths of encoder and decoder MLPs")
     g.add_argument("--activation", default=d.activation, choices=sorted(ACTIVATIONS))
+    g.add_argument("--stochastic-layers", type=int, default=d.stochastic_layers, choices=[1, 2],
+                   help="2: the IWAE paper's two-layer model, z2 (50) -> (100, 100) -> z "
+                        "(--z-dim, 100 in the paper)")
     g = p.add_argument_group("part options (for the prior, guide or likelihood that takes them)")
     g.add_argument("--num-components", type=positive_int, help="mog prior: mixture components")
     g.add_argument("--num-pseudo-inputs", type=positive_int, help="vamp prior: pseudo-inputs")
@@ -147,6 +151,9 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> None:
                    help="normal likelihood: learn one shared σ")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=positive_int, default=d.epochs)
+    g.add_argument("--recipe", default=d.recipe, choices=list(RECIPES),
+                   help="the training schedule (docs: recipes): " + "; ".join(
+                       f"{r.name}: {r.summary}" for r in RECIPES.values()))
     g.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     g.add_argument("--lr", type=positive_float, default=d.lr)
     g.add_argument("--loss", default=d.loss, choices=sorted(OBJECTIVES))
@@ -296,6 +303,8 @@ def _gap_arguments(p: argparse.ArgumentParser) -> None:
                    help="steps averaged per convergence check")
     p.add_argument("--patience", type=positive_int, default=5,
                    help="stop after this many windows without improvement")
+    p.add_argument("--max-seconds-per-image", type=positive_float, default=10.0, metavar="S",
+                   help="wall-time budget of the local fits: S x the number of images")
 
 
 def _gap(args: argparse.Namespace) -> int:
@@ -306,6 +315,7 @@ def _gap(args: argparse.Namespace) -> int:
                         elbo_samples=args.elbo_samples, init=args.init, lr=args.lr,
                         max_steps=args.max_steps, num_particles=args.num_particles,
                         window=args.window, patience=args.patience,
+                        max_seconds=args.max_seconds_per_image * len(mnist.test_x),
                         progress=not args.no_progress and sys.stderr.isatty())
     s = report.to_json()
     write_json(out / "gap.json", {**s, **record, "init": args.init})
@@ -316,7 +326,9 @@ def _gap(args: argparse.Namespace) -> int:
                  ("approximation gap", "approximation_gap"),
                  ("amortization gap", "amortization_gap")]
     budget = "" if s["local_converged"] else " (budget reached)"
-    print(format_rows([("test images", f"{s['n']}"), *estimate_rows(s, estimates),
+    print(format_rows([("test images", f"{s['n']}"),
+                       ("local q* family", s["local_family_description"]),
+                       *estimate_rows(s, estimates),
                        ("seconds per image", f"amortized {s['seconds_per_example_amortized']:.2e}"
                                              f", local {s['seconds_per_example_local']:.2e}"),
                        ("local-fit steps", f"{s['local_steps']}{budget}")]))

@@ -108,7 +108,7 @@ def config_for(base, setting: dict, out: Path):
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"unknown key {key!r}{hint} in configuration "
                               f"{setting_name(setting)!r}; keys are run flags "
-                              f"({', '.join(sorted(fields))}) or part options "
+                              f"({', '.join(sorted(fields - _SKIP_FIELDS))}) or part options "
                               f"({', '.join(sorted(known))})")
     direct = {k: v for k, v in setting.items() if k in fields}
     if "hidden_dims" in direct:

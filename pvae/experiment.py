@@ -22,6 +22,7 @@ from .files import atomic_write, run_lock
 from .likelihoods import LIKELIHOODS
 from .plotting import (plot_ais, plot_elbo_curves, plot_evaluation, plot_latent,
                        plot_reconstructions, plot_samples)
+from .recipes import check_overrides, get_recipe, warmup_epochs
 from .train import fit, resolve_device
 from .vae import VAE, VAEConfig
 
@@ -50,6 +51,7 @@ class ExperimentConfig:
     z_dim: int = 50
     hidden_dims: tuple[int, ...] = (200, 200)
     activation: str = "tanh"
+    stochastic_layers: int = 1
     seed: int = 0
     device: str = "auto"
     train_subset: int | None = None
@@ -70,12 +72,15 @@ class ExperimentConfig:
     num_particles: int = 1
     beta: float = 1.0
     beta_warmup_epochs: float = 0.0
+    recipe: str = "quick"
     progress: bool = True
     options: dict = field(default_factory=dict)
 
     def validate(self) -> "ExperimentConfig":
         """Raise ConfigError for a nonsensical setting, naming the flag and what it accepts."""
         self.vae_config(None)
+        check_overrides(get_recipe(self.recipe), self.lr, self.beta_warmup_epochs,
+                        ExperimentConfig.lr)
         checks = [("--epochs", self.epochs >= 1, "at least 1"),
                   ("--batch-size", self.batch_size >= 1, "at least 1"),
                   ("--lr", math.isfinite(self.lr) and self.lr > 0, "a finite number > 0"),
@@ -106,7 +111,7 @@ class ExperimentConfig:
                          z_dim=self.z_dim, hidden_dims=self.hidden_dims,
                          x_dim=math.prod(image_shape), image_shape=tuple(image_shape),
                          dataset=self.dataset, activation=self.activation, num_data=num_data,
-                         options=self.options)
+                         stochastic_layers=self.stochastic_layers, options=self.options)
 
     def to_dict(self) -> dict:
         """Every flag's value, JSON-ready (``metrics.json``'s ``config``)."""
@@ -154,9 +159,15 @@ def run(config: ExperimentConfig) -> dict:
                                        data.image_shape)
         pyro.set_rng_seed(config.seed)
         vae = VAE.from_config(vae_config, beta=config.beta)
+        recipe = get_recipe(config.recipe)
+        if recipe.pseudo_inputs == "data" and hasattr(vae.prior, "start_at"):
+            vae.prior.start_at(data.train_x, torch.Generator().manual_seed(config.seed))
         state = fit(vae, data.train_x, epochs=config.epochs, batch_size=config.batch_size,
-                    lr=config.lr, loss=config.loss, num_particles=config.num_particles,
-                    beta_warmup_epochs=config.beta_warmup_epochs, binarize=binary,
+                    lr=recipe.lr or config.lr, loss=config.loss,
+                    num_particles=config.num_particles, adam_eps=recipe.adam_eps,
+                    lr_schedule=recipe.lr_schedule, schedule_epochs=config.epochs,
+                    beta_warmup_epochs=warmup_epochs(recipe, config.epochs,
+                                                     config.beta_warmup_epochs), binarize=binary,
                     test_x=data.test_x, out_dir=out, resume=config.resume,
                     overwrite=config.overwrite, device=str(device), seed=config.seed,
                     progress=config.progress)

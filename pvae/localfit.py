@@ -28,12 +28,16 @@ from .weights import (DATA_PLATE, check_count, check_pair, default_chunk_size, l
 MIN_SCALE = 1e-5
 
 
-def local_guide(loc: torch.Tensor, scale: torch.Tensor, q: Callable | None = None) -> Callable:
-    """guide(x, idx): z_n ~ N(loc[idx_n], diag scale[idx_n]²) in the data plate; given an
-    amortized ``q``, z_n ~ ½ q(z|x_n) + ½ N(loc[idx_n], diag scale[idx_n]²) instead."""
+def local_guide(loc: torch.Tensor, scale: torch.Tensor, q: Callable | None = None,
+                flows: Sequence = ()) -> Callable:
+    """guide(x, idx): z_n ~ N(loc[idx_n], diag scale[idx_n]²) in the data plate, pushed through
+    the transforms ``flows`` if any (z_n = f(z0_n): a flow guide's own family); given an
+    amortized ``q``, z_n ~ ½ q(z|x_n) + ½ that local q instead."""
 
     def guide(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         local = dist.Normal(loc[idx], scale[idx]).to_event(1)
+        if flows:
+            local = dist.TransformedDistribution(local, list(flows))
         with pyro.plate(DATA_PLATE, x.shape[0]):
             return pyro.sample("z", local if q is None else _HalfHalf(q(x), local))
 
@@ -43,13 +47,16 @@ def local_guide(loc: torch.Tensor, scale: torch.Tensor, q: Callable | None = Non
 def optimise_local(log_weight_fn: Callable, loc0: torch.Tensor, scale0: torch.Tensor, *,
                    num_particles: int = 16, lr: float = 1e-2, max_steps: int = 5000,
                    patience: int | None = 5, window: int = 50, progress: bool = False,
-                   desc: str = "local fit") -> tuple[torch.Tensor, torch.Tensor, int, bool, list]:
+                   desc: str = "local fit", max_seconds: float | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, int, bool, list]:
     """Maximise Σ_n L_n over per-example (m_n, s_n = softplus(ρ_n) + 1e-5) with one Adam.
 
     ``log_weight_fn(loc, scale, S)``: ``(S, B)`` differentiable log p(x_n, z) − log q(z),
     z ~ q; only (m, ρ) get gradients. Stops (Cremer et al.) when ``patience`` windows of
     ``window`` steps bring no better mean ELBO, returning the last window's mean iterate, or
-    after ``max_steps`` (``patience=None``: exactly, the last iterate). Returns detached
+    after ``max_steps`` (``patience=None``: exactly, the last iterate) or once ``max_seconds``
+    of wall time have passed (not converged; the last window's mean if one ended, else the
+    last iterate). Returns detached
     ``(loc, scale, steps, converged, window_means)``."""
     for name, count in dict(max_steps=max_steps, window=window,
                             num_particles=num_particles).items():
@@ -57,6 +64,9 @@ def optimise_local(log_weight_fn: Callable, loc0: torch.Tensor, scale0: torch.Te
     check_count("patience", patience, allow_none=True)
     if not lr > 0:
         raise ConfigError(f"lr must be > 0, got {lr}")
+    if max_seconds is not None and not max_seconds >= 0:
+        raise ConfigError(f"max_seconds must be >= 0 or None, got {max_seconds}")
+    deadline = math.inf if max_seconds is None else time.perf_counter() + max_seconds
     loc = loc0.detach().clone().requires_grad_(True)
     raw = inv_softplus((scale0.detach() - MIN_SCALE).clamp_min(1e-4)).requires_grad_(True)
     opt = torch.optim.Adam([loc, raw], lr=lr)
@@ -89,6 +99,8 @@ def optimise_local(log_weight_fn: Callable, loc0: torch.Tensor, scale0: torch.Te
                     if bad >= patience:
                         converged = True
                         break
+            if time.perf_counter() > deadline:
+                break
     if patience is not None and avg_loc is not None:
         loc, raw = avg_loc, avg_raw
     return loc.detach(), (F.softplus(raw) + MIN_SCALE).detach(), step, converged, history
@@ -122,10 +134,30 @@ class _HalfHalf(TorchDistribution):
         return torch.logaddexp(self.a.log_prob(value), self.b.log_prob(value)) - math.log(2.0)
 
 
+FAMILIES = {"normal": "diagonal Normal", "flow": "the guide's flow of a diagonal Normal"}
+
+
+def shared_flows(q: dist.Distribution) -> list:
+    """The transforms f of a guide's ``TransformedDistribution(q0(z0|x), f)`` when every one is
+    a parameter-holding ``TransformModule`` (the same map for all x, as in the IAF guide), else [].
+
+    Then (1/K) Σ_k q(z|u_k) is the push-forward by f of the mixture (1/K) Σ_k q0(z0|u_k), since
+    each component's density is q0(f⁻¹(z)|u_k)·abs(det ∂f⁻¹/∂z) with one shared Jacobian. Its
+    ``log_prob`` at a guide sample z = f(z0) reuses the flows' cached z0; the mixture of
+    flows instead inverted f afresh, one latent coordinate after another (``z_dim`` passes
+    whose errors and gradients multiply by up to e⁵ per coordinate, see the VampPrior notes
+    of the docs)."""
+    if not isinstance(q, dist.TransformedDistribution):
+        return []
+    flows = list(q.transforms)
+    return flows if all(isinstance(t, dist.TransformModule) for t in flows) else []
+
+
 @dataclass(frozen=True)
 class LocalFit:
-    """q*(z_n) = N(loc_n, diag scale_n²) and L[q*] for each of B examples, and the steps,
-    convergence, window means (:func:`pvae.localfit.optimise_local`) and wall time of the fit."""
+    """q*(z_n) = N(loc_n, diag scale_n²) (``family`` "flow": pushed through the guide's shared
+    flow) and L[q*] for each of B examples, and the steps, convergence, window means
+    (:func:`optimise_local`) and wall time of the fit."""
 
     loc: torch.Tensor
     scale: torch.Tensor
@@ -134,7 +166,7 @@ class LocalFit:
     converged: bool
     history: tuple[float, ...]
     seconds: float
-
+    family: str = "normal"
 
 
 def is_vae(obj) -> bool:
@@ -161,9 +193,18 @@ def encoder_moments(vae, x: torch.Tensor):
     return loc.detach(), scale.detach()
 
 
+def guide_flows(vae, x: torch.Tensor) -> list:
+    """The flow f shared by all x of ``vae``'s amortized guide q(z|x) = f(q0(z0|x)) (the IAF
+    guide), else []: the local q* of :func:`fit_local` is then f(N(m, diag s²))."""
+    if not (is_vae(vae) and vae.amortized):
+        return []
+    with torch.no_grad():
+        return shared_flows(vae.q(x[:1]))
+
+
 def optimised(vae_or_model, x, init, model_args: Sequence, chunk_size, **options):
-    """The local guide's float64 log-weights function, :func:`optimise_local`'s results, and
-    its wall time."""
+    """The local guide's float64 log-weights function, :func:`optimise_local`'s results, its
+    wall time and the flows of its family."""
     vae = vae_or_model if is_vae(vae_or_model) else None
     model = vae_or_model if vae is None else vae.model
     if not callable(model):
@@ -172,10 +213,16 @@ def optimised(vae_or_model, x, init, model_args: Sequence, chunk_size, **options
     idx = torch.arange(x.shape[0], device=x.device)
     if vae is not None and not vae.amortized:  # a local guide: pass its rows
         model = functools.partial(vae.model, idx=idx)
+    flows = guide_flows(vae, x) if vae is not None else []
     if isinstance(init, str) and init == "encoder":
         if vae is None:
             raise ConfigError("init='encoder' needs a VAE (with an encoder); use init='prior'")
-        loc0, scale0 = encoder_moments(vae, x)
+        if flows:
+            with torch.no_grad():
+                base = vae.q(x).base_dist.base_dist
+            loc0, scale0 = base.loc.detach(), base.scale.detach()
+        else:
+            loc0, scale0 = encoder_moments(vae, x)
     elif isinstance(init, str) and init == "prior":
         if vae is None:
             with torch.no_grad(), poutine.block():
@@ -191,7 +238,7 @@ def optimised(vae_or_model, x, init, model_args: Sequence, chunk_size, **options
     chunk = chunk_size or default_chunk_size(x.device)
 
     def pair(loc, scale):  # idx rides along after x: a pass reads its examples' rows
-        guide = local_guide(loc, scale)
+        guide = local_guide(loc, scale, flows=flows)
         return (lambda x_, i, *a: model(x_, *a)), (lambda x_, i, *a: guide(x_, i))
 
     structure = check_pair(*pair(loc0, scale0), x, idx, *args)
@@ -210,23 +257,27 @@ def optimised(vae_or_model, x, init, model_args: Sequence, chunk_size, **options
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    return lw, fitted, time.perf_counter() - start
+    return lw, fitted, time.perf_counter() - start, flows
 
 
 def fit_local(vae_or_model, x: torch.Tensor, *, init="encoder", num_particles: int = 16,
               lr: float = 1e-2, max_steps: int = 5000, patience: int = 5, window: int = 50,
               elbo_samples: int = 1000, chunk_size: int | None = None, model_args: Sequence = (),
-              progress: bool = True) -> LocalFit:
-    """Fit q*(z_n) = N(m_n, diag s_n²) = argmax L[q] for every example of ``x``, decoder frozen.
+              progress: bool = True, max_seconds: float | None = None) -> LocalFit:
+    """Fit q*(z_n) = N(m_n, diag s_n²) = argmax L[q] for every example of ``x``, decoder frozen;
+    for a VAE whose guide has a flow f shared by all x, q*(z_n) = f(N(m_n, diag s_n²)), started
+    at the guide's base (m, s) (``init="encoder"``). ``max_seconds`` bounds the fit's wall time.
 
     ``vae_or_model``: a :class:`pvae.vae.VAE` or a ``model(x, *model_args)`` with latent
     ``"z"`` in the ``"data"`` plate; ``init``: ``"encoder"``, ``"prior"`` (N(0, I)) or
-    ``(loc, scale)``; the options: :func:`pvae.localfit.optimise_local`'s."""
+    ``(loc, scale)``; the options: :func:`optimise_local`'s."""
     check_count("elbo_samples", elbo_samples)
     check_count("chunk_size", chunk_size, allow_none=True)
-    lw, (loc, scale, steps, converged, history), seconds = optimised(
+    lw, (loc, scale, steps, converged, history), seconds, flows = optimised(
         vae_or_model, x, init, model_args, chunk_size, num_particles=num_particles, lr=lr,
-        max_steps=max_steps, patience=patience, window=window, progress=progress)
+        max_steps=max_steps, patience=patience, window=window, progress=progress,
+        max_seconds=max_seconds)
     with torch.no_grad():
         elbo = lw(loc, scale, elbo_samples).mean(0).to(x.dtype)
-    return LocalFit(loc, scale, elbo, steps, converged, tuple(history), seconds)
+    return LocalFit(loc, scale, elbo, steps, converged, tuple(history), seconds,
+                    "flow" if flows else "normal")

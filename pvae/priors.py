@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .localfit import shared_flows
 from .nets import autoregressive_flow
 
 
@@ -121,6 +122,19 @@ class VampPrior(nn.Module):
         init = (0.05 if self.bounded else 0.0) + 0.01 * torch.randn(k, int(x_dim))
         self.raw_pseudo_inputs = nn.Parameter(init)
 
+    @torch.no_grad()
+    def start_at(self, images: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Set the K pseudo-inputs to K distinct rows of ``images`` (values in [0, 1]), drawn
+        with ``generator``: the VampPrior starts as a mixture over the encoder at real data."""
+        k = self.raw_pseudo_inputs.shape[0]
+        if images.dim() != 2 or images.shape[0] < k or images.shape[1] != \
+                self.raw_pseudo_inputs.shape[1]:
+            raise ConfigError(f"starting {k} pseudo-inputs at training images needs at least "
+                              f"{k} images of {self.raw_pseudo_inputs.shape[1]} values, got "
+                              f"shape {tuple(images.shape)}; use fewer pseudo-inputs")
+        rows = torch.randperm(images.shape[0], generator=generator)[:k]
+        self.raw_pseudo_inputs.copy_(images[rows].to(self.raw_pseudo_inputs))
+
     @property
     def pseudo_inputs(self) -> torch.Tensor:
         """The K pseudo-inputs u_k, shape ``(K, x_dim)``."""
@@ -130,10 +144,15 @@ class VampPrior(nn.Module):
     def forward(self) -> dist.Distribution:
         components = self.encoder(self.pseudo_inputs)
         logits = self.raw_pseudo_inputs.new_zeros(self.raw_pseudo_inputs.shape[0])
+        flows = shared_flows(components)
+        if flows:
+            components = components.base_dist
         base = getattr(components, "base_dist", None)
         if isinstance(base, dist.Normal) and components.reinterpreted_batch_ndims == 1:
-            return DiagonalNormalMixture(logits, base.loc, base.scale)
-        return dist.MixtureSameFamily(dist.Categorical(logits=logits), components)
+            mixture = DiagonalNormalMixture(logits, base.loc, base.scale)
+        else:
+            mixture = dist.MixtureSameFamily(dist.Categorical(logits=logits), components)
+        return dist.TransformedDistribution(mixture, flows) if flows else mixture
 
 
 class FlowPrior(StandardNormal):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,8 @@ class EpochRecord:
     """One epoch's numbers, per image in nats. ``beta`` is the KL weight at the epoch's
     last step (β times the warm-up fraction); ``train_elbo`` is the running mean of the
     training objective's bound at that β (the IWAE bound with ``loss="iwae"``);
-    ``test_elbo`` is the plain one-sample ELBO at β = 1."""
+    ``test_elbo`` is the plain one-sample ELBO at β = 1; ``lr`` the learning rate after the
+    epoch's last step."""
 
     epoch: int
     step: int
@@ -26,6 +27,7 @@ class EpochRecord:
     train_elbo: float
     test_elbo: float | None
     seconds: float
+    lr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,8 @@ class TrainSettings:
     """What shapes the optimisation besides the VAE: a resumed run must use the same.
 
     ``seed`` seeds each epoch's shuffle (seed·1000003 + epoch); ``beta`` is the VAE's β,
-    recorded so that a resumed run cannot silently train towards another one.
+    recorded so that a resumed run cannot silently train towards another one. ``lr_schedule``
+    (:mod:`pvae.recipes`) decays ``lr`` over ``schedule_epochs`` (0 for a constant rate).
     """
 
     batch_size: int
@@ -44,12 +47,15 @@ class TrainSettings:
     beta_warmup_epochs: float
     binarize: bool
     seed: int
+    adam_eps: float = 1e-8
+    lr_schedule: str = "constant"
+    schedule_epochs: float = 0.0
 
 
 @dataclass(frozen=True)
 class TrainState:
-    """Everything a resumed ``fit`` needs besides the VAE's weights: the optimizer's
-    ``state_dict()`` and every RNG state among them."""
+    """Everything a resumed ``fit`` needs besides the VAE's weights: the optimizer's and the
+    learning-rate scheduler's ``state_dict()`` and every RNG state among them."""
 
     epoch: int
     step: int
@@ -58,6 +64,7 @@ class TrainState:
     settings: TrainSettings
     optimizer: dict
     rng: dict
+    scheduler: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """Plain dicts, tuples, numbers and tensors: ``torch.load(weights_only=True)`` reads it.
@@ -76,7 +83,8 @@ class TrainState:
                    history=tuple(EpochRecord(**r) for r in d["history"]),
                    train_seconds=float(d["train_seconds"]),
                    settings=TrainSettings(**d["settings"]),
-                   optimizer=dict(d["optimizer"]), rng=dict(d["rng"]))
+                   optimizer=dict(d["optimizer"]), rng=dict(d["rng"]),
+                   scheduler=dict(d.get("scheduler") or {}))
 
 
 def rng_state() -> dict[str, Any]:

@@ -26,6 +26,7 @@ from .errors import CheckpointError, ConfigError, DataError, DivergenceError
 from .files import run_lock
 from .objectives import beta_at, make_loss
 from .parts import real_number, whole_number
+from .recipes import make_scheduler
 from .state import EpochRecord, TrainSettings, TrainState, check_settings, rng_state, set_rng_state
 from .vae import VAE
 
@@ -64,14 +65,14 @@ def mean_elbo(vae: VAE, x: torch.Tensor) -> float:
         return float(distributed.gather(mine).mean())
 
 
-def make_optimizer(vae: VAE, lr: float) -> torch.optim.Adam:
+def make_optimizer(vae: VAE, lr: float, eps: float = 1e-8) -> torch.optim.Adam:
     """One ``torch.optim.Adam`` (fused where torch can) over the VAE's trainable parameters:
     the update ``pyro.optim.Adam`` applies per parameter."""
     params = [p for p in vae.parameters() if p.requires_grad]
     try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
     except (RuntimeError, ValueError):
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, eps=eps)
 
 
 class LossModule(nn.Module):
@@ -140,7 +141,8 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
         beta_warmup_epochs: float = 0, binarize: bool | None = None,
         test_x: torch.Tensor | None = None, out_dir: str | Path | None = None,
         resume: bool = False, overwrite: bool = False, device: str = "auto",
-        seed: int | None = None, progress: bool = True) -> TrainState:
+        seed: int | None = None, progress: bool = True, adam_eps: float = 1e-8,
+        lr_schedule: str = "constant", schedule_epochs: float | None = None) -> TrainState:
     """Maximise the ELBO of ``vae`` on ``train_x`` by SVI with Adam, at the VAE's own β.
 
     Loss per step = −ELBO of the batch = Σ_i E_q[−log p(x_i|z)] + β_t·KL(q(z|x_i) || p(z)),
@@ -150,9 +152,12 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
 
     ``out_dir``: a locked folder with a checkpoint ``checkpoint.pt`` after every epoch; one
     that holds a checkpoint already is refused unless ``resume`` (its training settings must
-    match these) or ``overwrite``. ``seed`` seeds Pyro's, torch's and NumPy's global RNGs and
-    each epoch's shuffle; with None the RNGs are left alone and the shuffle seed is drawn from
-    torch's. Pyro's param store is not touched. The VAE moves to ``device``, the data too.
+    match these) or ``overwrite``. ``lr_schedule`` (:mod:`pvae.recipes`: ``"constant"``, or
+    ``"burda"``'s decay spread over ``schedule_epochs``, default ``epochs``) is a
+    ``torch.optim.lr_scheduler`` stepped per step and resumed exactly; ``adam_eps`` is Adam's ε.
+    ``seed`` seeds Pyro's, torch's and NumPy's global RNGs and each epoch's shuffle; with None
+    the RNGs are left alone and the shuffle seed is drawn from torch's. Pyro's param store is
+    not touched. The VAE moves to ``device``, the data too.
 
     In a joined process group of W ranks (:mod:`pvae.distributed`; each rank calls ``fit``
     with the same arguments) the run is data-parallel: ``batch_size`` is the global batch,
@@ -173,6 +178,9 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
             num_particles = whole_number("num_particles", num_particles)
             seed = None if seed is None else whole_number("seed", seed)
             rate, warmup = real_number(lr), real_number(beta_warmup_epochs)
+            eps = real_number(adam_eps)
+            horizon = 0.0 if lr_schedule == "constant" else real_number(
+                epochs if schedule_epochs is None else schedule_epochs)
             checks = (("epochs", epochs, epochs >= 0, ">= 0"),
                       ("batch_size", batch_size, batch_size >= 1, ">= 1"),
                       ("num_particles", num_particles, num_particles >= 1, ">= 1"),
@@ -180,7 +188,12 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
                       ("beta_warmup_epochs", beta_warmup_epochs,
                        math.isfinite(warmup) and warmup >= 0, "a finite number >= 0"),
                       ("seed", seed, seed is None or 0 <= seed <= SEED_LIMIT,
-                       f"in [0, {SEED_LIMIT}]"))
+                       f"in [0, {SEED_LIMIT}]"),
+                      ("adam_eps", adam_eps, math.isfinite(eps) and eps > 0,
+                       "a finite number > 0"),
+                      ("schedule_epochs", schedule_epochs,
+                       math.isfinite(horizon) and (horizon > 0 or lr_schedule == "constant"),
+                       "a finite number > 0"))
             for name, value, ok, what in checks:
                 if not ok:
                     raise ConfigError(f"{name} must be {what}, got {value!r}")
@@ -222,14 +235,19 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
         settings = TrainSettings(batch_size=batch_size, lr=rate, loss=loss,
                                  num_particles=num_particles, beta=vae.beta,
                                  beta_warmup_epochs=warmup, binarize=binarize,
-                                 seed=-1 if seed is None else seed)
+                                 seed=-1 if seed is None else seed, adam_eps=eps,
+                                 lr_schedule=lr_schedule, schedule_epochs=horizon)
         vae.to(dev)
         vae.zero_grad(set_to_none=True)
-        optimizer = make_optimizer(vae, rate)
+        optimizer = make_optimizer(vae, rate, eps)
+        scheduler = make_scheduler(optimizer, lr_schedule,
+                                   round(horizon * math.ceil(train_x.shape[0] / batch_size)))
         objective = make_loss(loss, num_particles)
         if resume:
             with distributed.together("reading the checkpoint"):
                 state = _resume(vae, optimizer, path, settings)
+            if state.scheduler:
+                scheduler.load_state_dict(state.scheduler)
         else:
             if seed is None:
                 settings = dataclasses.replace(settings, seed=int(torch.randint(0, SEED_LIMIT, ())))
@@ -243,7 +261,7 @@ def fit(vae: VAE, train_x: torch.Tensor, *, epochs: int, batch_size: int = 100,
 
             module = LossModule(vae, objective, scale=world if vae.amortized else 1.0)
             ddp = DistributedDataParallel(module, device_ids=[dev] if dev.type == "cuda" else None)
-        state = _train(vae, optimizer, objective, state, train_x.to(dev),
+        state = _train(vae, optimizer, scheduler, objective, state, train_x.to(dev),
                        test_x.to(dev) if test_x is not None else None, epochs, path,
                        progress and distributed.is_main(), ddp)
     return state
@@ -255,7 +273,7 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return ((seed * 1_000_003 + epoch) * 1_000_033 + rank) % (SEED_LIMIT + 1)
 
 
-def _train(vae: VAE, optimizer, objective, state: TrainState, train_x: torch.Tensor,
+def _train(vae: VAE, optimizer, scheduler, objective, state: TrainState, train_x: torch.Tensor,
            test_x: torch.Tensor | None, epochs: int, path: Path | None,
            progress: bool, ddp: nn.Module | None = None) -> TrainState:
     s = state.settings
@@ -281,6 +299,7 @@ def _train(vae: VAE, optimizer, objective, state: TrainState, train_x: torch.Ten
                 with vae.warmup(beta_at(step, 1.0, warmup_steps)):
                     batch_loss = step_fn(*((xb,) if amortized else (xb, idx)))
                     kl_weight = vae.kl_weight
+                scheduler.step()
                 step += 1
                 b = xb.shape[0]
                 summed = batch_loss * (b / plate_size if plate_size else 1.0)  # Σ_i −ELBO_i
@@ -300,12 +319,13 @@ def _train(vae: VAE, optimizer, objective, state: TrainState, train_x: torch.Ten
         if bad:
             _diverged(f"parameter {bad[0]} became NaN/Inf", epoch, step, path)
         elbo = mean_elbo(vae, test_x) if test_x is not None and amortized else None
-        record = EpochRecord(epoch, step, kl_weight, -total / seen, elbo, seconds)
+        record = EpochRecord(epoch, step, kl_weight, -total / seen, elbo, seconds,
+                             scheduler.get_last_lr()[0])
         history.append(record)
         log.info("epoch %d: train ELBO %.2f, test ELBO %s nats/image, %.1f s", epoch,
                  record.train_elbo, "n/a" if elbo is None else f"{elbo:.2f}", seconds)
         state = TrainState(epoch, step, tuple(history), train_seconds, s,
-                           optimizer.state_dict(), rng_state())
+                           optimizer.state_dict(), rng_state(), scheduler.state_dict())
         if path is not None and distributed.is_main():
             checkpoint.save(path, vae, state)
     return state

@@ -1,7 +1,8 @@
 """The VAE as a Pyro program: ``model(x)`` and ``guide(x)`` over the ``"data"`` plate.
 
-The only module that samples the sites ``"z"`` and ``"x"``; :class:`VAEConfig` is all a
-checkpoint needs to rebuild the VAE from the registries of priors, likelihoods and guides.
+The only module that samples the sites ``"z"``, ``"z2"`` (the top latent of a two-layer VAE)
+and ``"x"``; :class:`VAEConfig` is all a checkpoint needs to rebuild the VAE from the
+registries of priors, likelihoods and guides.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from torch import nn
 
 from .errors import ConfigError, DataError
 from .guides import GUIDES
+from .hierarchy import TOP_SITE, UpperLayer
 from .likelihoods import LIKELIHOODS
 from .nets import ACTIVATIONS
 from .parts import (Guide, Likelihood, Prior, coerce_option, real_number, shared_arguments,
@@ -27,6 +29,13 @@ from .parts import (Guide, Likelihood, Prior, coerce_option, real_number, shared
 from .priors import PRIORS
 
 REGISTRIES = {"prior": PRIORS, "guide": GUIDES, "likelihood": LIKELIHOODS}
+TWO_LAYER_REFUSED = {
+    ("prior", "vamp"): "the VampPrior mixes the encoder q(z|x) at its pseudo-inputs, and the "
+                       "top latent z2 has no such encoder",
+    ("guide", "local"): "two stochastic layers are built for amortized guides only",
+    ("guide", "semi"): "its refinement runs p(z) and p(x|z), and p(z) is not one distribution "
+                       "with two layers"}
+"""(role, name) of parts that ``stochastic_layers=2`` refuses, and why."""
 
 
 def beta_handler(beta: float):
@@ -58,6 +67,10 @@ class VAEConfig:
     ``image_shape`` is the shape of one example before flattening, (H, W) or (x_dim,)
     (None: a square image if x_dim is a square number); ``dataset`` names the data the VAE
     is trained on (``mnist``, ``fashion-mnist``, ``kmnist`` or a path), for reloading it.
+
+    ``stochastic_layers=2`` adds the top latent z2 of :class:`pvae.hierarchy.UpperLayer`
+    (``top_z_dim`` units, its MLPs ``top_hidden_dims`` wide): ``prior`` is then p(z2) and
+    ``z_dim`` the size of the bottom latent z (the IWAE paper: z_dim 100, top_z_dim 50).
     """
 
     prior: str = "standard"
@@ -68,6 +81,9 @@ class VAEConfig:
     x_dim: int = 784
     activation: str = "tanh"
     num_data: int | None = None
+    stochastic_layers: int = 1
+    top_z_dim: int = 50
+    top_hidden_dims: tuple[int, ...] = (100, 100)
     options: Mapping[str, Any] = field(default_factory=dict)
     image_shape: tuple[int, ...] | None = None
     dataset: str | None = None
@@ -79,13 +95,15 @@ class VAEConfig:
                                   f"{', '.join(sorted(registry))}")
         sizes = {"z_dim": (self.z_dim,), "x_dim": (self.x_dim,),
                  "hidden_dims": coerce_option("hidden_dims", self.hidden_dims, ()),
-                 "num_data": () if self.num_data is None else (self.num_data,)}
+                 "num_data": () if self.num_data is None else (self.num_data,),
+                 "stochastic_layers": (self.stochastic_layers,), "top_z_dim": (self.top_z_dim,),
+                 "top_hidden_dims": coerce_option("top_hidden_dims", self.top_hidden_dims, ())}
         for name, values in sizes.items():
             values = tuple(whole_number(name, v) for v in values)
             if min(values, default=1 if name == "num_data" else 0) < 1:
                 raise ConfigError(f"{name} must be positive whole number(s), "
                                   f"got {getattr(self, name)!r}")
-            object.__setattr__(self, name, values if name == "hidden_dims" else
+            object.__setattr__(self, name, values if name.endswith("hidden_dims") else
                                (values[0] if values else None))
         if self.image_shape is not None:
             shape = coerce_option("image_shape", self.image_shape, ())
@@ -96,6 +114,12 @@ class VAEConfig:
             object.__setattr__(self, "image_shape", shape)
         if self.dataset is not None and not isinstance(self.dataset, str):
             raise ConfigError(f"dataset must be a name or a path, got {self.dataset!r}")
+        if self.stochastic_layers not in (1, 2):
+            raise ConfigError(f"stochastic_layers must be 1 or 2, got {self.stochastic_layers}")
+        for (role, name), why in TWO_LAYER_REFUSED.items():
+            if self.stochastic_layers == 2 and getattr(self, role) == name:
+                raise ConfigError(f"{role} {name!r} cannot be used with two stochastic layers: "
+                                  f"{why}; use one layer, or another {role}")
         if not isinstance(self.options, Mapping):
             raise ConfigError(f"options must be a mapping of names to values, got {self.options!r}")
         merged = {k: v for opts in self.part_options().values() for k, v in opts.items()}
@@ -115,6 +139,7 @@ class VAEConfig:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["hidden_dims"] = list(self.hidden_dims)
         out["image_shape"] = None if self.image_shape is None else list(self.image_shape)
+        out["top_hidden_dims"] = list(self.top_hidden_dims)
         out["options"] = {k: list(v) if isinstance(v, tuple) else v
                           for k, v in self.options.items()}
         return out
@@ -129,7 +154,8 @@ class VAEConfig:
         return cls(**values)
 
     def build(self) -> tuple[nn.Module, nn.Module, nn.Module]:
-        """New ``(prior, likelihood, guide)`` modules; the guide is handed to the prior."""
+        """New ``(prior, likelihood, guide)`` modules; the guide is handed to the prior. With
+        two stochastic layers the prior is p(z2), of size ``top_z_dim``."""
         shared = {"z_dim": self.z_dim, "x_dim": self.x_dim, "hidden_dims": self.hidden_dims,
                   "activation": self.activation, "num_data": self.num_data,
                   "image_shape": self.image_shape}
@@ -138,17 +164,28 @@ class VAEConfig:
         for role in ("guide", "prior", "likelihood"):
             cls = REGISTRIES[role][getattr(self, role)]
             args = {k: v for k, v in shared.items() if k in shared_arguments(cls)}
+            if role == "prior" and self.stochastic_layers == 2:
+                args["z_dim"] = self.top_z_dim
             if "guide" in shared_arguments(cls):
                 args["guide"] = made["guide"]
             made[role] = cls(**args, **options[role])
         return made["prior"], made["likelihood"], made["guide"]
 
+    def build_upper(self) -> UpperLayer | None:
+        """A new :class:`pvae.hierarchy.UpperLayer` with two stochastic layers, else None."""
+        if self.stochastic_layers == 1:
+            return None
+        return UpperLayer(self.z_dim, self.top_z_dim, self.top_hidden_dims, self.activation)
+
 
 class VAE(PyroModule):
-    """A VAE with prior p(z), likelihood p(x|z) and guide q(z|x) (:mod:`pvae.parts`).
+    """A VAE with prior p(z), likelihood p(x|z) and guide q(z|x) (:mod:`pvae.parts`); with an
+    ``upper`` layer (:class:`pvae.hierarchy.UpperLayer`) two stochastic layers: z2 ~ p(z2) (the
+    prior), z ~ p(z|z2), x ~ p(x|z), guided by q(z|x) q(z2|z).
 
-    The ``"z"`` site is scaled by :attr:`kl_weight` in model and guide, so ``Trace_ELBO``
-    minimises E_q[-log p(x|z)] + β·KL(q(z|x) || p(z)). The parts stay ``torch.nn`` modules
+    The latent sites are scaled by :attr:`kl_weight` in model and guide, so ``Trace_ELBO``
+    minimises E_q[-log p(x|z)] + β·KL(q(z|x) || p(z)) (with two layers β·KL(q(z, z2|x) ||
+    p(z, z2))). The parts stay ``torch.nn`` modules
     whose parameters ``model`` and ``guide`` state with ``pyro.param``, so ``pyro.infer.SVI``
     trains the VAE like any Pyro program. :attr:`config` is the :class:`VAEConfig` it was
     built from (None for one's own modules). ``num_data`` is the dataset size N of a guide
@@ -156,18 +193,24 @@ class VAE(PyroModule):
     """
 
     def __init__(self, prior: nn.Module, likelihood: nn.Module, guide: nn.Module, x_dim: int,
-                 num_data: int | None = None, beta: float = 1.0, config: VAEConfig | None = None):
+                 num_data: int | None = None, beta: float = 1.0, config: VAEConfig | None = None,
+                 upper: nn.Module | None = None):
         super().__init__()
         for part, protocol in ((prior, Prior), (likelihood, Likelihood), (guide, Guide)):
             if not isinstance(part, protocol):
                 raise ConfigError(f"{type(part).__name__} lacks the attributes of a "
                                   f"pvae.parts.{protocol.__name__}; see its docstring")
+        if upper is not None and (guide.uses_model or int(prior.z_dim) != int(upper.top_z_dim)):
+            raise ConfigError(f"two stochastic layers need a prior p(z2) of the upper layer's "
+                              f"size {upper.top_z_dim} (got {prior.z_dim}) and a guide that does "
+                              "not run the model")
         self.x_dim = int(x_dim)
-        self.z_dim = int(prior.z_dim)
+        self.z_dim = int(prior.z_dim if upper is None else upper.z_dim)
         self.num_data = num_data
         self.prior = prior
         self.likelihood = likelihood
         self.q = guide
+        self.upper = upper
         self._direct = 0
         self._warmup = 1.0
         object.__setattr__(self, "config", config)
@@ -180,7 +223,7 @@ class VAE(PyroModule):
         """A new VAE (fresh weights from the global torch RNG) with ``config``'s architecture."""
         prior, likelihood, guide = config.build()
         return cls(prior, likelihood, guide, x_dim=config.x_dim, num_data=config.num_data,
-                   beta=beta, config=config)
+                   beta=beta, config=config, upper=config.build_upper())
 
     @property
     def beta(self) -> float:
@@ -193,12 +236,12 @@ class VAE(PyroModule):
 
     @property
     def kl_weight(self) -> float:
-        """The scale on the ``"z"`` site now: β times the warm-up fraction (1 outside warm-up)."""
+        """The scale on the latent sites now: β times the warm-up fraction (1 outside warm-up)."""
         return self._beta * self._warmup
 
     @contextlib.contextmanager
     def warmup(self, fraction: float):
-        """Within this context the ``"z"`` site is scaled by ``fraction``·β (0 <= fraction <= 1)."""
+        """Within this context the latent sites are scaled by ``fraction``·β (0 ≤ fraction ≤ 1)."""
         if not 0.0 <= fraction <= 1.0:
             raise ConfigError(f"a warm-up fraction must lie in [0, 1], got {fraction}")
         previous, self._warmup = self._warmup, float(fraction)
@@ -234,6 +277,8 @@ class VAE(PyroModule):
         store entry of that name (an earlier VAE's), so ``pyro.optim`` updates this VAE's."""
         store = pyro.get_param_store()
         for part in parts:
+            if getattr(self, part) is None:
+                continue
             for name, p in getattr(self, part).named_parameters(prefix=part):
                 if not p.requires_grad:
                     continue
@@ -250,23 +295,31 @@ class VAE(PyroModule):
         return pyro.plate("data", self.num_data or x.shape[0], subsample=idx)
 
     def model(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """z ~ p(z), x ~ p(x|z), each example in the ``"data"`` plate; returns z."""
+        """z ~ p(z) (two layers: z2 ~ p(z2), z ~ p(z|z2)), x ~ p(x|z), each example in the
+        ``"data"`` plate; returns z."""
         if not self._direct:
-            self._param_statements("prior", "likelihood")
+            self._param_statements("prior", "likelihood", "upper")
         pz = self.prior()
         with self._plate(x, idx):
             with beta_handler(self.kl_weight):
-                z = pyro.sample("z", pz)
+                if self.upper is None:
+                    z = pyro.sample("z", pz)
+                else:
+                    z = pyro.sample("z", self.upper.conditional(pyro.sample(TOP_SITE, pz)))
             pyro.sample("x", self.likelihood(z), obs=x)
         return z
 
     def guide(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """z ~ q(z|x), each example in the ``"data"`` plate; returns z."""
+        """z ~ q(z|x) (two layers: then z2 ~ q(z2|z)), each example in the ``"data"`` plate;
+        returns z."""
         if not self._direct:
-            self._param_statements("q")
+            self._param_statements("q", "upper")
         with self._plate(x, idx):
             with beta_handler(self.kl_weight):
-                return pyro.sample("z", self.q(x, idx))
+                z = pyro.sample("z", self.q(x, idx))
+                if self.upper is not None:
+                    pyro.sample(TOP_SITE, self.upper.posterior(z))
+        return z
 
     def check_data(self, x: torch.Tensor, probabilities: bool = False) -> None:
         """DataError unless ``x`` is a finite ``(B, x_dim)`` tensor in the likelihood's support,
@@ -297,23 +350,29 @@ class VAE(PyroModule):
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        """E[x|z] for ``n`` draws z ~ p(z)."""
-        return self.likelihood.mean(self.prior().sample((n,)))
+        """E[x|z] for ``n`` draws z ~ p(z) (two layers: z2 ~ p(z2), z ~ p(z|z2))."""
+        z = self.prior().sample((n,))
+        return self.likelihood.mean(z if self.upper is None else self.upper.conditional(z).sample())
 
 
 def build_vae(prior: str = "standard", guide: str = "mlp", likelihood: str = "bernoulli",
               z_dim: int = 50, hidden_dims: Sequence[int] = (200, 200), x_dim: int = 784,
               activation: str = "tanh", num_data: int | None = None, beta: float = 1.0,
-              image_shape: Sequence[int] | None = None, **options: Any) -> VAE:
+              image_shape: Sequence[int] | None = None,
+              stochastic_layers: int = 1, top_z_dim: int = 50,
+              top_hidden_dims: Sequence[int] = (100, 100), **options: Any) -> VAE:
     """Build a :class:`VAE` from registry names; the default is the IWAE paper's 1-layer VAE.
 
     The arguments become ``vae.config``; ``options`` go to the parts that declare them
     (e.g. ``num_components`` of the ``mog`` prior, ``conv_channels`` of a ``conv`` guide and
     decoder). ``image_shape`` (H, W) with H·W = ``x_dim`` shapes the convolutional nets and
-    the figures of non-square images.
+    the figures of non-square images. ``stochastic_layers=2`` with ``z_dim=100`` is the
+    paper's 2-layer VAE.
     """
     config = VAEConfig(prior=prior, guide=guide, likelihood=likelihood, z_dim=z_dim,
                        hidden_dims=hidden_dims, x_dim=x_dim, activation=activation,
                        num_data=num_data, options=options,
-                       image_shape=None if image_shape is None else tuple(image_shape))
+                       image_shape=None if image_shape is None else tuple(image_shape),
+                       stochastic_layers=stochastic_layers, top_z_dim=top_z_dim,
+                       top_hidden_dims=top_hidden_dims)
     return VAE.from_config(config, beta=beta)

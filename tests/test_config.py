@@ -101,9 +101,9 @@ def test_no_public_function_shadows_a_module():
 
 
 LAYERS = ["errors", "parts", "nets", "files", "distributed", "state", "weights", "diagnostics",
-          "localfit", "priors", "likelihoods", "guides", "vae", "checkpoint", "objectives", "ais",
-          "evaluate", "amortization", "data", "datasets", "train", "plotting", "experiment",
-          "compare", "cli"]
+          "localfit", "recipes", "priors", "likelihoods", "guides", "hierarchy", "vae",
+          "checkpoint", "objectives", "ais", "evaluate", "amortization", "data", "datasets",
+          "train", "plotting", "experiment", "compare", "cli"]
 
 
 def test_modules_import_only_downward_and_no_private_names():

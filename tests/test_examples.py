@@ -131,12 +131,25 @@ def test_resume_from_a_corrupt_checkpoint_is_one_line(tmp_path, mnist_dir):
 
 def test_compare_writes_one_table_for_several_configurations(mnist_dir, tmp_path):
     done = run("compare.py", "--data-dir", mnist_dir, "--out", tmp_path, "--configs",
-               "prior=standard", "prior=mog,num_components=3", "--epochs", 1,
-               "--train-subset", 300, "--test-subset", 100, "--eval-samples", 20,
+               "prior=standard", "prior=mog,num_components=3", "stochastic_layers=2",
+               "--epochs", 1, "--train-subset", 300, "--test-subset", 100, "--eval-samples", 20,
                "--hidden-dims", 32, "--z-dim", 4, "--device", "cpu")
     assert done.returncode == 0, done.stderr[-3000:]
     table = (tmp_path / "compare.md").read_text()
     assert "prior=mog" in table and "prior=standard" in table
     rows = (tmp_path / "compare.csv").read_text().strip().splitlines()
-    assert len(rows) == 3
+    assert len(rows) == 4 and rows[3].startswith("stochastic_layers=2,")
     assert list(tmp_path.glob("*.png"))
+
+    two = tmp_path / "stochastic_layers-2"  # two stochastic layers: trained, read back, scored
+    metrics = json.loads((two / "metrics.json").read_text())
+    assert metrics["vae"]["stochastic_layers"] == 2 and metrics["config"]["stochastic_layers"] == 2
+    assert metrics["test_elbo"] <= metrics["test_log_px"] < 0
+    assert (two / "samples.png").is_file() and (two / "latent.png").is_file()
+    done = pvae_cli("evaluate", "--checkpoint", two / "checkpoint.pt", "--num-samples", 10,
+                    "--test-subset", 10, "--out", tmp_path / "eval", "--data-dir", mnist_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "eval" / "metrics_eval.json").read_text())["n_test"] == 10
+    done = pvae_cli("gap", "--checkpoint", two / "checkpoint.pt", "--out", tmp_path / "gap",
+                    "--test-subset", 2, "--data-dir", mnist_dir)
+    assert done.returncode == 2 and done.stderr.startswith("error:") and "two" in done.stderr
