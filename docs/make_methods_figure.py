@@ -59,8 +59,10 @@ def main() -> None:
         color = "tab:red" if label.startswith("AIS") else (
             "tab:green" if "refined" in label else "tab:blue")
         ax.errorbar(sec, values.mean(), yerr=2 * se, fmt="o", color=color, capsize=3)
-        ax.annotate(label, (sec, values.mean()), textcoords="offset points", xytext=(6, -10),
-                    fontsize=8)
+        right = label.startswith("AIS")
+        ax.annotate(label, (sec, values.mean()), textcoords="offset points",
+                    xytext=(-8, -14 if label == ref[0] else 8) if right else (6, -10),
+                    ha="right" if right else "left", fontsize=8)
         print(f"{label:24s} {sec:9.3f} CPU-s/image  {values.mean():8.2f}  "
               f"vs {ref[0]}: {diff.mean():+.2f} ± {se:.2f}")
     ax.set_xscale("log")

@@ -183,3 +183,22 @@ def test_the_refined_proposal_needs_a_vae_and_a_known_proposal(problem):
         evaluate(vae.model, vae.guide, x, num_samples=10, proposal="prior")
     with pytest.raises(ConfigError, match="vae.model and vae.guide"):
         evaluate(lambda x_: vae.model(x_), vae.guide, x, num_samples=10, proposal="refined")
+
+
+def test_ais_scores_the_two_layer_vae_and_reduces_to_is_at_one_step():
+    from pvae import build_vae
+
+    vae = build_vae(stochastic_layers=2, z_dim=4, top_z_dim=2, hidden_dims=(16,),
+                    top_hidden_dims=(8,))
+    x = torch.bernoulli(torch.full((5, 784), 0.2, dtype=torch.float32),
+                        generator=torch.Generator().manual_seed(0))
+    pyro.set_rng_seed(1)
+    one = ais_log_likelihood(vae.model, vae.guide, x, num_steps=1, num_chains=30)
+    pyro.set_rng_seed(1)
+    assert torch.allclose(one, log_likelihood(vae.model, vae.guide, x, num_samples=30),
+                          atol=1e-6)
+    elbo = log_likelihood(vae.model, vae.guide, x, num_samples=1)
+    annealed = ais(vae.model, vae.guide, x, num_steps=20, num_chains=4, num_leapfrog=3)
+    assert annealed.log_weights.shape == (5, 4) and torch.isfinite(annealed.log_px).all()
+    assert float(annealed.log_px.mean()) > float(elbo.mean()) + 1  # 4 annealed chains: tighter
+    assert 0.3 < float(annealed.accept_rate.mean()) < 1
