@@ -30,7 +30,8 @@ from .plotting import plot_comparison
 from .vae import REGISTRIES
 
 log = logging.getLogger(__name__)
-_SKIP_FIELDS = {"out", "resume", "overwrite", "progress", "device", "data_dir", "chunk_size"}
+_SKIP_FIELDS = {"out", "resume", "overwrite", "progress", "device", "data_dir", "chunk_size",
+                "method", "ais_steps", "ais_chains", "ais_leapfrog", "ais_subset"}
 METRIC_FIELDS = ("test_elbo", "test_log_px", "test_log_px_stderr", "psis_khat_max",
                  "train_seconds")
 
