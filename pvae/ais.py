@@ -35,19 +35,17 @@ import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from .diagnostics import KHAT_BAD, psis_khat, stderr
 from .errors import ConfigError
-from .weights import (DATA_PLATE, PARTICLE_PLATE, check_count, check_pair, map_examples,
-                      prepare_examples, trace_log_density)
+from .hmc import StepSizePilot, Target, guide_scale, latent_names, transition
+from .weights import check_count, check_pair, map_examples, prepare_examples
 
 DEFAULT_AIS_CHUNK = 4096
 """Chains × examples per pass of AIS on a CPU (every pass runs all T steps)."""
 CUDA_AIS_CHUNK = 2**16
 """Chains × examples per pass on a GPU: a pass is a pure tensor program, wider fills it."""
-SCALE_DRAWS = 64
 PILOT_CHAINS = 4
 _METRICS = ("test_log_px_ais", "test_log_px_ais_stderr", "ais_steps", "ais_chains",
             "ais_leapfrog_steps", "ais_accept_rate", "ais_accept_rate_stderr", "ais_seconds",
@@ -68,117 +66,7 @@ def schedule(num_steps: int, kind: str = "sigmoid", *, delta: float = 4.0) -> to
     return (s - s[0]) / (s[-1] - s[0])
 
 
-class _Layout:
-    """The latent sites of a vectorized trace as one (C, B, D) tensor and back: each site's
-    value with its ``"data"`` dim moved next to the particle dim, flattened, concatenated."""
-
-    def __init__(self, trace, names: list[str], particle_dim: int):
-        self.names, self.pos, self.shapes, self.sizes = names, [], [], []
-        for name in names:
-            site = trace.nodes[name]
-            value, frame = site["value"], next(f for f in site["cond_indep_stack"]
-                                               if f.name == DATA_PLATE)
-            batch = value.dim() - site["fn"].event_dim
-            if batch + particle_dim != 0:
-                raise ConfigError(f"latent site {name!r} has batch shape "
-                                  f"{tuple(value.shape[:batch])}: AIS needs it to span exactly "
-                                  "the plates it sits in")
-            moved = value.movedim(batch + frame.dim, 1)
-            self.pos.append(batch + frame.dim)
-            self.shapes.append(moved.shape[2:])
-            self.sizes.append(int(np.prod(moved.shape[2:], dtype=np.int64)))
-
-    def flatten(self, values: dict) -> torch.Tensor:
-        """{site: value} -> (C, B, D)."""
-        parts = [values[n].movedim(p, 1) for n, p in zip(self.names, self.pos)]
-        return torch.cat([v.reshape(v.shape[:2] + (-1,)) for v in parts], dim=-1)
-
-    def unflatten(self, z: torch.Tensor) -> dict:
-        """(C, B, D) -> {site: value}."""
-        out, start = {}, 0
-        for name, pos, shape, size in zip(self.names, self.pos, self.shapes, self.sizes):
-            piece = z[..., start:start + size].reshape(z.shape[:2] + shape)
-            out[name], start = piece.movedim(1, pos), start + size
-        return out
-
-
-def _particle_trace(fn, call: tuple, particle_dim: int, chains: int, values: dict | None = None):
-    """Trace of ``fn(x, *args, **kwargs)`` under a vectorized plate of ``chains`` particles,
-    its latent sites conditioned on ``values`` when given."""
-    x, args, kwargs = call
-    fn = pyro.plate(PARTICLE_PLATE, chains, dim=particle_dim)(fn)
-    if values is not None:
-        fn = poutine.condition(fn, data=values)
-    return poutine.trace(fn).get_trace(x, *args, **kwargs)
-
-
-def _latent_names(trace) -> list[str]:
-    return [n for n, s in trace.nodes.items() if s["type"] == "sample"
-            and not site_is_subsample(s) and not s["is_observed"]]
-
-
-class _Target:
-    """log p(x, z) and log q(z|x) (float64, (C, B)) with their z-gradients for B examples at
-    C chains; made from C draws of the guide, kept as :attr:`z0`."""
-
-    def __init__(self, model, guide, call: tuple, particle_dim: int, chains: int):
-        self.model, self.guide, self.call = model, guide, call
-        self.pdim, self.chains = particle_dim, chains
-        with torch.no_grad():
-            tr = _particle_trace(guide, call, particle_dim, chains)
-        names = _latent_names(tr)
-        self.layout = _Layout(tr, names, particle_dim)
-        # one latent site: q's distribution cannot depend on z, so it is computed once
-        self.q_sites = {names[0]: tr.nodes[names[0]]} if len(names) == 1 else None
-        self.z0 = self.layout.flatten({n: tr.nodes[n]["value"] for n in names})
-
-    def __call__(self, z: torch.Tensor):
-        """(log p, log q, ∇_z log p, ∇_z log q) at z of shape (C, B, D)."""
-        with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
-            values = self.layout.unflatten(z)
-            log_p = trace_log_density(
-                _particle_trace(self.model, self.call, self.pdim, self.chains, values), self.pdim)
-            if self.q_sites is None:
-                log_q = trace_log_density(
-                    _particle_trace(self.guide, self.call, self.pdim, self.chains, values),
-                    self.pdim)
-            else:
-                log_q = trace_log_density(
-                    {n: dict(s, value=values[n]) for n, s in self.q_sites.items()}, self.pdim)
-            grad_p, = torch.autograd.grad(log_p.sum(), z, retain_graph=self.q_sites is None)
-            grad_q, = torch.autograd.grad(log_q.sum(), z)
-        return log_p.detach(), log_q.detach(), grad_p, grad_q
-
-
-def _transition(target: _Target, state: tuple, beta: float, step: torch.Tensor,
-                num_leapfrog: int) -> tuple[tuple, torch.Tensor]:
-    """One HMC move leaving f_β invariant from state (z, log p, log q, ∇log p, ∇log q), with
-    per-coordinate steps ``step`` = ε·s (B, D); returns the new state and the (C, B)
-    acceptance probabilities (0 where the trajectory went non-finite)."""
-    z, log_p, log_q, g_p, g_q = state
-
-    def log_f(lp, lq):
-        return beta * lp + (1 - beta) * lq
-
-    r = torch.randn_like(z)
-    h0 = -log_f(log_p, log_q) + 0.5 * r.double().pow(2).sum(-1)
-    r = r + 0.5 * step * (beta * g_p + (1 - beta) * g_q)
-    zn = z
-    for i in range(num_leapfrog):
-        zn = zn + step * r
-        lp, lq, gp, gq = target(zn)
-        r = r + (1.0 if i < num_leapfrog - 1 else 0.5) * step * (beta * gp + (1 - beta) * gq)
-    h1 = -log_f(lp, lq) + 0.5 * r.double().pow(2).sum(-1)
-    prob = torch.exp(torch.clamp(h0 - h1, max=0.0))
-    prob = torch.where(torch.isfinite(prob), prob, torch.zeros_like(prob))
-    take = torch.rand_like(prob) < prob
-    new = tuple(torch.where(take.view(take.shape + (1,) * (new.dim() - 2)), new, old)
-                for new, old in zip((zn, lp, lq, gp, gq), state))
-    return new, prob
-
-
-def _anneal(target: _Target, z0: torch.Tensor, betas: torch.Tensor, step_size: Callable,
+def _anneal(target: Target, z0: torch.Tensor, betas: torch.Tensor, step_size: Callable,
             scale: torch.Tensor, num_leapfrog: int, bar, adapt: Callable | None = None):
     """Run the chains from z0 along ``betas``; return the (C, B) float64 log-weights and the
     (B,) mean acceptance. ``step_size(t, β)`` gives ε (B,); ``adapt(t, β, acceptance)``,
@@ -194,7 +82,7 @@ def _anneal(target: _Target, z0: torch.Tensor, betas: torch.Tensor, step_size: C
         if t < steps:
             beta = float(betas[t])
             eps = step_size(t, beta)
-            state, prob = _transition(target, state, beta, (eps[:, None] * scale).to(z0),
+            state, prob = transition(target, state, beta, (eps[:, None] * scale).to(z0),
                                       num_leapfrog)
             a = prob.mean(0)
             accept += a
@@ -202,38 +90,6 @@ def _anneal(target: _Target, z0: torch.Tensor, betas: torch.Tensor, step_size: C
                 adapt(t, beta, a)
         bar.update(1)
     return log_w, accept / max(1, steps - 1)
-
-
-class _Pilot:
-    """Per-example step sizes ε(β) adapted on independent chains (see the module text)."""
-
-    def __init__(self, n: int, device, target_accept: float, init: float = 0.25,
-                 rate: float = 0.5):
-        self.log_eps = torch.full((n,), math.log(init), dtype=torch.float64, device=device)
-        self.target, self.rate, self.betas, self.table = target_accept, rate, [], []
-
-    def current(self, t: int, beta: float) -> torch.Tensor:
-        """The pilot's own ε for its next step."""
-        return self.log_eps.exp()
-
-    def adapt(self, t: int, beta: float, accept: torch.Tensor) -> None:
-        """log ε += rate·(acceptance − target); remember ε at this β."""
-        self.log_eps = self.log_eps + self.rate * (accept - self.target)
-        self.betas.append(beta)
-        self.table.append(self.log_eps)
-
-    def frozen(self) -> Callable:
-        """ε(β) for the main run: the pilot's ε at the nearest β it visited."""
-        if not self.betas:
-            return self.current
-        betas = torch.tensor(self.betas, dtype=torch.float64)
-        table = torch.stack(self.table)
-
-        def step_size(t: int, beta: float) -> torch.Tensor:
-            i = int(torch.argmin((betas - beta).abs()))
-            return table[i].exp()
-
-        return step_size
 
 
 @dataclass(frozen=True)
@@ -322,12 +178,6 @@ def _frozen_params(*fns):
     return out
 
 
-def _scale(guide, call: tuple, pdim: int, layout: _Layout) -> torch.Tensor:
-    """The guide's per-example, per-coordinate standard deviation from SCALE_DRAWS draws, (B, D)."""
-    tr = _particle_trace(guide, call, pdim, SCALE_DRAWS)
-    return layout.flatten({n: tr.nodes[n]["value"] for n in layout.names}).std(0).clamp_min(1e-6)
-
-
 def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, schedule_kind,
          target_accept, chunk_size, progress, desc, start=None):
     """AIS over all examples in passes; with ``start``, a (B, ...) dict of exact latent draws
@@ -354,12 +204,12 @@ def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, 
                 call = map_examples(lambda t: t[b0:b0 + per_pass], x, *args, **kwargs)
                 b = call[0].shape[0]
                 with torch.no_grad():
-                    target = _Target(model, guide, call, pdim, num_chains)
-                    scale = _scale(guide, call, pdim, target.layout)
-                pilot = _Pilot(b, x.device, target_accept)
+                    target = Target(model, guide, call, pdim, num_chains)
+                    scale = guide_scale(guide, call, pdim, target.layout)
+                pilot = StepSizePilot(b, x.device, target_accept)
                 if pilot_betas is not None:
                     with torch.no_grad():
-                        pilot_target = _Target(model, guide, call, pdim,
+                        pilot_target = Target(model, guide, call, pdim,
                                                min(PILOT_CHAINS, num_chains))
                     _anneal(pilot_target, pilot_target.z0, pilot_betas, pilot.current, scale,
                             num_leapfrog, bar, adapt=pilot.adapt)
@@ -451,7 +301,7 @@ def bdmc(model: Callable, guide: Callable, x: torch.Tensor, *args, num_steps: in
         raise ConfigError(f"BDMC simulates x from the model's one observed site fed by x; this "
                           f"model observes {observed}")
     x_sim = sim.nodes[observed[0]]["value"].detach().reshape(x.shape).to(x.dtype)
-    exact = {n: sim.nodes[n]["value"].detach() for n in _latent_names(sim) if n not in observed}
+    exact = {n: sim.nodes[n]["value"].detach() for n in latent_names(sim) if n not in observed}
     options = dict(num_steps=num_steps, num_chains=num_chains, num_leapfrog=num_leapfrog,
                    target_accept=target_accept, chunk_size=chunk_size, progress=progress)
     forward = ais(model, guide, x_sim, *args, schedule=schedule, **options, **kwargs)

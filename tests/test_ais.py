@@ -8,7 +8,8 @@ import torch
 
 from linear_gaussian import (ShiftedDiagonalGuide, exact_log_px, make_problem, make_vae,
                              posterior, sample_data)
-from pvae.ais import _Target, _transition, schedule
+from pvae.ais import schedule
+from pvae.hmc import Target, transition
 from pvae.errors import ConfigError
 from pvae.evaluate import ais, ais_log_likelihood, bdmc, evaluate, log_likelihood
 
@@ -70,12 +71,12 @@ def test_the_hmc_move_leaves_the_intermediate_gaussian_invariant(problem, beta):
                        + beta * torch.linalg.solve(cov, m.unsqueeze(-1)))).squeeze(-1)
     chains = 4000
     with torch.no_grad():
-        target = _Target(vae.model, vae.guide, (x, (), {}), -2, chains)
+        target = Target(vae.model, vae.guide, (x, (), {}), -2, chains)
     z = mean_b + (torch.randn(chains, 2, 1, 2, dtype=x.dtype) @ torch.linalg.cholesky(cov_b)
                   .transpose(-1, -2)).squeeze(-2)
     state = (z, *target(z))
     for _ in range(20):
-        state, prob = _transition(target, state, beta, 0.5 * cov_b.diagonal(dim1=-2, dim2=-1)
+        state, prob = transition(target, state, beta, 0.5 * cov_b.diagonal(dim1=-2, dim2=-1)
                                   .sqrt(), 5)
     z = state[0]
     assert 0.5 < float(prob.mean()) < 1.0
@@ -99,7 +100,7 @@ def test_the_log_joint_and_its_gradient_match_the_hand_written_density(problem):
     W, b, sigma, vae = problem
     x = sample_data(W, b, sigma, 3)
     with torch.no_grad():
-        target = _Target(vae.model, vae.guide, (x, (), {}), -2, 4)
+        target = Target(vae.model, vae.guide, (x, (), {}), -2, 4)
     z = torch.randn(4, 3, 2, dtype=x.dtype, requires_grad=True)
     log_p, log_q, grad_p, grad_q = target(z)
     by_hand = (dist.Normal(0.0, 1.0).log_prob(z).sum(-1)

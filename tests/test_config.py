@@ -102,8 +102,8 @@ def test_no_public_function_shadows_a_module():
 
 LAYERS = ["errors", "parts", "nets", "files", "distributed", "state", "weights", "diagnostics",
           "localfit", "recipes", "priors", "likelihoods", "guides", "hierarchy", "vae",
-          "checkpoint", "objectives", "ais", "evaluate", "amortization", "data", "datasets",
-          "train", "plotting", "experiment", "compare", "cli"]
+          "checkpoint", "objectives", "hmc", "ais", "evaluate", "amortization", "data",
+          "datasets", "train", "plotting", "experiment", "compare", "cli"]
 
 
 def test_modules_import_only_downward_and_no_private_names():
