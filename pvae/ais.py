@@ -26,6 +26,7 @@ the log densities from Pyro's traces (``poutine.condition``), the model's raw lo
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from tqdm.auto import tqdm
 from .diagnostics import KHAT_BAD, psis_khat, stderr
 from .errors import ConfigError
 from .hmc import StepSizePilot, Target, guide_scale, latent_names, transition
-from .weights import check_count, check_pair, map_examples, prepare_examples
+from .weights import check_count, check_pair, frozen_parameters, map_examples, prepare_examples
 
 DEFAULT_AIS_CHUNK = 4096
 """Chains × examples per pass of AIS on a CPU (every pass runs all T steps)."""
@@ -129,7 +130,7 @@ class AISResult:
         sd = w.std(1) if self.num_chains > 1 else torch.zeros(self.n, dtype=w.dtype)
         return sd / (math.sqrt(self.num_chains) * w.mean(1))
 
-    @property
+    @functools.cached_property
     def khat(self) -> np.ndarray:
         """PSIS k-hat of each example's C final weights (NaN below 25 chains: no tail fit)."""
         return psis_khat(self.log_weights.numpy())
@@ -165,19 +166,6 @@ def _check(num_steps, num_chains, num_leapfrog, target_accept, chunk_size):
         raise ConfigError(f"target_accept must lie in (0, 1), got {target_accept}")
 
 
-def _frozen_params(*fns):
-    """The trainable parameters of the modules ``fns`` are methods of."""
-    seen, out = set(), []
-    for fn in fns:
-        owner = getattr(fn, "__self__", None)
-        if isinstance(owner, torch.nn.Module):
-            for p in owner.parameters():
-                if p.requires_grad and id(p) not in seen:
-                    seen.add(id(p))
-                    out.append(p)
-    return out
-
-
 def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, schedule_kind,
          target_accept, chunk_size, progress, desc, start=None):
     """AIS over all examples in passes; with ``start``, a (B, ...) dict of exact latent draws
@@ -193,38 +181,30 @@ def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, 
     n = x.shape[0]
     passes = range(0, n, per_pass)
     weights, accepts = [], []
-    frozen = _frozen_params(model, guide)
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
-        with pyro.validation_enabled(False), tqdm(total=len(passes) * (num_steps + pilot_steps),
-                                                  desc=desc, unit="step",
-                                                  disable=not progress) as bar:
-            for b0 in passes:
-                call = map_examples(lambda t: t[b0:b0 + per_pass], x, *args, **kwargs)
-                b = call[0].shape[0]
+    bar = tqdm(total=len(passes) * (num_steps + pilot_steps), desc=desc, unit="step",
+               disable=not progress)
+    with frozen_parameters(model, guide), pyro.validation_enabled(False), bar:
+        for b0 in passes:
+            call = map_examples(lambda t: t[b0:b0 + per_pass], x, *args, **kwargs)
+            b = call[0].shape[0]
+            with torch.no_grad():
+                target = Target(model, guide, call, pdim, num_chains)
+                scale = guide_scale(guide, call, pdim, target.layout)
+            pilot = StepSizePilot(b, x.device, target_accept)
+            if pilot_betas is not None:
                 with torch.no_grad():
-                    target = Target(model, guide, call, pdim, num_chains)
-                    scale = guide_scale(guide, call, pdim, target.layout)
-                pilot = StepSizePilot(b, x.device, target_accept)
-                if pilot_betas is not None:
-                    with torch.no_grad():
-                        pilot_target = Target(model, guide, call, pdim,
-                                               min(PILOT_CHAINS, num_chains))
-                    _anneal(pilot_target, pilot_target.z0, pilot_betas, pilot.current, scale,
-                            num_leapfrog, bar, adapt=pilot.adapt)
-                z0, path = target.z0, betas
-                if start is not None:
-                    rows = {k: v[b0:b0 + b].unsqueeze(0).expand((num_chains,) + v[b0:b0 + b].shape)
-                            for k, v in start.items()}
-                    z0, path = target.layout.flatten(rows), betas.flip(0)
-                log_w, acc = _anneal(target, z0, path, pilot.frozen(), scale, num_leapfrog,
-                                     bar)
-                weights.append(log_w.T.cpu())
-                accepts.append(acc.cpu())
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
+                    pilot_target = Target(model, guide, call, pdim,
+                                          min(PILOT_CHAINS, num_chains))
+                _anneal(pilot_target, pilot_target.z0, pilot_betas, pilot.current, scale,
+                        num_leapfrog, bar, adapt=pilot.adapt)
+            z0, path = target.z0, betas
+            if start is not None:
+                rows = {k: v[b0:b0 + b].expand((num_chains, *v[b0:b0 + b].shape))
+                        for k, v in start.items()}
+                z0, path = target.layout.flatten(rows), betas.flip(0)
+            log_w, acc = _anneal(target, z0, path, pilot.frozen(), scale, num_leapfrog, bar)
+            weights.append(log_w.T.cpu())
+            accepts.append(acc.cpu())
     return torch.cat(weights), torch.cat(accepts)
 
 

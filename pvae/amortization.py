@@ -136,8 +136,9 @@ def gap_report(vae, x: torch.Tensor, *, n: int | None = None, num_samples: int =
     fit = fit_local(vae, x, elbo_samples=elbo_samples, chunk_size=chunk_size, progress=progress,
                     **fit_kwargs)
     with torch.no_grad():
+        chunk = chunk_size or default_chunk_size(x.device)
         elbo_q = log_weights(vae.model, vae.guide, x, elbo_samples,
-                             chunk_size=chunk_size or default_chunk_size(x.device)).mean(0).to(x.dtype)
+                             chunk_size=chunk).mean(0).to(x.dtype)
     lp_q = log_likelihood(vae.model, vae.guide, x, num_samples=num_samples, chunk_size=chunk_size)
     flows = guide_flows(vae, x) if fit.family == "flow" else []
     proposal = {"local": local_guide(fit.loc, fit.scale, flows=flows),

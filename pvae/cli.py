@@ -23,9 +23,9 @@ from .compare import compare, format_table, grid, option_names, parse_setting
 from .errors import ConfigError, PvaeError
 from .evaluate import PROPOSALS, ais, bdmc, evaluate
 from .experiment import (AIS_CHAINS, AIS_LEAPFROG, AIS_PER_EXAMPLE_FILE, AIS_STEPS, METHODS,
-                         NO_TEST_EVALUATION, ExperimentConfig, ais_rows, draw_figures,
-                         estimate_rows, format_number, format_rows, test_rows, versions,
-                         write_json)
+                         NO_TEST_EVALUATION, ExperimentConfig, ais_budget, ais_rows,
+                         draw_figures, estimate_rows, format_number, format_rows, test_rows,
+                         versions, write_json)
 from .files import check_writable
 from .nets import ACTIVATIONS
 from .objectives import OBJECTIVES
@@ -268,9 +268,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         figure = plot_evaluation(result, out / f"evaluation_K{args.num_samples}{suffix}.png")
         rows = test_rows(metrics)
     else:
-        budget = dict(num_steps=args.ais_steps, num_chains=args.ais_chains,
-                      num_leapfrog=args.ais_leapfrog, chunk_size=args.chunk_size,
-                      progress=progress)
+        budget = ais_budget(args, progress)
         if args.method == "ais":
             result = ais(vae.model, vae.guide, x, **budget)
             np.save(out / AIS_PER_EXAMPLE_FILE, result.log_px.numpy())

@@ -197,6 +197,22 @@ def _fetch(data_dir: Path) -> None:
     log.info("wrote and verified MNIST's raw files in %s", raw_dir(data_dir))
 
 
+def check_subset(flag: str, n: int | None, total: int | None, source: str = "") -> None:
+    """DataError unless ``n`` (a ``--*-subset`` flag's value) is None or 1 ≤ n ≤ ``total``
+    (None: not known yet); ``source`` names the data in the message."""
+    if n is not None and int(n) < 1:
+        raise DataError(f"{flag} must be a positive number of examples, got {n}")
+    if n is not None and total is not None and int(n) > total:
+        raise DataError(f"{flag} {n} is larger than the {total} examples available"
+                        + (f" in {source}" if source else ""))
+
+
+def binarize_once(x: torch.Tensor) -> torch.Tensor:
+    """A test set binarized once, x ~ Bernoulli(pixel), seed 123, so that log p(x) is of
+    fixed binary images."""
+    return torch.bernoulli(x, generator=torch.Generator().manual_seed(123))
+
+
 def load_mnist(data_dir: str | Path = "data", binarize: bool = True,
                train_subset: int | None = None, test_subset: int | None = None) -> MNIST:
     """Load MNIST flattened to (N, 784) float32, the first ``*_subset`` examples of each split.
@@ -206,12 +222,8 @@ def load_mnist(data_dir: str | Path = "data", binarize: bool = True,
     grayscale and are binarized per batch by :func:`minibatches`)."""
     import torchvision
 
-    for flag, n, total in (("--train-subset", train_subset, 60000),
-                           ("--test-subset", test_subset, 10000)):
-        if n is not None and int(n) < 1:
-            raise DataError(f"{flag} must be a positive number of examples, got {n}")
-        if n is not None and int(n) > total:
-            raise DataError(f"{flag} {n} is larger than the {total} examples available")
+    check_subset("--train-subset", train_subset, 60000)
+    check_subset("--test-subset", test_subset, 10000)
     root = ensure_mnist(data_dir)
     train = torchvision.datasets.MNIST(str(root), train=True, download=False)
     test = torchvision.datasets.MNIST(str(root), train=False, download=False)
@@ -219,7 +231,7 @@ def load_mnist(data_dir: str | Path = "data", binarize: bool = True,
     train_x = train.data[:ntr].reshape(ntr, -1).float().div_(255.0)
     test_x = test.data[:nte].reshape(nte, -1).float().div_(255.0)
     if binarize:
-        test_x = torch.bernoulli(test_x, generator=torch.Generator().manual_seed(123))
+        test_x = binarize_once(test_x)
     return MNIST(train_x, train.targets[:ntr].clone(), test_x, test.targets[:nte].clone())
 
 

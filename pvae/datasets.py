@@ -53,8 +53,7 @@ def load_dataset(dataset: str = "mnist", data_dir: str | Path = "data", binarize
     """Load ``dataset`` (a name of :data:`TORCHVISION` or a path, see the module docstring),
     keeping the first ``*_subset`` examples of each split."""
     for flag, n in (("--train-subset", train_subset), ("--test-subset", test_subset)):
-        if n is not None and int(n) < 1:
-            raise DataError(f"{flag} must be a positive number of examples, got {n}")
+        data.check_subset(flag, n, None)
     if dataset == "mnist":
         m = data.load_mnist(data_dir, binarize=binarize, train_subset=train_subset,
                             test_subset=test_subset)
@@ -66,13 +65,11 @@ def load_dataset(dataset: str = "mnist", data_dir: str | Path = "data", binarize
     (train_x, train_y), (test_x, test_y), shape = arrays
     for flag, n, x in (("--train-subset", train_subset, train_x),
                        ("--test-subset", test_subset, test_x)):
-        if n is not None and int(n) > x.shape[0]:
-            raise DataError(f"{flag} {n} is larger than the {x.shape[0]} examples available "
-                            f"in {dataset}")
+        data.check_subset(flag, n, x.shape[0], str(dataset))
     ntr, nte = int(train_subset or train_x.shape[0]), int(test_subset or test_x.shape[0])
     train_x, test_x = train_x[:ntr], test_x[:nte]
     if binarize:
-        test_x = torch.bernoulli(test_x, generator=torch.Generator().manual_seed(123))
+        test_x = data.binarize_once(test_x)
     return Dataset(str(dataset), train_x, train_y[:ntr].clone(), test_x, test_y[:nte].clone(),
                    shape)
 

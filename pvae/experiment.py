@@ -229,15 +229,21 @@ def evaluate_sharded(vae: VAE, x: torch.Tensor, **kwargs) -> EvalResult:
     return gathered(evaluate(vae.model, vae.guide, distributed.shard(x), **kwargs))
 
 
+def ais_budget(flags, progress: bool) -> dict:
+    """The keyword arguments of :func:`pvae.evaluate.ais` and ``bdmc`` from the flags
+    ``ais_steps``, ``ais_chains``, ``ais_leapfrog`` and ``chunk_size`` of ``flags`` (an
+    :class:`ExperimentConfig` or the parsed ``pvae evaluate`` arguments)."""
+    return dict(num_steps=flags.ais_steps, num_chains=flags.ais_chains,
+                num_leapfrog=flags.ais_leapfrog, chunk_size=flags.chunk_size, progress=progress)
+
+
 def annealed(vae, x: torch.Tensor, config: ExperimentConfig, out: Path, main: bool) -> dict:
     """``--method ais``: AIS on ``x`` (``test_log_px_ais``, ...); ``bdmc``: also BDMC on as many
     simulated images; ``is``: nothing. Sharded across ranks like :func:`evaluate_sharded`;
     the figures are written on rank 0 (``main``). Returns the metrics entries."""
     if config.method == "is":
         return {}
-    budget = dict(num_steps=config.ais_steps, num_chains=config.ais_chains,
-                  num_leapfrog=config.ais_leapfrog, chunk_size=config.chunk_size,
-                  progress=config.progress and main)
+    budget = ais_budget(config, config.progress and main)
     result = gathered(ais(vae.model, vae.guide, distributed.shard(x), **budget))
     metrics = result.to_metrics()
     if config.method == "bdmc":

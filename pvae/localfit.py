@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError, DivergenceError
 from .nets import inv_softplus
-from .weights import (DATA_PLATE, check_count, check_pair, default_chunk_size, log_weights,
-                      prepare_examples)
+from .weights import (DATA_PLATE, check_count, check_pair, default_chunk_size,
+                      frozen_parameters, log_weights, prepare_examples)
 
 MIN_SCALE = 1e-5
 
@@ -247,16 +247,9 @@ def optimised(vae_or_model, x, init, model_args: Sequence, chunk_size, **options
         return log_weights(*pair(loc, scale), x, s, idx, *args, chunk_size=chunk,
                            structure=structure)
 
-    frozen = [p for p in vae_or_model.parameters() if p.requires_grad] \
-        if isinstance(vae_or_model, torch.nn.Module) else []
-    for p in frozen:  # the model's parameters are left alone, and cost no gradients
-        p.requires_grad_(False)
-    try:
+    with frozen_parameters(vae_or_model):  # the model's parameters cost no gradients
         start = time.perf_counter()
         fitted = optimise_local(lambda *a: lw(*a).to(x.dtype), loc0, scale0, **options)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
     return lw, fitted, time.perf_counter() - start, flows
 
 

@@ -9,6 +9,7 @@ Every tensor in ``args``/``kwargs`` whose leading dim is ``len(x)`` (dataset ind
 ``idx``, say) is cut along with ``x`` when the examples are split."""
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -37,6 +38,24 @@ class Structure:
     """A checked pair (:func:`check_pair`): the particle plate's dim, left of the pair's plates."""
 
     particle_dim: int
+
+
+@contextlib.contextmanager
+def frozen_parameters(*owners):
+    """Within the block, the trainable parameters of ``owners`` (modules, or methods of a
+    module such as ``vae.model``; anything else is skipped) take no gradients; restored after."""
+    params = {}
+    for owner in owners:
+        module = owner if isinstance(owner, torch.nn.Module) else getattr(owner, "__self__", None)
+        if isinstance(module, torch.nn.Module):
+            params.update((id(p), p) for p in module.parameters() if p.requires_grad)
+    for p in params.values():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params.values():
+            p.requires_grad_(True)
 
 
 def default_chunk_size(device) -> int:
