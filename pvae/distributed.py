@@ -64,8 +64,9 @@ def env_local_rank() -> int:
 @contextlib.contextmanager
 def process_group(device_type: str = "cpu") -> Iterator[int]:
     """Join the process group that torchrun's environment describes, if it has more than one
-    rank and none is joined yet; leave it on exit. Yields the world size. The backend is NCCL
-    for ``device_type == "cuda"`` (each rank on GPU ``LOCAL_RANK``), else gloo."""
+    rank and none is joined yet; leave it on exit, after a barrier when the block ended without
+    an error. Yields the world size. The backend is NCCL for ``device_type == "cuda"`` (each
+    rank on GPU ``LOCAL_RANK``), else gloo."""
     if env_world_size() == 1 or (dist.is_available() and dist.is_initialized()):
         yield world_size()
         return
@@ -83,6 +84,9 @@ def process_group(device_type: str = "cpu") -> Iterator[int]:
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout()))
     try:
         yield world_size()
+        # every rank is done before any leaves: rank 0 hosts the store the others still use
+        # while they tear down (a rank whose store vanished aborts the process)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
