@@ -23,6 +23,7 @@ from .likelihoods import LIKELIHOODS
 from .plotting import (plot_ais, plot_elbo_curves, plot_evaluation, plot_latent,
                        plot_reconstructions, plot_samples)
 from .recipes import check_overrides, get_recipe, warmup_epochs
+from .state import train_cpu_seconds
 from .train import fit, resolve_device
 from .vae import VAE, VAEConfig
 
@@ -173,6 +174,7 @@ def run(config: ExperimentConfig) -> dict:
                     progress=config.progress)
         test_x = data.test_x.to(device)
         metrics = {"epochs": state.epoch, "steps": state.step, "train_seconds": state.train_seconds,
+                   "train_cpu_seconds": train_cpu_seconds(state.history),
                    "train_elbo": state.history[-1].train_elbo if state.history else None,
                    "history": [dataclasses.asdict(r) for r in state.history]}
         if vae.amortized:

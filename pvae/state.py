@@ -19,7 +19,8 @@ class EpochRecord:
     last step (β times the warm-up fraction); ``train_elbo`` is the running mean of the
     training objective's bound at that β (the IWAE bound with ``loss="iwae"``);
     ``test_elbo`` is the plain one-sample ELBO at β = 1; ``lr`` the learning rate after the
-    epoch's last step."""
+    epoch's last step; ``seconds`` and ``cpu_seconds`` the epoch's wall and CPU time in its
+    steps (this process's, all its threads; None in checkpoints older than the field)."""
 
     epoch: int
     step: int
@@ -28,6 +29,7 @@ class EpochRecord:
     test_elbo: float | None
     seconds: float
     lr: float | None = None
+    cpu_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,12 @@ class TrainState:
                    settings=TrainSettings(**d["settings"]),
                    optimizer=dict(d["optimizer"]), rng=dict(d["rng"]),
                    scheduler=dict(d.get("scheduler") or {}))
+
+
+def train_cpu_seconds(history) -> float | None:
+    """The CPU seconds of every epoch of ``history``; None when one was not measured."""
+    times = [r.cpu_seconds for r in history]
+    return None if None in times else float(sum(times))
 
 
 def rng_state() -> dict[str, Any]:

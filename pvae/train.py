@@ -293,7 +293,7 @@ def _train(vae: VAE, optimizer, scheduler, objective, state: TrainState, train_x
                               world_size=world)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}",
                    disable=not progress, leave=False, dynamic_ncols=True)
-        tic, total, seen = time.perf_counter(), 0.0, 0
+        tic, cpu_tic, total, seen = time.perf_counter(), time.process_time(), 0.0, 0
         with pyro.validation_enabled(False):
             for idx, xb in bar:
                 with vae.warmup(beta_at(step, 1.0, warmup_steps)):
@@ -312,7 +312,7 @@ def _train(vae: VAE, optimizer, scheduler, objective, state: TrainState, train_x
                 seen += b
                 if step % 10 == 0:
                     bar.set_postfix(elbo=f"{-total / seen:.2f}", beta=f"{kl_weight:.2f}")
-        seconds = time.perf_counter() - tic
+        seconds, cpu_seconds = time.perf_counter() - tic, time.process_time() - cpu_tic
         train_seconds += seconds
         bar.close()
         bad = [n for n, p in vae.named_parameters() if not bool(torch.isfinite(p).all())]
@@ -320,7 +320,7 @@ def _train(vae: VAE, optimizer, scheduler, objective, state: TrainState, train_x
             _diverged(f"parameter {bad[0]} became NaN/Inf", epoch, step, path)
         elbo = mean_elbo(vae, test_x) if test_x is not None and amortized else None
         record = EpochRecord(epoch, step, kl_weight, -total / seen, elbo, seconds,
-                             scheduler.get_last_lr()[0])
+                             scheduler.get_last_lr()[0], cpu_seconds)
         history.append(record)
         log.info("epoch %d: train ELBO %.2f, test ELBO %s nats/image, %.1f s", epoch,
                  record.train_elbo, "n/a" if elbo is None else f"{elbo:.2f}", seconds)
