@@ -33,12 +33,13 @@ log = logging.getLogger(__name__)
 _SKIP_FIELDS = {"out", "resume", "overwrite", "progress", "device", "data_dir", "chunk_size",
                 "method", "ais_steps", "ais_chains", "ais_leapfrog", "ais_subset"}
 METRIC_FIELDS = ("test_elbo", "test_log_px", "test_log_px_stderr", "psis_khat_max",
-                 "train_seconds")
+                 "train_seconds", "train_cpu_seconds", "epochs")
 
 
 @dataclass(frozen=True)
 class CompareRow:
-    """One configuration's results; ``diff`` is its mean log p(x) minus the baseline's."""
+    """One configuration's results; ``diff`` is its mean log p(x) minus the baseline's;
+    ``train_cpu_seconds`` None for a run that did not measure it."""
 
     name: str
     out: str
@@ -53,6 +54,8 @@ class CompareRow:
     paired: bool = False
     beats_baseline: bool = False
     error: str | None = None
+    train_cpu_seconds: float | None = None
+    epochs: int | None = None
 
 
 def _value(text: str):
@@ -212,8 +215,8 @@ def compare(base, settings: Sequence[dict], out: str | Path,
 
 def format_table(rows: Sequence[CompareRow], base) -> str:
     """The comparison as a Markdown table, with notes on the test and the shared budget."""
-    lines = ["| config | test ELBO | test log p(x) ± s.e. | Δ vs baseline ± s.e. | k-hat max "
-             "| train s |", "|---|---|---|---|---|---|"]
+    lines = ["| config | epochs | test ELBO | test log p(x) ± s.e. | Δ vs baseline ± s.e. "
+             "| k-hat max | train s | train CPU s |", "|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rows):
         if r.error:
             delta = f"failed: {r.error}"
@@ -225,12 +228,15 @@ def format_table(rows: Sequence[CompareRow], base) -> str:
             delta = f"{r.diff:+.2f} ± {r.diff_stderr:.2f}{' (paired)' if r.paired else ''}"
             delta += " **better**" if r.beats_baseline else ""
         unknown = r.psis_khat_max is None and r.test_log_px is not None  # no tail fitted
-        numbers = [format_number(r.test_elbo), format_number(r.test_log_px) + " ± "
-                   + format_number(r.test_log_px_stderr), delta,
-                   "unknown" if unknown else format_number(r.psis_khat_max),
-                   format_number(r.train_seconds, 0)]
+        numbers = [str(r.epochs or "n/a"), format_number(r.test_elbo),
+                   format_number(r.test_log_px) + " ± " + format_number(r.test_log_px_stderr),
+                   delta, "unknown" if unknown else format_number(r.psis_khat_max),
+                   format_number(r.train_seconds, 0), format_number(r.train_cpu_seconds, 0)]
         lines.append(f"| {r.name} | {' | '.join(numbers)} |")
     khats = [r.psis_khat_max for r in rows if r.psis_khat_max is not None]
+    ran = {r.epochs for r in rows if r.epochs is not None}
+    epochs = (f"epochs {base.epochs}" if ran <= {base.epochs} else
+              "the epochs of each row (set per configuration)")
     notes = [(True, "Nats per test image. **better**: mean log p(x) above the baseline "
                     "(first row) by more than 2 standard errors of the difference."),
              (any(r.diff is not None and not r.paired for r in rows[1:]),
@@ -241,7 +247,7 @@ def format_table(rows: Sequence[CompareRow], base) -> str:
              (bool(khats) and max(khats) > 0.7,
               "k-hat max above 0.7: some examples' log p(x) estimates are unreliable "
               "(too few importance samples for the guide); read those rows with care."),
-             (True, f"Shared budget: epochs {base.epochs}, batch {base.batch_size}, seed "
+             (True, f"Shared budget: {epochs}, batch {base.batch_size}, seed "
                     f"{base.seed}, train subset {base.train_subset or 'all'}, test subset "
                     f"{base.test_subset or 'all'}, K = {base.eval_samples} importance samples.")]
     return "\n".join(lines + [""] + [note for shown, note in notes if shown]) + "\n"

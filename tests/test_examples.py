@@ -1,4 +1,5 @@
 """Every example script runs end to end on a few hundred MNIST images."""
+import csv
 import json
 import subprocess
 import sys
@@ -131,7 +132,7 @@ def test_resume_from_a_corrupt_checkpoint_is_one_line(tmp_path, mnist_dir):
 
 def test_compare_writes_one_table_for_several_configurations(mnist_dir, tmp_path):
     done = run("compare.py", "--data-dir", mnist_dir, "--out", tmp_path, "--configs",
-               "prior=standard", "prior=mog,num_components=3", "stochastic_layers=2",
+               "prior=standard", "prior=mog,num_components=3,epochs=2", "stochastic_layers=2",
                "--epochs", 1, "--train-subset", 300, "--test-subset", 100, "--eval-samples", 20,
                "--hidden-dims", 32, "--z-dim", 4, "--device", "cpu")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -139,6 +140,10 @@ def test_compare_writes_one_table_for_several_configurations(mnist_dir, tmp_path
     assert "prior=mog" in table and "prior=standard" in table
     rows = (tmp_path / "compare.csv").read_text().strip().splitlines()
     assert len(rows) == 4 and rows[3].startswith("stochastic_layers=2,")
+    csv_rows = list(csv.DictReader(rows))  # a row's own epochs, and its CPU time, are reported
+    assert [int(r["epochs"]) for r in csv_rows] == [1, 2, 1]
+    assert all(float(r["train_cpu_seconds"]) > 0 for r in csv_rows)
+    assert "the epochs of each row" in table
     assert list(tmp_path.glob("*.png"))
 
     two = tmp_path / "stochastic_layers-2"  # two stochastic layers: trained, read back, scored
