@@ -94,6 +94,10 @@ class MixturePrior(nn.Module):
         return DiagonalNormalMixture(self.logits, self.locs, F.softplus(self.raw_scales) + 1e-5)
 
 
+EDGE_MARGIN = 0.01
+"""How far inside [0, 1] :meth:`VampPrior.start_at` puts bounded pseudo-inputs."""
+
+
 class VampPrior(nn.Module):
     """The VampPrior (Tomczak & Welling, 2018): p(z) = (1/K) Σ_k q(z | u_k).
 
@@ -125,7 +129,11 @@ class VampPrior(nn.Module):
     @torch.no_grad()
     def start_at(self, images: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """Set the K pseudo-inputs to K distinct rows of ``images`` (values in [0, 1]), drawn
-        with ``generator``: the VampPrior starts as a mixture over the encoder at real data."""
+        with ``generator``: the VampPrior starts as a mixture over the encoder at real data.
+
+        Bounded pseudo-inputs start at the images clamped to [m, 1 − m], m = ``EDGE_MARGIN``:
+        hardtanh's gradient is zero at 0 and 1, so a pixel started exactly there (81 % of
+        MNIST's training pixels are 0) would never move."""
         k = self.raw_pseudo_inputs.shape[0]
         if images.dim() != 2 or images.shape[0] < k or images.shape[1] != \
                 self.raw_pseudo_inputs.shape[1]:
@@ -133,7 +141,10 @@ class VampPrior(nn.Module):
                               f"{k} images of {self.raw_pseudo_inputs.shape[1]} values, got "
                               f"shape {tuple(images.shape)}; use fewer pseudo-inputs")
         rows = torch.randperm(images.shape[0], generator=generator)[:k]
-        self.raw_pseudo_inputs.copy_(images[rows].to(self.raw_pseudo_inputs))
+        start = images[rows].to(self.raw_pseudo_inputs)
+        if self.bounded:
+            start = start.clamp(EDGE_MARGIN, 1.0 - EDGE_MARGIN)
+        self.raw_pseudo_inputs.copy_(start)
 
     @property
     def pseudo_inputs(self) -> torch.Tensor:
