@@ -7,11 +7,13 @@ encoder mean varies over the test images with variance > 0.01). A test ELBO near
 few active units is the plateau: the decoder draws the mean image and every q(z|x) is the
 same, which zeroes the KL against a prior built from that same encoder.
 
-    python benchmarks/vamp_plateau.py --train-subset 20000 --epochs 5
+    python benchmarks/vamp_plateau.py --train-subset 20000 --epochs 10
 
 Variants: N(0, I); the VampPrior (500 pseudo-inputs) with the quick schedule; with lr 5e-4;
-with pseudo-inputs started at training images; with a KL warm-up over 5 % of the run; with
-the ``tomczak2018`` and ``burda2016`` recipes; with 50 pseudo-inputs; and, as a diagnostic
+with pseudo-inputs started at training images; with a KL warm-up over 5 % or 50 % of the run
+(the latter also from training images); with
+the ``tomczak2018`` and ``burda2016`` recipes; with 50 pseudo-inputs; N(0, I) and the VampPrior
+trained at β = 0.01 throughout (a KL a hundred times lighter); and, as a diagnostic
 that is not the published prior, with the encoder's weights cut from the gradient inside
 the prior (the pseudo-inputs still learn through it), so that the KL cannot make the
 encoder input-independent through p(z).
@@ -36,9 +38,13 @@ VARIANTS = {
     "vamp, lr 5e-4": dict(prior="vamp", lr=5e-4),
     "vamp, u from data": dict(prior="vamp", data_init=True),
     "vamp, warm-up 5%": dict(prior="vamp", warmup_fraction=0.05),
+    "vamp, warm-up 50%": dict(prior="vamp", warmup_fraction=0.5),
+    "vamp, warm-up 50%, u from data": dict(prior="vamp", warmup_fraction=0.5, data_init=True),
     "vamp, tomczak2018": dict(prior="vamp", recipe="tomczak2018"),
     "vamp, burda2016": dict(prior="vamp", recipe="burda2016"),
     "vamp, K = 50": dict(prior="vamp", num_pseudo_inputs=50),
+    "standard, β = 0.01": dict(prior="standard", beta=0.01),
+    "vamp, β = 0.01": dict(prior="vamp", beta=0.01),
     "vamp, encoder cut in p(z)": dict(prior="vamp", cut=True),
 }
 
