@@ -281,3 +281,15 @@ def test_training_on_cuda_keeps_everything_on_the_device(tmp_path):
     assert all(t.is_cuda for t in vae.state_dict().values())  # buffers too
     loaded = pvae.load(tmp_path / "checkpoint.pt", device="cuda")
     assert all(p.is_cuda for p in loaded.parameters())
+
+
+def test_each_epoch_records_its_cpu_seconds_and_old_histories_sum_to_none():
+    from pvae.state import EpochRecord, train_cpu_seconds
+
+    x = synthetic(64, 12, seed=0)
+    vae = build_vae(z_dim=2, hidden_dims=(8,), x_dim=12)
+    state = fit(vae, x, epochs=2, batch_size=32, progress=False, device="cpu", seed=0)
+    times = [r.cpu_seconds for r in state.history]
+    assert all(t > 0 for t in times) and train_cpu_seconds(state.history) == pytest.approx(sum(times))
+    old = EpochRecord(1, 2, 1.0, -5.0, None, 0.1)  # a checkpoint written before the field
+    assert train_cpu_seconds([old, *state.history]) is None
