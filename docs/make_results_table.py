@@ -144,7 +144,9 @@ def rows_table(found: dict, long: tuple[dict, np.ndarray] | None) -> str:
         f"with K = {k}; Δ paired image by image; test ELBO after the last epoch (one "
         f"sample per image), beside the 1-layer VAE's after as many epochs. Paper numbers: " + "; ".join(sources) +
         "." + (" Not run: rows this machine's time did not reach (the GPU command of "
-               "docs/results.rst runs them all)." if len(found) < len(ROWS) else "") + "\n")
+               "docs/results.rst runs them all)." if len(found) < len(ROWS) else "") +
+        (" Last row: the longer run (about an hour of CPU), outside the equal budget."
+         if long is not None else "") + "\n")
 
 
 def _paper(v: float | None) -> str:
