@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pvae.diagnostics import stderr  # noqa: E402
 from pvae.plotting import _plt  # noqa: E402
 
 BURDA = "Burda et al. 2016, Table 1"
@@ -101,12 +101,19 @@ def load(runs: Path) -> dict[str, tuple[dict, np.ndarray]]:
 
 def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Mean of a − b over images and its s.e."""
-    d = a - b
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
+    return float((a - b).mean()), stderr(a - b)
 
 
 def verdict(diff: float, se: float) -> str:
     return "holds" if diff > 2 * se else ("**reversed**" if diff < -2 * se else "not resolved")
+
+
+def row_line(label: str, paper: float | None, m: dict, lp: np.ndarray, delta: str,
+             elbo: str) -> str:
+    """One Markdown row of the rows table from a run's metrics.json and per-image log p(x)."""
+    return (f"| {label} | {_paper(paper)} | {lp.mean():.2f} ± {stderr(lp):.2f} | {delta} | "
+            f"{m['epochs']} | {m['train_cpu_seconds'] / 60:.1f} | "
+            f"{m['psis_khat_frac_bad']:.0%} | {elbo} |")
 
 
 def rows_table(found: dict, long: tuple[dict, np.ndarray] | None) -> str:
@@ -121,30 +128,26 @@ def rows_table(found: dict, long: tuple[dict, np.ndarray] | None) -> str:
             continue
         m, lp = found[row.key]
         delta = "baseline" if row.key == "vae1" else "{:+.2f} ± {:.2f}".format(*paired(lp, base))
-        same = curve[m["epochs"] - 1] if m["epochs"] <= len(curve) else None
-        elbo = f"{m['history'][-1]['test_elbo']:.2f}" + ("" if same is None or row.key == "vae1"
-                                                         else f" ({same:.2f})")
-        lines.append(f"| {row.label} | {_paper(row.paper)} | {lp.mean():.2f} ± "
-                     f"{lp.std(ddof=1) / math.sqrt(lp.size):.2f} | {delta} | {m['epochs']} | "
-                     f"{m['train_cpu_seconds'] / 60:.1f} | {m['psis_khat_frac_bad']:.0%} | "
-                     f"{elbo} |")
+        elbo = f"{m['history'][-1]['test_elbo']:.2f}"
+        if row.key != "vae1" and m["epochs"] <= len(curve):
+            elbo += f" ({curve[m['epochs'] - 1]:.2f})"
+        lines.append(row_line(row.label, row.paper, m, lp, delta, elbo))
     if long is not None:
         m, lp = long
-        delta = "{:+.2f} ± {:.2f}".format(*paired(lp, base))
-        lines.append(f"| 1 layer, VAE, k = 1, `{m['config']['recipe']}` recipe, "
-                     f"{m['epochs']} epochs | {_paper(-86.76)} | {lp.mean():.2f} ± "
-                     f"{lp.std(ddof=1) / math.sqrt(lp.size):.2f} | {delta} | {m['epochs']} | "
-                     f"{m['train_cpu_seconds'] / 60:.1f} | {m['psis_khat_frac_bad']:.0%} | "
-                     f"{m['history'][-1]['test_elbo']:.2f} |")
+        lines.append(row_line(f"1 layer, VAE, k = 1, `{m['config']['recipe']}` recipe, "
+                              f"{m['epochs']} epochs", ROWS[0].paper, m, lp,
+                              "{:+.2f} ± {:.2f}".format(*paired(lp, base)),
+                              f"{m['history'][-1]['test_elbo']:.2f}"))
     n = base.size
     k = found["vae1"][0]["eval_samples"]
     sources = sorted({r.source for r in ROWS})
     return "\n".join(lines) + (
         f"\n\nNats per image on the first {n} binarized MNIST test images, importance sampling "
         f"with K = {k}; Δ paired image by image; test ELBO after the last epoch (one "
-        f"sample per image), beside the 1-layer VAE's after as many epochs. Paper numbers: " + "; ".join(sources) +
-        "." + (" Not run: rows this machine's time did not reach (the GPU command of "
-               "docs/results.rst runs them all)." if len(found) < len(ROWS) else "") +
+        "sample per image), beside the 1-layer VAE's after as many epochs. Paper numbers: "
+        + "; ".join(sources) + "." +
+        (" Not run: rows this machine's time did not reach (the GPU command of "
+         "docs/results.rst runs them all)." if len(found) < len(ROWS) else "") +
         (" Last row: the longer run (about an hour of CPU), outside the equal budget."
          if long is not None else "") + "\n")
 
@@ -155,13 +158,12 @@ def _paper(v: float | None) -> str:
 
 def orderings_table(found: dict) -> str:
     paper = {r.key: r.paper for r in ROWS}
-    paper["vae1_tomczak"] = STANDARD_TOMCZAK
     lines = ["| published ordering | paper Δ | pvae Δ ± s.e. | at this budget |",
              "|---|---|---|---|"]
     for win, lose, text in ORDERINGS:
         if win not in found or lose not in found:
             continue
-        ref = paper["vae1_tomczak"] if win == "vamp" else paper[lose]
+        ref = STANDARD_TOMCZAK if win == "vamp" else paper[lose]
         pd = None if paper[win] is None else paper[win] - ref
         diff, se = paired(found[win][1], found[lose][1])
         lines.append(f"| {text} | {'—' if pd is None else f'{pd:+.2f}'} | {diff:+.2f} ± "
@@ -175,7 +177,7 @@ def figure(found: dict, path: Path) -> None:
     fig, ax = _plt().subplots(figsize=(7, 0.42 * len(shown) + 1.4))
     for i, row in enumerate(shown):
         lp = found[row.key][1]
-        ax.errorbar(lp.mean(), i, xerr=2 * lp.std(ddof=1) / math.sqrt(lp.size), fmt="o",
+        ax.errorbar(lp.mean(), i, xerr=2 * stderr(lp), fmt="o",
                     color="tab:blue", capsize=3, label="pvae, equal CPU budget" if i == 0 else None)
         if row.paper is not None:
             ax.plot(row.paper, i, "x", color="black", label="paper" if i == 0 else None)
