@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pvae.ais import schedule
 from pvae.evaluate import ais
+from pvae.infer.annealing import schedule
 
 sys.path.insert(0, str(Path(__file__).parent))
 from evaluate_throughput import _status_mb, load_setup, plain_modules  # noqa: E402
@@ -82,11 +82,11 @@ def plain_ais(enc, dec, x: torch.Tensor, num_steps: int, num_chains: int, num_le
 def memory_child(args) -> None:
     """Child process: resident memory before AIS and its peak during it, in MB."""
     vae, x, *_ = load_setup(args)
-    ais(vae.model, vae.guide, x[:2], num_steps=2, num_chains=2)
+    ais(vae.model, vae.guide, x[:2], num_steps=2, num_chains=2, host=vae)
     Path("/proc/self/clear_refs").write_text("5")
     before = _status_mb("VmHWM")
     ais(vae.model, vae.guide, x, num_steps=args.steps, num_chains=args.chains,
-        num_leapfrog=args.leapfrog)
+        num_leapfrog=args.leapfrog, host=vae)
     print(json.dumps({"rss_before_mb": before, "peak_mb": _status_mb("VmHWM")}))
 
 
@@ -116,11 +116,12 @@ def main() -> None:
     work = T * L * C * x.shape[0]
     cpu = {"pvae": [], "plain": []}
     means = {}
-    ais(vae.model, vae.guide, x[:4], num_steps=3, num_chains=2)
+    ais(vae.model, vae.guide, x[:4], num_steps=3, num_chains=2, host=vae)
     plain_ais(enc, dec, x[:4], 3, 2, L)
     for _ in range(args.repeats):
         for name, fn in (("pvae", lambda: ais(vae.model, vae.guide, x, num_steps=T,
-                                              num_chains=C, num_leapfrog=L).log_px),
+                                              num_chains=C, num_leapfrog=L,
+                                              host=vae).log_px),
                          ("plain", lambda: plain_ais(enc, dec, x, T, C, L))):
             c0 = time.process_time()
             means[name] = float(fn().mean())

@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pvae.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, evaluate, log_likelihood
-from pvae.nets import Split, mlp
-from pvae.vae import build_vae
+from pvae.evaluate import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, importance_sampling,
+                           log_likelihood)
+from pvae.model.nets import Split, mlp
+from pvae.model.vae import build_vae
 
 
 def plain_modules(vae, hidden_dims, activation):
@@ -67,7 +68,7 @@ def plain_log_px(enc, dec, x: torch.Tensor, num_samples: int, chunk: int) -> tor
 def load_setup(args):
     """(vae, x): from --checkpoint / --data-dir when given, else random weights and data."""
     if args.checkpoint:
-        from pvae.checkpoint import load
+        from pvae.training.checkpoint import load
 
         vae = load(args.checkpoint, device="cpu")
         hidden, act = tuple(vae.config.hidden_dims), vae.config.activation
@@ -77,7 +78,8 @@ def load_setup(args):
         hidden, act = tuple(args.hidden_dims), "tanh"
     x = None
     if args.data_dir:
-        from pvae.data import RAW_FILES, load_mnist, raw_dir
+        from pvae.data import load_mnist
+        from pvae.data.mnist import RAW_FILES, raw_dir
 
         if all((raw_dir(args.data_dir) / f).exists() for f in RAW_FILES.values()):
             x = load_mnist(args.data_dir, binarize=True, test_subset=args.n).test_x
@@ -110,7 +112,8 @@ def _status_mb(field: str) -> float | None:
 
 
 def rss_child(args) -> None:
-    """Child process: resident memory before evaluate() and its peak during it, in MB.
+    """Child process: resident memory before importance_sampling() and its peak during it,
+    in MB.
 
     The peak is VmHWM after resetting it (``/proc/self/clear_refs``), so it covers only
     the evaluation; off Linux it falls back to ``ru_maxrss`` of this process.
@@ -125,8 +128,8 @@ def rss_child(args) -> None:
         before = None
     if before is None:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    evaluate(vae.model, vae.guide, x, num_samples=args.num_samples, chunk_size=args.chunk_size,
-             progress=False)
+    importance_sampling(vae.model, vae.guide, x, num_samples=args.num_samples,
+                        chunk_size=args.chunk_size, progress=False, host=vae)
     peak = _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"rss_before_mb": before, "peak_mb": peak}))
 
@@ -151,14 +154,14 @@ def main() -> None:
     K, chunk = args.num_samples, args.chunk_size
     print(f"{source}: n={x.shape[0]}, K={K}, chunk={chunk} draws/pass, "
           f"torch threads={torch.get_num_threads()}")
-    log_likelihood(vae.model, vae.guide, x[:2], num_samples=10)
+    log_likelihood(vae.model, vae.guide, x[:2], num_samples=10, host=vae)
     plain_log_px(enc, dec, x[:2], 10, chunk)
     times = {"pvae": [], "plain": []}
     cpu = {"pvae": [], "plain": []}
     results = {}
     for _ in range(args.repeats):
         for name, fn in (("pvae", lambda: log_likelihood(vae.model, vae.guide, x, num_samples=K,
-                                                      chunk_size=chunk)),
+                                                      chunk_size=chunk, host=vae)),
                          ("plain", lambda: plain_log_px(enc, dec, x, K, chunk))):
             t0, c0 = time.perf_counter(), time.process_time()
             results[name] = fn()
@@ -175,8 +178,8 @@ def main() -> None:
           f"{cpu_rate['pvae'] / cpu_rate['plain']:.3f} (CPU time, robust to other load)")
 
     rss = measure_rss(args)
-    print(f"memory: evaluate() at K=5000 on {args.rss_n} examples, chunk {chunk}, in a fresh "
-          f"process: peak resident {rss['peak_mb']:.0f} MB, "
+    print(f"memory: importance_sampling() at K=5000 on {args.rss_n} examples, chunk {chunk}, "
+          f"in a fresh process: peak resident {rss['peak_mb']:.0f} MB, "
           f"{rss['peak_mb'] - rss['rss_before_mb']:.0f} MB above the "
           f"{rss['rss_before_mb']:.0f} MB of the loaded model.")
     grow_mb = ((DEFAULT_BATCH_SIZE - min(args.rss_n, DEFAULT_BATCH_SIZE)) * 5000 * 8

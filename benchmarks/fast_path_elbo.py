@@ -1,7 +1,7 @@
 """fit's training path keeps the numbers of Pyro's SVI: test ELBO after E epochs, both ways.
 
 Trains the default VAE twice from the same initial weights, seed, minibatches and epochs:
-once with ``pvae.train.fit`` (the objective's ``differentiable_loss``, one fused torch
+once with ``pvae.training.loop.fit`` (the objective's ``differentiable_loss``, one fused torch
 Adam) and once with the SVI loop below (``pyro.infer.SVI`` + ``pyro.optim.Adam`` on
 ``vae.model``/``vae.guide``, whose ``pyro.param`` statements hand SVI the VAE's weights;
 the update ``fit(fast=False)`` ran in earlier versions). Prints both test ELBOs (K = 1,
@@ -19,9 +19,9 @@ import torch
 from pyro.infer import SVI
 
 from pvae.data import load_mnist, minibatches
-from pvae.objectives import make_loss
-from pvae.train import fit, mean_elbo
-from pvae.vae import build_vae
+from pvae.infer.objectives import make_loss
+from pvae.model.vae import build_vae
+from pvae.training.loop import fit, mean_elbo
 
 
 def svi_fit(vae, train_x, test_x, *, epochs, batch_size, lr, seed) -> float:

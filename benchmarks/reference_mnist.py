@@ -1,6 +1,6 @@
 """Does pvae train as well as the same VAE written by hand in PyTorch?
 
-Trains pvae's main job (``pvae.experiment.run``) and a hand-written PyTorch loop with the
+Trains pvae's main job (``pvae.runs.experiment.run``) and a hand-written PyTorch loop with the
 same architecture, initial weights, minibatches, dynamic binarization, loss (one-sample
 −ELBO summed over the batch) and Adam settings; then scores both with the same
 importance-sampled log p(x) on the same binarized test images, and prints the paired
@@ -19,11 +19,12 @@ import pyro
 import torch
 import torch.nn.functional as F
 
-from pvae.checkpoint import load
 from pvae.data import load_mnist, minibatches
-from pvae.evaluate import evaluate
-from pvae.experiment import ExperimentConfig, run
-from pvae.vae import build_vae
+from pvae.evaluate import importance_sampling
+from pvae.model.vae import build_vae
+from pvae.runs.config import RunConfig
+from pvae.runs.experiment import run
+from pvae.training.checkpoint import load
 
 LOG2PI = math.log(2 * math.pi)
 
@@ -40,19 +41,20 @@ def neg_elbo(enc, dec, x: torch.Tensor) -> torch.Tensor:
     return -(log_lik + log_prior - log_q).sum()
 
 
-def train_reference(config: ExperimentConfig, train_x: torch.Tensor):
+def train_reference(config: RunConfig, train_x: torch.Tensor):
     """The hand-written loop; returns a pvae VAE holding the trained weights, and seconds."""
+    train = config.train
     pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
-    vae = build_vae(z_dim=config.z_dim, hidden_dims=config.hidden_dims)
+    pyro.set_rng_seed(train.seed)
+    vae = build_vae(z_dim=config.model.z_dim, hidden_dims=config.model.hidden_dims)
     enc, dec = vae.q.net, vae.likelihood.decoder
     params = list(enc.parameters()) + list(dec.parameters())
-    opt = torch.optim.Adam(params, lr=config.lr)
+    opt = torch.optim.Adam(params, lr=train.rate, eps=train.adam_eps)
     seconds = 0.0
-    for epoch in range(1, config.epochs + 1):
-        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    for epoch in range(1, train.epochs + 1):
+        gen = torch.Generator().manual_seed(train.seed * 1_000_003 + epoch)
         tic = time.perf_counter()
-        for _, xb in minibatches(train_x, config.batch_size, gen, binarize=True):
+        for _, xb in minibatches(train_x, train.batch_size, gen, binarize=True):
             opt.zero_grad(set_to_none=True)
             neg_elbo(enc, dec, xb).backward()
             opt.step()
@@ -70,22 +72,23 @@ def main() -> None:
     p.add_argument("--eval-samples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    config = ExperimentConfig(data_dir=args.data_dir, out=f"{args.out}/pvae", epochs=args.epochs,
-                              train_subset=args.train_subset, test_subset=args.test_subset,
-                              eval_samples=args.eval_samples, seed=args.seed, device="cpu",
-                              progress=False, overwrite=True)  # {out}/pvae is this script's own
+    config = RunConfig.from_dict({  # {out}/pvae is this script's own
+        "data_dir": args.data_dir, "out": f"{args.out}/pvae", "epochs": args.epochs,
+        "train_subset": args.train_subset, "test_subset": args.test_subset,
+        "eval_samples": args.eval_samples, "seed": args.seed, "device": "cpu",
+        "progress": False, "overwrite": True})
     data = load_mnist(args.data_dir, binarize=True, train_subset=args.train_subset,
                       test_subset=args.test_subset)
     ref, ref_seconds = train_reference(config, data.train_x)
-    pyro.set_rng_seed(config.seed + 1)
-    ref_eval = evaluate(ref.model, ref.guide, data.test_x, num_samples=args.eval_samples,
-                        progress=False)
+    pyro.set_rng_seed(config.train.seed + 1)
+    ref_eval = importance_sampling(ref.model, ref.guide, data.test_x,
+                                   num_samples=args.eval_samples, progress=False, host=ref)
 
     metrics = run(config)
     pvae_vae = load(f"{args.out}/pvae/checkpoint.pt", device="cpu")
-    pyro.set_rng_seed(config.seed + 1)
-    pvae_eval = evaluate(pvae_vae.model, pvae_vae.guide, data.test_x,
-                         num_samples=args.eval_samples, progress=False)
+    pyro.set_rng_seed(config.train.seed + 1)
+    pvae_eval = importance_sampling(pvae_vae.model, pvae_vae.guide, data.test_x,
+                                    num_samples=args.eval_samples, progress=False, host=pvae_vae)
     diff = np.asarray(pvae_eval.log_px, dtype=np.float64) - np.asarray(ref_eval.log_px)
     se = float(diff.std(ddof=1) / math.sqrt(len(diff)))
     print(f"{args.epochs} epochs, {data.train_x.shape[0]} training images, "

@@ -19,9 +19,9 @@ import pyro
 import torch
 
 from pvae.data import load_mnist
-from pvae.objectives import make_loss
-from pvae.train import make_optimizer, make_step
-from pvae.vae import build_vae
+from pvae.infer.objectives import make_loss
+from pvae.model.vae import build_vae
+from pvae.training.step import make_optimizer, make_step
 
 TWO = dict(stochastic_layers=2, z_dim=100)
 ROWS = {  # name: (build_vae arguments, loss, particles)

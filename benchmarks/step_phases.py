@@ -1,6 +1,6 @@
 """Where a training step's time goes: loss (forward), backward and optimizer, pvae vs hand-written.
 
-For the step ``pvae.train.fit`` runs (the objective's ``differentiable_loss`` inside
+For the step ``pvae.training.loop.fit`` runs (the objective's ``differentiable_loss`` inside
 ``vae.direct_params()``, ``backward``, one fused Adam) and the hand-written PyTorch step of
 ``train_step.py``, times each phase separately (process CPU time, one torch thread),
 interleaved over rounds, and counts the Python function calls per step with cProfile.
@@ -26,9 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_step as ts  # noqa: E402  (the shared network, data and reference step)
 
-from pvae.objectives import make_loss  # noqa: E402
-from pvae.train import make_optimizer  # noqa: E402
-from pvae.vae import build_vae  # noqa: E402
+from pvae.infer.objectives import make_loss  # noqa: E402
+from pvae.model.vae import build_vae  # noqa: E402
+from pvae.training.step import make_optimizer  # noqa: E402
 
 PHASES = ("loss", "backward", "optimizer")
 

@@ -4,7 +4,7 @@ Contenders, all on the same network (encoder MLP -> location and softplus scale,
 MLP -> Bernoulli logits) and the same loss (the one-sample Monte Carlo -ELBO summed over
 the batch, log N and log Bernoulli terms, no analytic KL), optimised with Adam:
 
-* ``pvae``:       the step ``pvae.train.fit`` runs (``make_step`` with ``make_optimizer``);
+* ``pvae``:       the step ``pvae.training.loop.fit`` runs (``make_step`` with ``make_optimizer``);
 * ``pvae-svi``:   Pyro's own ``pyro.infer.SVI`` + ``pyro.optim.Adam`` on a pvae VAE (its
                   model and guide state their weights with ``pyro.param``); the contender
                   ``pvae-slow`` (``fit(fast=False)``) of earlier versions ran this same update;
@@ -108,16 +108,16 @@ def torch_contender(net, lr, compiled=False):
 
 
 def pvae_contender(net, lr, compiled=False):
-    """Exactly the per-step call of ``pvae.train.fit``, with validation off as fit has it.
+    """Exactly the per-step call of ``pvae.training.loop.fit``, with validation off as fit has it.
 
     ``compiled``: the objective's ``differentiable_loss`` under ``torch.compile`` instead
     (an experiment: Dynamo splits Pyro's handler stack into several graphs).
     """
     import pyro
 
-    from pvae.objectives import make_loss
-    from pvae.train import make_optimizer, make_step
-    from pvae.vae import build_vae
+    from pvae.infer.objectives import make_loss
+    from pvae.model.vae import build_vae
+    from pvae.training.step import make_optimizer, make_step
 
     vae = build_vae(**net)
     objective = make_loss("elbo", 1)
@@ -142,8 +142,8 @@ def pvae_svi_contender(net, lr):
     import pyro
     from pyro.infer import SVI
 
-    from pvae.objectives import make_loss
-    from pvae.vae import build_vae
+    from pvae.infer.objectives import make_loss
+    from pvae.model.vae import build_vae
 
     vae = build_vae(**net)
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": lr}), loss=make_loss("elbo", 1))
@@ -329,9 +329,9 @@ def hand_written_epoch(train_x, batch_size, lr, net, seed):
 
 
 def pvae_epoch(train_x, batch_size, lr, net, seed):
-    """One epoch through ``pvae.train.fit`` (input checks and data loading included)."""
-    from pvae.train import fit
-    from pvae.vae import build_vae
+    """One epoch through ``pvae.training.loop.fit`` (input checks and data loading included)."""
+    from pvae.model.vae import build_vae
+    from pvae.training.loop import fit
 
     torch.manual_seed(seed)
     vae = build_vae(**net)

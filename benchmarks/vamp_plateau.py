@@ -28,9 +28,9 @@ import torch
 from torch.func import functional_call
 
 from pvae.data import load_mnist
-from pvae.recipes import get_recipe, warmup_epochs
-from pvae.train import fit
-from pvae.vae import build_vae
+from pvae.model.vae import build_vae
+from pvae.training.loop import fit
+from pvae.training.recipes import get_recipe
 
 VARIANTS = {
     "standard, quick": dict(prior="standard"),
@@ -63,8 +63,13 @@ class _CutEncoder:
 def run(name: str, spec: dict, data, epochs: int) -> dict:
     spec = dict(spec)
     recipe = get_recipe(spec.pop("recipe", "quick"))
-    lr = spec.pop("lr", recipe.lr or 1e-3)
-    warmup = warmup_epochs(recipe, epochs, spec.pop("warmup_fraction", 0.0) * epochs)
+    # the recipe sets Adam's ε, the schedule and (tomczak2018, burda2016) the rate and the
+    # warm-up; a variant's own rate or warm-up only goes with the quick recipe
+    train = {"recipe": recipe.name}
+    if "lr" in spec:
+        train["lr"] = spec.pop("lr")
+    if "warmup_fraction" in spec:
+        train["beta_warmup_epochs"] = spec.pop("warmup_fraction") * epochs
     data_init = spec.pop("data_init", recipe.pseudo_inputs == "data")
     cut = spec.pop("cut", False)
     pyro.set_rng_seed(0)
@@ -74,9 +79,8 @@ def run(name: str, spec: dict, data, epochs: int) -> dict:
     if cut:
         object.__setattr__(vae.prior, "encoder", _CutEncoder(vae.q))
     tic = time.perf_counter()
-    state = fit(vae, data.train_x, epochs=epochs, lr=lr, adam_eps=recipe.adam_eps,
-                lr_schedule=recipe.lr_schedule, beta_warmup_epochs=warmup, test_x=data.test_x,
-                seed=0, progress=False, device="cpu")
+    state = fit(vae, data.train_x, epochs=epochs, **train, test_x=data.test_x, seed=0,
+                progress=False, device="cpu")
     with torch.no_grad():
         loc = vae.q.encode(data.test_x)[0]
     return {"name": name, "test_elbo": [r.test_elbo for r in state.history],

@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from linear_gaussian import (ShiftedDiagonalGuide, exact_log_px, make_problem,  # noqa: E402
                              make_vae, sample_data)
 
-from pvae.evaluate import evaluate  # noqa: E402
-from pvae.plotting import _plt  # noqa: E402
+from pvae.evaluate import importance_sampling  # noqa: E402
+from pvae.runs.plotting import _plt  # noqa: E402
 
 KS = (1, 3, 10, 30, 100, 300, 1000, 5000)
 
@@ -35,7 +35,8 @@ def main() -> None:
     vae = make_vae(W, b, sigma, ShiftedDiagonalGuide(W, b, sigma, shift=0.5, widen=1.5))
     rows = []
     for K in KS:
-        res = evaluate(vae.model, vae.guide, x, num_samples=K, progress=False)
+        res = importance_sampling(vae.model, vae.guide, x, num_samples=K, progress=False,
+                                  host=vae)
         err = res.log_px - exact
         rows.append((err.mean(), err.std(ddof=1) / np.sqrt(len(err)), (res.elbo - exact).mean(),
                      res.khat_frac_bad if K > 20 else np.nan))

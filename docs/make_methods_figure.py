@@ -1,10 +1,11 @@
 """Draw docs/_static/evaluation_methods.png: log p(x) estimate against CPU seconds, per method.
 
-Reads what ``pvae evaluate`` wrote into the subfolders of one folder (default
-``runs/eval``): ``metrics_eval.json`` with ``test_log_px_is*.npy`` (IS) and
-``metrics_ais.json`` with ``test_log_px_ais.npy`` (AIS), keeps the runs on the same first
-n test images (default 100), and plots each one's mean estimate against the CPU seconds it
-took per image; the bars are ±2 s.e. of its paired difference, image by image, from the
+Reads what ``pvae evaluate --out`` wrote into the subfolders of one folder (default
+``runs/eval``), each IS run in a subfolder of its own: ``metrics_is.json`` with
+``test_log_px.npy`` (IS; its ``eval_proposal`` tells the encoder's proposal from the refined
+one) and ``metrics_ais.json`` with ``test_log_px_ais.npy`` (AIS), keeps the runs on the same
+first n test images (default 100), and plots each one's mean estimate against the CPU seconds
+it took per image; the bars are ±2 s.e. of its paired difference, image by image, from the
 largest AIS budget (the between-image spread, shared by all methods, cancels):
 
     python docs/make_methods_figure.py --runs runs/eval --n 100
@@ -21,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pvae.plotting import _plt  # noqa: E402
+from pvae.runs.plotting import _plt  # noqa: E402
 
 
 def runs(folder: Path, n: int) -> list[tuple[str, float, np.ndarray, int]]:
@@ -29,9 +30,8 @@ def runs(folder: Path, n: int) -> list[tuple[str, float, np.ndarray, int]]:
     rows = []
     for path in sorted(folder.glob("*/metrics_*.json")):
         m = json.loads(path.read_text())
-        if path.name == "metrics_eval.json" and m.get("n_test") == n:
-            suffix = "" if m["eval_proposal"] == "encoder" else "_refined"
-            values = np.load(path.parent / f"test_log_px_is{suffix}.npy")
+        if path.name == "metrics_is.json" and m.get("n_test") == n:
+            values = np.load(path.parent / "test_log_px.npy")
             rows.append((f"IS, {m['eval_proposal']}, K={m['eval_samples']}",
                          m["eval_cpu_seconds"] / n, values, 0))
         elif path.name == "metrics_ais.json" and m.get("ais_n_test") == n:

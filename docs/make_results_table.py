@@ -25,8 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pvae.diagnostics import stderr  # noqa: E402
-from pvae.plotting import _plt  # noqa: E402
+from pvae.infer.diagnostics import stderr  # noqa: E402
+from pvae.runs.plotting import _plt  # noqa: E402
 
 BURDA = "Burda et al. 2016, Table 1"
 TOMCZAK = ("Tomczak & Welling 2018, Table 2 (their gated nets, z = 40; their standard-prior "

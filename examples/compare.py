@@ -10,7 +10,8 @@ Every flag: python examples/compare.py --help
 """
 import sys
 
-from pvae.cli import Parser, add_compare_arguments, run_compare, run_guarded
+from pvae.runs.cli import add_compare_arguments, run_compare, run_guarded
+from pvae.runs.flags import Parser
 
 
 def main(argv=None) -> int:

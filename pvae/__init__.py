@@ -1,43 +1,55 @@
 """pvae: Variational Autoencoders written as Pyro probabilistic programs.
 
-The modules ``pvae.evaluate`` (importance-sampled log p(x)), ``pvae.ais`` (annealed
-importance sampling, BDMC) and ``pvae.compare`` keep their names: their main functions are
-``pvae.evaluate.evaluate``, ``pvae.evaluate.ais`` and ``pvae.compare.compare``.
+The package's folders are its architecture, each importing only those before it in
+:data:`LAYERS` (a test enforces it): small shared helpers, then ``infer`` (any Pyro pair),
+``model`` (the VAE and its parts), ``data``, ``training``, ``runs`` (the run configuration,
+the main job, the command line). ``pvae.evaluate`` gathers the estimators of log p(x).
 """
-from . import ais, compare, distributed, evaluate
-from .ais import AISResult, BDMCResult, ais_log_likelihood, bdmc
-from .amortization import GapReport, LocalFit, fit_local, gap_report, refine
-from .checkpoint import Checkpoint, load
-from .data import MNIST, load_mnist, synthetic
-from .datasets import Dataset, load_dataset
+from . import evaluate
+from .data import DATASETS, MNIST, DataConfig, Dataset, load_dataset, load_mnist, synthetic
 from .errors import (CheckpointError, ConfigError, DataError, DivergenceError, PvaeError,
                      StorageError)
-from .evaluate import EvalResult, log_likelihood, psis_khat
-from .experiment import ExperimentConfig, run
-from .guides import GUIDES, LocalGuide, SemiAmortizedGuide
-from .hierarchy import UpperLayer
-from .likelihoods import LIKELIHOODS
-from .compare import CompareRow
-from .objectives import IWAE, OBJECTIVES, beta_at, make_loss
-from .parts import Guide, Likelihood, Prior
-from .priors import PRIORS
-from .state import EpochRecord, TrainSettings, TrainState
-from .train import fit, make_optimizer, make_step
-from .vae import VAE, VAEConfig, beta_handler, build_vae
+from .infer.amortization import GapReport, gap_report, refine
+from .infer.annealing import AISResult, BDMCResult, ais, ais_log_likelihood, bdmc
+from .infer.diagnostics import psis_khat
+from .infer.estimators import ESTIMATORS, EvalConfig
+from .infer.importance import EvalResult, importance_sampling, log_likelihood
+from .infer.localfit import LocalFit, fit_local
+from .infer.objectives import IWAE, OBJECTIVES, make_loss
+from .model.config import VAEConfig
+from .model.guides import GUIDES, LocalGuide, SemiAmortizedGuide
+from .model.hierarchy import UpperLayer
+from .model.likelihoods import LIKELIHOODS
+from .model.parts import Guide, Likelihood, Prior
+from .model.priors import PRIORS
+from .model.vae import VAE, beta_handler, build_vae
+from .runs.comparison import CompareRow, compare
+from .runs.config import RunConfig
+from .runs.experiment import run
+from .training import distributed
+from .training.checkpoint import Checkpoint, load
+from .training.config import TrainConfig
+from .training.loop import fit
+from .training.recipes import RECIPES, beta_at
+from .training.state import EpochRecord, TrainState
+from .training.step import make_optimizer, make_step
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
+
+LAYERS = (("errors", "checks", "files", "distributions"), ("infer",), ("model",), ("data",),
+          ("training",), ("runs",), ("evaluate", "__main__"))
+"""The package's floors, bottom first: a module imports only from its own floor's earlier
+entries (the helpers) or from floors below; inside a folder, from its own folder too."""
 
 __all__ = [
     "VAE", "VAEConfig", "build_vae", "beta_handler", "Prior", "Likelihood", "Guide",
-    "UpperLayer",
-    "PRIORS", "LIKELIHOODS", "GUIDES", "OBJECTIVES", "make_loss", "beta_at", "IWAE",
-    "compare", "CompareRow",
-    "fit", "EpochRecord", "TrainState", "TrainSettings", "make_optimizer",
-    "make_step", "load", "Checkpoint",
-    "LocalGuide", "SemiAmortizedGuide", "fit_local", "refine", "gap_report", "LocalFit", "GapReport",
-    "evaluate", "log_likelihood", "EvalResult", "psis_khat",
-    "ais", "ais_log_likelihood", "bdmc", "AISResult", "BDMCResult",
-    "load_mnist", "MNIST", "synthetic", "load_dataset", "Dataset", "distributed",
-    "ExperimentConfig", "run",
+    "UpperLayer", "PRIORS", "LIKELIHOODS", "GUIDES", "OBJECTIVES", "make_loss", "beta_at", "IWAE",
+    "RunConfig", "TrainConfig", "EvalConfig", "DataConfig", "RECIPES",
+    "compare", "CompareRow", "run",
+    "fit", "EpochRecord", "TrainState", "make_optimizer", "make_step", "load", "Checkpoint",
+    "LocalGuide", "SemiAmortizedGuide", "fit_local", "refine", "gap_report", "LocalFit",
+    "GapReport", "evaluate", "importance_sampling", "log_likelihood", "EvalResult", "psis_khat",
+    "ESTIMATORS", "ais", "ais_log_likelihood", "bdmc", "AISResult", "BDMCResult",
+    "load_mnist", "MNIST", "synthetic", "load_dataset", "Dataset", "DATASETS", "distributed",
     "PvaeError", "DataError", "ConfigError", "CheckpointError", "DivergenceError", "StorageError",
 ]

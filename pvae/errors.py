@@ -10,7 +10,12 @@ class DataError(PvaeError, ValueError):
 
 
 class ConfigError(PvaeError, ValueError):
-    """A nonsensical flag or argument, such as an unknown prior name."""
+    """A nonsensical flag or argument, such as an unknown prior name. ``fields`` are the
+    configuration fields the message names, which the command line shows as its flags."""
+
+    def __init__(self, message: str, *fields: str):
+        super().__init__(message)
+        self.fields = fields
 
 
 class CheckpointError(PvaeError):

@@ -22,6 +22,8 @@ except ImportError:  # not POSIX: runs are not locked
     fcntl = None
 
 LOCK_NAME = ".pvae.lock"
+RUN_FILES = ("metrics.json", "checkpoint.pt")
+"""The files whose presence says that a folder holds a run."""
 _held: dict[Path, tuple[int, int]] = {}
 
 
@@ -60,16 +62,35 @@ def atomic_write(path: str | Path, data: bytes) -> None:
 def check_writable(out: str | Path) -> Path:
     """Create the folder ``out`` if needed and prove a file can be written there."""
     if out is None or str(out).strip() == "":
-        raise ConfigError("--out is empty; name the folder for the run's files, e.g. --out runs/a")
+        raise ConfigError("out is empty; name the folder for the run's files (e.g. runs/a)",
+                          "out")
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
             pass
     except OSError as err:
-        raise ConfigError(f"cannot write to --out {out} ({err.strerror or err}); choose a "
-                          "writable folder") from err
+        raise ConfigError(f"cannot write to {out} ({err.strerror or err}); choose a writable "
+                          "folder as out", "out") from err
     return out
+
+
+def run_marker(out: str | Path) -> str | None:
+    """The first of :data:`RUN_FILES` in the folder ``out``, or None if it holds no run."""
+    return next((name for name in RUN_FILES if (Path(out) / name).exists()), None)
+
+
+def claim(out: Path, resume: bool, overwrite: bool) -> None:
+    """ConfigError if the folder ``out`` holds a run and neither ``resume`` nor ``overwrite``
+    says what to do with it, or if both do."""
+    if resume and overwrite:
+        raise ConfigError("resume and overwrite exclude each other: continue the run or "
+                          "replace it", "resume", "overwrite")
+    marker = run_marker(out)
+    if marker and not (resume or overwrite):
+        raise ConfigError(f"{out} already holds a run ({marker}); continue it (resume=True), "
+                          "replace it (overwrite=True), or choose another out folder", "resume",
+                          "overwrite", "out")
 
 
 @contextlib.contextmanager
@@ -89,7 +110,7 @@ def run_lock(out: str | Path) -> Iterator[Path]:
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
                 os.close(fd)
                 raise ConfigError(f"another pvae run ({holder}) is writing to {out}; wait for "
-                                  "it to finish or choose another --out") from None
+                                  "it to finish or choose another out", "out") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
         for stale in out.glob(".*.tmp"):

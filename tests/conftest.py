@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def mnist_dir():
     """MNIST's raw files in the repository's data/ folder, fetched once by pvae's own routes."""
-    from pvae.data import ensure_mnist
+    from pvae.data.mnist import ensure_mnist
 
     return ensure_mnist(REPO / "data")
 

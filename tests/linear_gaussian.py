@@ -10,8 +10,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pvae.priors import StandardNormal
-from pvae.vae import VAE
+from pvae.model.priors import StandardNormal
+from pvae.model.vae import VAE
 
 
 class LinearGaussianLikelihood(nn.Module):

@@ -8,10 +8,10 @@ import torch
 
 from linear_gaussian import (ShiftedDiagonalGuide, exact_log_px, make_problem, make_vae,
                              posterior, sample_data)
-from pvae.ais import schedule
-from pvae.hmc import Target, transition
+from pvae.infer.annealing import schedule
+from pvae.infer.hmc import Target, transition
 from pvae.errors import ConfigError
-from pvae.evaluate import ais, ais_log_likelihood, bdmc, evaluate, log_likelihood
+from pvae.evaluate import ais, ais_log_likelihood, bdmc, importance_sampling, log_likelihood
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +151,9 @@ def test_the_refined_proposal_tightens_importance_sampling(problem):
     W, b, sigma, vae = problem
     x = sample_data(W, b, sigma, 20)
     exact = exact_log_px(x, W, b, sigma).numpy()
-    enc = evaluate(vae.model, vae.guide, x, num_samples=100, progress=False)
-    ref = evaluate(vae.model, vae.guide, x, num_samples=100, progress=False, proposal="refined",
+    enc = importance_sampling(vae.model, vae.guide, x, num_samples=100, progress=False)
+    ref = importance_sampling(vae.model, vae.guide, x, num_samples=100, progress=False,
+                              proposal="refined", host=vae,
                    refine_options=dict(max_steps=400, lr=0.05))
     assert ref.proposal == "refined" and ref.to_metrics()["eval_proposal"] == "refined"
     assert abs((ref.log_px - exact).mean()) < abs((enc.log_px - exact).mean())
@@ -181,9 +182,9 @@ def test_the_refined_proposal_needs_a_vae_and_a_known_proposal(problem):
     W, b, sigma, vae = problem
     x = sample_data(W, b, sigma, 3)
     with pytest.raises(ConfigError, match="proposal must be one of"):
-        evaluate(vae.model, vae.guide, x, num_samples=10, proposal="prior")
-    with pytest.raises(ConfigError, match="vae.model and vae.guide"):
-        evaluate(lambda x_: vae.model(x_), vae.guide, x, num_samples=10, proposal="refined")
+        importance_sampling(vae.model, vae.guide, x, num_samples=10, proposal="prior")
+    with pytest.raises(ConfigError, match="host=vae"):
+        importance_sampling(lambda x_: vae.model(x_), vae.guide, x, num_samples=10, proposal="refined")
 
 
 def test_ais_scores_the_two_layer_vae_and_reduces_to_is_at_one_step():

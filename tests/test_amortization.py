@@ -14,10 +14,10 @@ from pyro.infer import Trace_ELBO
 from torch import nn
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from pvae.amortization import GapReport, fit_local, gap_report, refine
+from pvae.infer.amortization import GapReport, fit_local, gap_report, refine
 from pvae.errors import CheckpointError, ConfigError, DataError
-from pvae.guides import GUIDES, SemiAmortizedGuide
-from pvae.vae import build_vae
+from pvae.model.guides import GUIDES, SemiAmortizedGuide
+from pvae.model.vae import build_vae
 
 Z, X, B = 2, 5, 6
 FIT = dict(num_particles=128, lr=0.01, max_steps=3000, window=50, patience=5,
@@ -101,7 +101,7 @@ def test_gap_report_matches_closed_form_gaps(problem, kind):
     assert torch.allclose(report.approximation_gap, kl_opt, atol=0.01)
     assert torch.allclose(report.amortization_gap, kl_q - kl_opt, atol=mc)
     assert float((report.amortization_gap - kl_q + kl_opt).mean().abs()) < mc / 2
-    gap = report.to_json()["amortization_gap"]
+    gap = report.to_metrics()["amortization_gap"]
     if kind == "shifted":
         assert gap > 1.0
     elif kind == "meanfield":
@@ -121,7 +121,7 @@ def test_gap_report_json_and_mixture_proposal(problem):
     assert torch.allclose(report.log_px, log_px, atol=0.05)
     assert float((report.log_px - log_px).mean().abs()) < 0.02
     assert report.log_px_amortized.shape == (4,)
-    out = report.to_json()
+    out = report.to_metrics()
     for key in ("log_px", "elbo_local", "elbo_amortized", "approximation_gap",
                 "amortization_gap"):
         values = getattr(report, key)
@@ -136,7 +136,7 @@ def test_fit_local_leaves_the_decoder_alone():
     vae = build_vae(z_dim=2, x_dim=6, hidden_dims=(8,))
     x = (torch.rand(5, 6, generator=torch.Generator().manual_seed(0)) > 0.5).float()
     before = {k: v.detach().clone() for k, v in vae.named_parameters()}
-    fit = fit_local(vae, x, num_particles=4, lr=0.05, max_steps=40, window=10, patience=2,
+    fit = fit_local(vae.model, x, host=vae, num_particles=4, lr=0.05, max_steps=40, window=10, patience=2,
                     elbo_samples=50, progress=False)
     assert fit.loc.shape == (5, 2) and bool(torch.isfinite(fit.elbo).all())
     for name, p in vae.named_parameters():
@@ -192,7 +192,7 @@ def test_fit_local_rejects_bad_settings(problem, bad):
     W, b, sigma, x, *_ = problem
     vae = make_vae(W, b, sigma, ShiftedDiagonalGuide(W, b, sigma))
     with pytest.raises(ConfigError):
-        fit_local(vae, x, **{"progress": False, **bad})
+        fit_local(vae.model, x, host=vae, **{"progress": False, **bad})
 
 
 def test_bad_data_and_bad_requests(problem):
@@ -201,7 +201,7 @@ def test_bad_data_and_bad_requests(problem):
     with pytest.raises(DataError, match="only 6"):
         gap_report(vae, x, n=7, progress=False)
     with pytest.raises(DataError, match="shape"):
-        fit_local(vae, x[:, :3], progress=False)
+        fit_local(vae.model, x[:, :3], host=vae, progress=False)
     with pytest.raises(ConfigError):
         refine(vae, x, steps=0)
     local = build_vae(guide="local", num_data=10, z_dim=2, x_dim=6, hidden_dims=(8,))
@@ -209,12 +209,12 @@ def test_bad_data_and_bad_requests(problem):
     with pytest.raises(ConfigError, match="amortized"):
         gap_report(local, xb, progress=False)
     with pytest.raises(ConfigError, match="init='prior'"):
-        fit_local(local, xb, progress=False)
+        fit_local(local.model, xb, host=local, init="encoder", progress=False)
 
 
 def test_missing_checkpoint(tmp_path):
     import pvae
-    from pvae.cli import main
+    from pvae.runs.cli import main
 
     with pytest.raises(CheckpointError):
         pvae.load(tmp_path / "nope.pt")
@@ -240,11 +240,11 @@ def test_the_gap_of_a_flow_guide_fits_q_star_in_the_guides_own_family():
     report = gap_report(vae, x[:6], num_samples=200, elbo_samples=400, max_steps=150,
                         window=25, lr=1e-2, num_particles=8, progress=False)
     assert report.local_family == "flow"
-    s = report.to_json()
+    s = report.to_metrics()
     assert s["local_family_description"] == "the guide's flow of a diagonal Normal"
     for gap in ("amortization_gap", "approximation_gap"):  # paired over the same images
         assert s[gap] > -3 * s[f"{gap}_stderr"] and s[f"{gap}_stderr"] < 0.2, (gap, s)
-    fit0 = fit_local(vae, x[:2], max_steps=100, window=10, max_seconds=0.0, progress=False)
+    fit0 = fit_local(vae.model, x[:2], host=vae, max_steps=100, window=10, max_seconds=0.0, progress=False)
     assert fit0.steps == 1 and not fit0.converged and fit0.family == "flow"
     mlp = build_vae(z_dim=3, hidden_dims=(8,), x_dim=12)
-    assert fit_local(mlp, x[:2], max_steps=3, window=1, progress=False).family == "normal"
+    assert fit_local(mlp.model, x[:2], host=mlp, max_steps=3, window=1, progress=False).family == "normal"

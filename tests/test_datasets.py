@@ -11,7 +11,8 @@ import torch
 
 from conftest import REPO
 from pvae import build_vae, fit
-from pvae.datasets import HOLDOUT_SEED, as_images, load_dataset
+from pvae.data import load_dataset
+from pvae.data.own import HOLDOUT_SEED, as_images
 from pvae.errors import DataError
 
 
@@ -173,7 +174,7 @@ def test_train_on_an_npz_then_evaluate_reloads_the_same_data_from_the_checkpoint
     g = np.random.default_rng(4)
     np.savez(tmp_path / "d.npz", x=(g.random((120, 10, 6)) < 0.3))
     common = ["--device", "cpu", "--no-progress"]
-    train = [sys.executable, "-m", "pvae.cli", "train", "--dataset", str(tmp_path / "d.npz"),
+    train = [sys.executable, "-m", "pvae", "train", "--dataset", str(tmp_path / "d.npz"),
              "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "20", "--z-dim",
              "2", "--hidden-dims", "8", "--guide", "conv", "--decoder", "conv",
              "--conv-channels", "2", "--eval-samples", "10", *common]
@@ -181,32 +182,36 @@ def test_train_on_an_npz_then_evaluate_reloads_the_same_data_from_the_checkpoint
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["n_train"] == 108 and metrics["n_test"] == 12 and metrics["world_size"] == 1
-    assert metrics["vae"]["image_shape"] == [10, 6] and metrics["vae"]["x_dim"] == 60
-    evaluate = [sys.executable, "-m", "pvae.cli", "evaluate", "--checkpoint",
+    assert metrics["config"]["image_shape"] == [10, 6] and metrics["config"]["x_dim"] == 60
+    evaluate = [sys.executable, "-m", "pvae", "evaluate", "--checkpoint",
                 str(tmp_path / "run" / "checkpoint.pt"), "--num-samples", "10",
                 "--out", str(tmp_path / "eval"), *common]
     done = subprocess.run(evaluate, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    scored = json.loads((tmp_path / "eval" / "metrics_eval.json").read_text())
-    assert scored["n_test"] == 12 and scored["dataset"] == str(tmp_path / "d.npz")
+    scored = json.loads((tmp_path / "eval" / "metrics_is.json").read_text())
+    assert scored["n_test"] == 12 and scored["config"]["dataset"] == str(tmp_path / "d.npz")
     assert re.search(r"test images\s+12", done.stdout)
 
 
-def test_a_checkpoint_without_image_shape_or_dataset_resumes_and_another_dataset_does_not(
-        tmp_path):
+def test_a_run_resumes_on_its_own_data_and_is_refused_on_other_data(tmp_path):
     from pvae.errors import CheckpointError
-    from pvae.vae import VAE, VAEConfig
 
-    x = torch.bernoulli(torch.full((40, 16), 0.3), generator=torch.Generator().manual_seed(0))
-    old = VAEConfig(z_dim=2, hidden_dims=(8,), x_dim=16)  # as written before these fields
-    torch.manual_seed(0)
-    fit(VAE.from_config(old), x, epochs=1, batch_size=20, out_dir=tmp_path, device="cpu",
-        progress=False, seed=0)
-    now = VAEConfig(z_dim=2, hidden_dims=(8,), x_dim=16, image_shape=(4, 4), dataset="a.npz")
-    state = fit(VAE.from_config(now), x, epochs=2, batch_size=20, out_dir=tmp_path,
-                resume=True, device="cpu", progress=False, seed=0)
-    assert state.epoch == 2
-    other = VAEConfig(z_dim=2, hidden_dims=(8,), x_dim=16, image_shape=(4, 4), dataset="b.npz")
-    with pytest.raises(CheckpointError, match="dataset: checkpoint 'a.npz' vs now 'b.npz'"):
-        fit(VAE.from_config(other), x, epochs=3, batch_size=20, out_dir=tmp_path, resume=True,
-            device="cpu", progress=False, seed=0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.full((40, 16), 0.3), generator=g)
+
+    def run(data, epochs, resume):
+        torch.manual_seed(0)
+        vae = build_vae(z_dim=2, hidden_dims=(8,), x_dim=16, image_shape=(4, 4))
+        return fit(vae, data, epochs=epochs, batch_size=20, out_dir=tmp_path, resume=resume,
+                   device="cpu", progress=False, seed=0)
+
+    run(x, 1, False)
+    assert run(x.double(), 2, True).epoch == 2  # the same images in another dtype
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(CheckpointError, match=r"40 examples of shape \[16\], these are 30"):
+        run(x[:30], 3, True)
+    changed = x.clone()
+    changed[0, 0] = 1 - changed[0, 0]
+    with pytest.raises(CheckpointError, match="same shape but other values"):
+        run(changed, 3, True)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before

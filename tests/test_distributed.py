@@ -68,7 +68,7 @@ def _gradients(rank, out):
     from torch.nn.parallel import DistributedDataParallel
 
     from pvae.data import minibatches
-    from pvae.train import LossModule
+    from pvae.training.loop import LossModule
 
     for guide in ("mlp", "local"):
         vae = tiny_vae(guide)
@@ -126,16 +126,16 @@ def test_a_distributed_step_has_the_global_batch_gradient_with_the_same_noise(sp
 def _fit(rank, out, fail_at):
     out = out / f"fit-fail{fail_at}"
     out.mkdir(exist_ok=True)
-    import pvae.checkpoint
-    import pvae.train
+    import pvae.training.checkpoint
+    import pvae.training.loop
     from pvae import fit
     from pvae.errors import DivergenceError
 
     saves = []
-    real_save = pvae.checkpoint.save
-    pvae.checkpoint.save = lambda *a, **k: (saves.append(1), real_save(*a, **k))
+    real_save = pvae.training.checkpoint.save
+    pvae.training.checkpoint.save = lambda *a, **k: (saves.append(1), real_save(*a, **k))
     if fail_at and rank == 1:  # this rank alone sees a NaN loss at step fail_at
-        real_make_step = pvae.train.make_step
+        real_make_step = pvae.training.loop.make_step
 
         def make_step(*a, **k):
             step, count = real_make_step(*a, **k), [0]
@@ -145,7 +145,7 @@ def _fit(rank, out, fail_at):
                 loss = step(*args)
                 return math.nan if count[0] == fail_at else loss
             return nan_at
-        pvae.train.make_step = make_step
+        pvae.training.loop.make_step = make_step
     vae = tiny_vae()
     result = {}
     try:
@@ -161,7 +161,7 @@ def _fit(rank, out, fail_at):
 
 
 def test_two_ranks_keep_identical_weights_write_one_checkpoint_and_resume(spawned):
-    from pvae import checkpoint
+    from pvae.training import checkpoint
 
     out = spawned / "fit-fail0"
     ranks = [torch.load(out / f"fit-{r}.pt", weights_only=False) for r in range(WORLD)]
@@ -227,19 +227,19 @@ def _evaluate(rank, out):
     import numpy as np
     import pyro
 
-    from pvae import distributed
+    from pvae import EvalConfig, distributed
     from pvae.evaluate import ais
-    from pvae.experiment import evaluate_sharded, gathered
+    from pvae.runs.evaluation import estimate, gather_result
 
     W, b, sigma = make_problem(z_dim=2, x_dim=5, sigma=0.5)
     x = sample_data(W, b, sigma, 101)
     pyro.set_rng_seed(11 + rank)
-    exact = evaluate_sharded(make_vae(W, b, sigma), x, num_samples=20, progress=False)
-    shifted = evaluate_sharded(make_vae(W, b, sigma, mild_guide(W, b, sigma)), x,
-                               num_samples=200, progress=False)
+    exact = estimate("is", make_vae(W, b, sigma), x, EvalConfig(eval_samples=20))
+    shifted = estimate("is", make_vae(W, b, sigma, mild_guide(W, b, sigma)), x,
+                       EvalConfig(eval_samples=200))
     vae = make_vae(W, b, sigma)
-    annealed = gathered(ais(vae.model, vae.guide, distributed.shard(x), num_steps=3,
-                            num_chains=2, num_leapfrog=2))
+    annealed = gather_result(ais(vae.model, vae.guide, distributed.shard(x), num_steps=3,
+                                 num_chains=2, num_leapfrog=2))
     order = distributed.gather(distributed.shard(torch.arange(7.0)) * 10)
     order_np = distributed.gather(distributed.shard(np.arange(7)) + 1)
     torch.save({"exact": exact, "shifted": shifted, "annealed": annealed, "order": order, "order_np": order_np,
@@ -250,7 +250,7 @@ def test_sharded_evaluation_equals_unsharded(spawned):
     import numpy as np
     import pyro
 
-    from pvae.evaluate import evaluate
+    from pvae.evaluate import importance_sampling
 
     ranks = [torch.load(spawned / f"eval-{r}.pt", weights_only=False) for r in range(WORLD)]
     assert [r["shard"] for r in ranks] == [51, 50]
@@ -269,11 +269,11 @@ def test_sharded_evaluation_equals_unsharded(spawned):
         np.testing.assert_allclose(r["annealed"].log_px.numpy(), truth, rtol=0, atol=1e-8)
     pyro.set_rng_seed(11)
     vae = make_vae(W, b, sigma, mild_guide(W, b, sigma))
-    whole = evaluate(vae.model, vae.guide, x, num_samples=200, progress=False)
+    whole = importance_sampling(vae.model, vae.guide, x, num_samples=200, progress=False)
     diff = ranks[0]["shifted"].log_px - whole.log_px  # Monte Carlo noise only, mean zero
     assert abs(diff.mean()) < 4 * diff.std() / math.sqrt(len(diff))
     pyro.set_rng_seed(12)
-    again = evaluate(vae.model, vae.guide, x, num_samples=200, progress=False)
+    again = importance_sampling(vae.model, vae.guide, x, num_samples=200, progress=False)
     assert 0 < diff.std() < 2 * (again.log_px - whole.log_px).std()  # the noise of a rerun
 
 

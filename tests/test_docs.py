@@ -82,7 +82,7 @@ def test_the_readme_quickstart_checkpoint_is_read_by_the_cli(small_mnist, mnist_
     checkpoint = tmp_path / "runs" / "quick" / "checkpoint.pt"
     args = ["evaluate", "--checkpoint", checkpoint, "--data-dir", mnist_dir, "--test-subset", 20,
             "--num-samples", 30, "--device", "cpu", "--no-progress"]
-    done = subprocess.run([sys.executable, "-m", "pvae.cli", *map(str, args)],
+    done = subprocess.run([sys.executable, "-m", "pvae", *map(str, args)],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "test log p(x), K=30" in done.stdout

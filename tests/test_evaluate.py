@@ -12,8 +12,8 @@ from linear_gaussian import (ShiftedDiagonalGuide, exact_log_px, make_problem, m
                              sample_data)
 
 from pvae.errors import ConfigError, DataError, PvaeError
-from pvae.evaluate import EvalResult, evaluate, log_likelihood, psis_khat
-from pvae.vae import build_vae
+from pvae.evaluate import EvalResult, importance_sampling, log_likelihood, psis_khat
+from pvae.model.vae import build_vae
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_worse_guide_elbo_below_and_estimate_rises_with_K(problem):
              for K in (1, 10, 100, 1000)]
     assert all(a < b for a, b in zip(means, means[1:])), means
     assert means[-1] < exact.mean().item() + 0.05
-    res = evaluate(vae.model, vae.guide, x, num_samples=100, progress=False)
+    res = importance_sampling(vae.model, vae.guide, x, num_samples=100, progress=False)
     gap = exact.numpy() - res.elbo
     assert gap.mean() > 4 * gap.std(ddof=1) / math.sqrt(len(gap))
     assert res.elbo_mean < res.log_px_mean < exact.mean().item()
@@ -60,7 +60,7 @@ def test_worse_guide_elbo_below_and_estimate_rises_with_K(problem):
 def test_K5000_matches_exact_within_4_standard_errors(problem):
     W, b, sigma, x, exact = problem
     vae = shifted(W, b, sigma)
-    res = evaluate(vae.model, vae.guide, x[:100], num_samples=5000, progress=False)
+    res = importance_sampling(vae.model, vae.guide, x[:100], num_samples=5000, progress=False)
     diff = res.log_px - exact[:100].numpy()
     se = diff.std(ddof=1) / math.sqrt(len(diff))
     assert se < 0.05
@@ -140,7 +140,7 @@ def test_beta_scaling_masking_and_subsample_scaling_are_ignored(problem):
 
 def test_evaluate_statistics(problem):
     W, b, sigma, x, exact = problem
-    res = evaluate(make_vae(W, b, sigma).model, make_vae(W, b, sigma).guide, x[:30],
+    res = importance_sampling(make_vae(W, b, sigma).model, make_vae(W, b, sigma).guide, x[:30],
                    num_samples=64, batch_size=7, progress=False)
     assert isinstance(res, EvalResult) and res.n == 30 and res.num_samples == 64
     assert np.allclose(res.log_px, exact[:30].numpy(), atol=1e-8)
@@ -163,14 +163,14 @@ def test_khat_flags_light_tailed_guide(problem, caplog):
     W, b, sigma, x, _ = problem
     bad = shifted(W, b, sigma, shift=0.5, widen=1.0)
     with caplog.at_level(logging.WARNING, logger="pvae.evaluate"):
-        res = evaluate(bad.model, bad.guide, x[:40], num_samples=200, progress=False)
+        res = importance_sampling(bad.model, bad.guide, x[:40], num_samples=200, progress=False)
     assert res.khat_frac_bad > 0.5 and res.khat_max > 0.7
     assert res.khat_frac_bad == pytest.approx(np.mean(res.khat > 0.7))
     assert "unreliable" in caplog.text and "raise K or improve the guide" in caplog.text
     good = shifted(W, b, sigma, shift=0.0, widen=1.5)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="pvae.evaluate"):
-        res = evaluate(good.model, good.guide, x[:40], num_samples=200, progress=False)
+        res = importance_sampling(good.model, good.guide, x[:40], num_samples=200, progress=False)
     assert res.khat_max < 0.5 and res.khat_frac_bad == 0.0 and caplog.text == ""
 
 
@@ -212,7 +212,7 @@ def test_plain_pyro_model_with_nested_plates_and_indices():
         assert torch.allclose(est, exact, atol=1e-8)
     est = log_likelihood(model, guide, x[3:8], num_samples=5, chunk_size=3, idx=idx[3:8])
     assert torch.allclose(est, exact[3:8], atol=1e-8)
-    res = evaluate(model, guide, x, idx, num_samples=25, chunk_size=10, batch_size=4,
+    res = importance_sampling(model, guide, x, idx, num_samples=25, chunk_size=10, batch_size=4,
                    progress=False)
     assert np.allclose(res.log_px, exact.numpy(), atol=1e-8)
 
@@ -222,7 +222,7 @@ def test_pvae_vae_on_random_binary_data():
     vae = build_vae()
     x = torch.bernoulli(torch.full((6, 784), 0.2))
     with torch.no_grad():
-        res = evaluate(vae.model, vae.guide, x, num_samples=300, chunk_size=500, progress=False)
+        res = importance_sampling(vae.model, vae.guide, x, num_samples=300, chunk_size=500, progress=False)
     assert np.isfinite(res.log_px).all() and (res.log_px <= 0).all()
     assert (res.elbo <= res.log_px + 1e-9).all() and res.elbo_mean < res.log_px_mean
     assert ((res.ess >= 1 - 1e-9) & (res.ess <= 300 + 1e-9)).all()
@@ -241,7 +241,7 @@ def test_bad_inputs_raise_clear_errors(problem):
     with pytest.raises(ConfigError, match="chunk_size"):
         log_likelihood(vae.model, vae.guide, x, num_samples=10, chunk_size=0)
     with pytest.raises(ConfigError, match="batch_size"):
-        evaluate(vae.model, vae.guide, x, num_samples=10, batch_size=0, progress=False)
+        importance_sampling(vae.model, vae.guide, x, num_samples=10, batch_size=0, progress=False)
     with pytest.raises(DataError, match="torch.Tensor"):
         log_likelihood(vae.model, vae.guide, x.tolist(), num_samples=10)
     with pytest.raises(DataError, match="leading dim"):
@@ -289,31 +289,34 @@ def test_guide_without_the_models_latent_is_refused():
 
 def test_cli_evaluate_writes_metrics_and_figure(tmp_path, monkeypatch, capsys):
     import pvae.data
-    from pvae import checkpoint
-    from pvae.cli import main
+    from pvae.runs.cli import main
+    from pvae.training import checkpoint
 
     torch.manual_seed(0)
     vae = build_vae(z_dim=4, hidden_dims=(16,))
     checkpoint.save(tmp_path / "checkpoint.pt", vae)
     calls = []
 
-    def fake_load_mnist(data_dir, binarize, train_subset=None, test_subset=None):
-        calls.append((data_dir, binarize, test_subset))
-        x = pvae.data.synthetic(test_subset, binary=binarize)
-        return pvae.data.MNIST(x, torch.zeros(len(x)), x, torch.zeros(len(x)))
+    def fake_mnist(data_dir):
+        calls.append(str(data_dir))
+        x = pvae.data.synthetic(40, binary=False)
+        return x, torch.zeros(len(x)), x, torch.zeros(len(x)), (28, 28)
 
-    monkeypatch.setattr(pvae.data, "load_mnist", fake_load_mnist)
+    monkeypatch.setitem(pvae.data.DATASETS, "mnist", fake_mnist)
     code = main(["evaluate", "--checkpoint", str(tmp_path / "checkpoint.pt"), "--num-samples",
                  "50", "--test-subset", "12", "--chunk-size", "120", "--device", "cpu",
                  "--data-dir", "somewhere"])
-    assert code == 0 and calls == [("somewhere", True, 12)]
-    metrics = json.loads((tmp_path / "metrics_eval.json").read_text())
+    assert code == 0 and calls == ["somewhere"]
+    metrics = json.loads((tmp_path / "eval" / "metrics_is.json").read_text())
     assert metrics["n_test"] == 12 and metrics["eval_samples"] == 50
-    assert (tmp_path / "evaluation_K50.png").stat().st_size > 1000
+    assert metrics["config"]["chunk_size"] == 120 and metrics["config"]["data_dir"] == "somewhere"
+    assert (tmp_path / "eval" / "evaluation.png").stat().st_size > 1000
+    assert np.load(tmp_path / "eval" / "test_log_px.npy").shape == (12,)
     loaded = checkpoint.load(tmp_path / "checkpoint.pt")
     pyro.set_rng_seed(0)
-    direct = evaluate(loaded.model, loaded.guide, fake_load_mnist("", True, test_subset=12).test_x,
-                      num_samples=50, chunk_size=120, progress=False)
+    x = pvae.data.load_dataset("mnist", "", True, test_subset=12).test_x
+    direct = importance_sampling(loaded.model, loaded.guide, x, num_samples=50, chunk_size=120,
+                                 progress=False)
     assert metrics["test_log_px"] == pytest.approx(direct.log_px_mean, abs=1e-9)
     assert metrics["test_elbo"] < metrics["test_log_px"] <= 0
     assert "test log p(x), K=50" in capsys.readouterr().out

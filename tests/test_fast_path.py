@@ -6,9 +6,9 @@ from pyro.infer import SVI
 
 from pvae.data import synthetic
 from pvae.errors import ConfigError
-from pvae.objectives import make_loss
-from pvae.train import fit, make_optimizer, make_step
-from pvae.vae import build_vae
+from pvae.infer.objectives import make_loss
+from pvae.training.loop import fit, make_optimizer, make_step
+from pvae.model.vae import build_vae
 
 
 def tiny(seed=0):
@@ -64,7 +64,7 @@ def run_fit(tmp, epochs, resume=False, seed=0, **kw):
 
 def test_resume_is_bitwise_during_a_warmup(tmp_path):
     full, full_result = run_fit(tmp_path / "a", 3, beta_warmup_epochs=1.4)
-    run_fit(tmp_path / "b", 1, beta_warmup_epochs=1.4)
+    run_fit(tmp_path / "b", 1, beta_warmup_epochs=1.4, schedule_epochs=3)  # interrupted
     pyro.set_rng_seed(999)
     resumed, resumed_result = run_fit(tmp_path / "b", 3, resume=True, beta_warmup_epochs=1.4)
     for (name, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters()):

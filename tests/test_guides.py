@@ -6,8 +6,8 @@ from conftest import make_part
 import torch.nn.functional as F
 
 from pvae.errors import ConfigError
-from pvae.guides import GUIDES, ConvNormalEncoder, IAFEncoder, LowRankEncoder
-from pvae.nets import image_side
+from pvae.model.guides import GUIDES, ConvNormalEncoder, IAFEncoder, LowRankEncoder
+from pvae.model.nets import image_side
 
 AMORTIZED = [name for name, cls in GUIDES.items()
              if cls.amortized and not cls.uses_model]

@@ -9,7 +9,8 @@ import torch
 from conftest import make_part
 
 from pvae.errors import ConfigError, DataError
-from pvae.likelihoods import LIKELIHOODS, Bernoulli, BernoulliImage, ContinuousBernoulli, Normal
+from pvae.distributions import BernoulliImage
+from pvae.model.likelihoods import LIKELIHOODS, Bernoulli, ContinuousBernoulli, Normal
 
 
 def _build(name, **options):
@@ -79,7 +80,7 @@ def test_normal_log_prob_by_hand_fixed_and_learned_scale():
     assert "log_scale" in dict(learned.named_parameters())
     torch.testing.assert_close(learned.scale, torch.tensor(0.2))
     with torch.no_grad():
-        learned.log_scale.fill_(math.log(0.5 - Normal.MIN_SCALE))
+        learned.log_scale.fill_(math.log(0.5 - Normal.SIGMA_FLOOR))
     loc = learned.decoder(z)
     expected = torch.distributions.Normal(loc, 0.5).log_prob(x).sum(-1)
     torch.testing.assert_close(learned(z).log_prob(x), expected, rtol=1e-5, atol=1e-3)

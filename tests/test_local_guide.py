@@ -7,9 +7,9 @@ from linear_gaussian import LinearGaussianLikelihood, make_problem, posterior, s
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
 from pvae.errors import ConfigError
-from pvae.guides import GUIDES, LocalGuide
-from pvae.priors import StandardNormal
-from pvae.vae import VAE, build_vae
+from pvae.model.guides import GUIDES, LocalGuide
+from pvae.model.priors import StandardNormal
+from pvae.model.vae import VAE, build_vae
 
 N, Z, X = 12, 2, 5
 

@@ -9,8 +9,9 @@ from pyro.infer import SVI, RenyiELBO, Trace_ELBO
 
 from linear_gaussian import ShiftedDiagonalGuide, exact_log_px, make_problem, make_vae, sample_data
 from pvae.errors import ConfigError
-from pvae.objectives import IWAE, OBJECTIVES, beta_at, make_loss
-from pvae.vae import build_vae
+from pvae.infer.objectives import IWAE, OBJECTIVES, make_loss
+from pvae.training.recipes import beta_at
+from pvae.model.vae import build_vae
 
 
 def _small_vae(beta=1.0, **kw):

@@ -9,9 +9,9 @@ import torch
 from conftest import make_part
 
 from pvae.errors import ConfigError
-from pvae.guides import NormalEncoder
-from pvae.priors import PRIORS, FlowPrior, LearnedNormal, MixturePrior, StandardNormal, VampPrior
-from pvae.vae import build_vae
+from pvae.model.guides import NormalEncoder
+from pvae.model.priors import PRIORS, FlowPrior, LearnedNormal, MixturePrior, StandardNormal, VampPrior
+from pvae.model.vae import build_vae
 
 
 def _build(name, z_dim=3, x_dim=6):
@@ -180,7 +180,7 @@ def test_standard_prior_is_standard_normal():
 
 
 def test_diagonal_normal_mixture_matches_mixture_same_family_without_the_memory():
-    from pvae.priors import DiagonalNormalMixture
+    from pvae.distributions import DiagonalNormalMixture
 
     g = torch.Generator().manual_seed(3)
     logits, locs = torch.randn(7, generator=g), 3 * torch.randn(7, 5, generator=g)

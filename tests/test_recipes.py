@@ -5,9 +5,10 @@ import pyro
 import pytest
 import torch
 
-from pvae import ExperimentConfig, build_vae, fit
+from pvae import RunConfig, TrainConfig, build_vae, fit
 from pvae.errors import ConfigError
-from pvae.recipes import RECIPES, StepSchedule, burda_factor, get_recipe, warmup_epochs
+from pvae.training import checkpoint
+from pvae.training.recipes import RECIPES, StepSchedule, burda_factor, get_recipe, warmup_epochs
 
 
 def test_burda_stages_last_3_to_the_i_of_3280_epochs_at_lr_times_10_to_minus_i_over_7():
@@ -50,7 +51,7 @@ def test_recipes_resolve_the_rate_eps_and_warmup():
 ])
 def test_a_recipe_refuses_flags_it_sets(kw, message):
     with pytest.raises(ConfigError, match=message):
-        ExperimentConfig(epochs=4, **kw).validate()
+        TrainConfig(epochs=4, **kw)
 
 
 def _run(tmp_path, epochs, resume=False):
@@ -58,9 +59,8 @@ def _run(tmp_path, epochs, resume=False):
     x = torch.rand(60, 6)
     pyro.set_rng_seed(0)
     vae = build_vae(z_dim=2, hidden_dims=(8,), x_dim=6)
-    state = fit(vae, x, epochs=epochs, batch_size=20, lr=1e-2, adam_eps=1e-4,
-                lr_schedule="burda", schedule_epochs=4, out_dir=tmp_path, resume=resume,
-                seed=0, progress=False, device="cpu")
+    state = fit(vae, x, epochs=epochs, batch_size=20, recipe="burda2016", schedule_epochs=4,
+                out_dir=tmp_path, resume=resume, seed=0, progress=False, device="cpu")
     return vae, state
 
 
@@ -72,18 +72,20 @@ def test_the_schedule_resumes_exactly(tmp_path):
         assert torch.equal(a, b), name
     lrs = [r.lr for r in s4.history]
     assert lrs == [r.lr for r in r4.history]
-    assert lrs[0] < 1e-2 and lrs[-1] == pytest.approx(1e-3) and lrs == sorted(lrs, reverse=True)
+    assert lrs[0] < 1e-3 and lrs[-1] == pytest.approx(1e-4) and lrs == sorted(lrs, reverse=True)
     assert r4.scheduler["last_epoch"] == 12 == r4.step
-    assert r4.settings.adam_eps == 1e-4 and r4.settings.schedule_epochs == 4
+    saved = checkpoint.read(tmp_path / "split" / "checkpoint.pt").train
+    assert saved.adam_eps == 1e-4 and saved.schedule_epochs == 4 and saved.horizon == 4
 
 
 def test_resuming_with_another_schedule_horizon_is_refused(tmp_path):
     _run(tmp_path, 1)
     vae = build_vae(z_dim=2, hidden_dims=(8,), x_dim=6)
+    torch.manual_seed(0)
     with pytest.raises(ConfigError, match="schedule_epochs"):
-        fit(vae, torch.rand(60, 6), epochs=3, batch_size=20, lr=1e-2, adam_eps=1e-4,
-            lr_schedule="burda", schedule_epochs=3, out_dir=tmp_path, resume=True, seed=0,
-            progress=False, device="cpu")
+        fit(vae, torch.rand(60, 6), epochs=3, batch_size=20, recipe="burda2016",
+            schedule_epochs=3, out_dir=tmp_path, resume=True, seed=0, progress=False,
+            device="cpu")
 
 
 def test_vamp_pseudo_inputs_start_at_distinct_training_images():
@@ -103,13 +105,12 @@ def test_vamp_pseudo_inputs_start_at_distinct_training_images():
 
 
 def test_the_burda_recipe_sets_adams_eps_in_a_run(tmp_path, mnist_dir):
-    from pvae.experiment import run
+    from pvae.runs.experiment import run
 
-    metrics = run(ExperimentConfig(data_dir=str(mnist_dir), out=str(tmp_path), epochs=2,
-                                   train_subset=200, test_subset=20, eval_samples=5,
-                                   hidden_dims=(16,), z_dim=4, device="cpu", progress=False,
-                                   recipe="burda2016", prior="vamp",
-                                   options={"num_pseudo_inputs": 5}))
+    metrics = run(RunConfig.from_dict(dict(
+        data_dir=str(mnist_dir), out=str(tmp_path), epochs=2, train_subset=200, test_subset=20,
+        eval_samples=5, hidden_dims=(16,), z_dim=4, device="cpu", progress=False,
+        recipe="burda2016", prior="vamp", num_pseudo_inputs=5)))
     lrs = [r["lr"] for r in metrics["history"]]
     assert lrs[0] < 1e-3 and lrs[-1] == pytest.approx(1e-4)
     assert metrics["config"]["recipe"] == "burda2016" and math.isfinite(metrics["test_log_px"])

@@ -10,11 +10,11 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 from pvae.errors import ConfigError
-from pvae.guides import GUIDES
-from pvae.likelihoods import LIKELIHOODS
-from pvae.priors import PRIORS
-from pvae.parts import options_taken
-from pvae.vae import VAEConfig, build_vae
+from pvae.model.guides import GUIDES
+from pvae.model.likelihoods import LIKELIHOODS
+from pvae.model.priors import PRIORS
+from pvae.model.parts import options_taken
+from pvae.model.vae import VAEConfig, build_vae
 
 Z, N = 3, 4
 SIZES = dict(z_dim=Z, hidden_dims=(8,), x_dim=784, num_data=N)
@@ -91,10 +91,10 @@ def test_registries_hold_the_documented_names():
     assert set(LIKELIHOODS) >= {"bernoulli", "cbernoulli", "normal"}
 
 
-# Configurations picked by name and compared: pvae.compare (runs replaced by fixed metrics).
+# Configurations picked by name and compared: pvae.runs.comparison (runs replaced by fixed metrics).
 
 def test_settings_parse_to_typed_values_and_grids_keep_order():
-    from pvae.compare import grid, parse_setting, setting_name
+    from pvae.runs.comparison import grid, parse_setting, setting_name
 
     s = parse_setting("prior=vamp, num_pseudo_inputs=50,learn_scale=true,beta=0.5")
     assert s == {"prior": "vamp", "num_pseudo_inputs": 50, "learn_scale": True, "beta": 0.5}
@@ -107,52 +107,53 @@ def test_settings_parse_to_typed_values_and_grids_keep_order():
 
 
 def test_config_for_sends_unknown_keys_to_part_options(tmp_path):
-    from pvae.compare import config_for
-    from pvae.experiment import ExperimentConfig
+    from pvae import RunConfig
+    from pvae.runs.comparison import config_for
 
-    base = ExperimentConfig(epochs=3, seed=4, options={"rank": 3})
+    base = RunConfig.from_dict({"epochs": 3, "seed": 4})
     cfg = config_for(base, {"prior": "mog", "guide": "lowrank", "num_components": 5, "z_dim": 8},
-                     tmp_path / "a")
-    assert (cfg.prior, cfg.z_dim, cfg.epochs, cfg.seed) == ("mog", 8, 3, 4)
-    assert cfg.options == {"rank": 3, "num_components": 5} and cfg.out == str(tmp_path / "a")
-    other = config_for(base, {"prior": "mog"}, tmp_path / "b")
-    assert other.options == {}  # rank is the lowrank guide's: it does not reach an mlp guide
+                     tmp_path / "a", {"rank": 3})
+    assert (cfg.model.prior, cfg.model.z_dim, cfg.train.epochs, cfg.train.seed) == ("mog", 8, 3, 4)
+    assert cfg.model.options == {"num_components": 5, "rank": 3}
+    assert cfg.out == str(tmp_path / "a")
+    other = config_for(base, {"prior": "mog"}, tmp_path / "b", {"rank": 3})
+    assert other.model.options == {}  # rank is the lowrank guide's: it does not reach mlp
 
 
 def _fake_run(per_example):
     import numpy as np
 
     def run(cfg):
-        values = per_example[cfg.prior]
-        if cfg.guide == "mlp":
+        values = per_example[cfg.model.prior]
+        if cfg.model.guide == "mlp":
             np.save(Path(cfg.out) / "test_log_px.npy", np.asarray(values))
         n = len(values)
         mean = float(np.mean(values))
         return {"test_elbo": mean - 5.0, "test_log_px": mean,
                 "test_log_px_stderr": float(np.std(values, ddof=1) / np.sqrt(n)),
                 "psis_khat_max": 0.4, "train_seconds": 1.0,
-                "likelihood_kind": "density" if cfg.likelihood == "normal" else "discrete"}
+                "likelihood_kind": "density" if cfg.model.likelihood == "normal" else "discrete"}
     return run
 
 
 def test_compare_marks_paired_and_unpaired_improvements(tmp_path, monkeypatch):
     import numpy as np
 
-    import pvae.experiment
-    from pvae.compare import compare
-    from pvae.experiment import ExperimentConfig
+    import pvae.runs.experiment
+    from pvae import RunConfig
+    from pvae.runs.comparison import compare
 
     g = np.random.default_rng(0)
     common = g.normal(-100.0, 10.0, size=50)
     per_example = {"standard": common, "vamp": common + 1.0 + 0.1 * g.normal(size=50),
                    "flow": common + 1.0, "mog": common - 3.0}
-    monkeypatch.setattr(pvae.experiment, "run", _fake_run(per_example))
+    monkeypatch.setattr(pvae.runs.experiment, "run", _fake_run(per_example))
     settings = [{"prior": "standard", "guide": "mlp"}, {"prior": "vamp", "guide": "mlp"},
                 {"prior": "flow", "guide": "iaf"}, {"prior": "mog", "guide": "mlp",
                                                      "likelihood": "normal"}]
     for s in settings:
         (tmp_path / "__".join(f"{k}-{v}" for k, v in s.items())).mkdir()
-    rows = compare(ExperimentConfig(), settings, tmp_path)
+    rows = compare(RunConfig(), settings, tmp_path)
     base, vamp, flow, mog = rows
     assert base.diff == 0.0 and not base.beats_baseline
     assert vamp.paired and vamp.beats_baseline
@@ -172,24 +173,24 @@ def test_compare_marks_paired_and_unpaired_improvements(tmp_path, monkeypatch):
 def test_compare_keeps_going_past_a_diverged_run(tmp_path, monkeypatch):
     import numpy as np
 
-    import pvae.experiment
-    from pvae.compare import compare
+    import pvae.runs.experiment
+    from pvae.runs.comparison import compare
+    from pvae import RunConfig
     from pvae.errors import DivergenceError
-    from pvae.experiment import ExperimentConfig
 
     values = np.random.default_rng(1).normal(-100.0, 5.0, size=20)
     fake = _fake_run({"standard": values, "flow": values + 2.0})
 
     def run(cfg):
-        if cfg.prior == "vamp":
+        if cfg.model.prior == "vamp":
             raise DivergenceError("training diverged at epoch 2, step 9: the loss is nan; kept")
         return fake(cfg)
 
-    monkeypatch.setattr(pvae.experiment, "run", run)
+    monkeypatch.setattr(pvae.runs.experiment, "run", run)
     settings = [{"prior": p, "guide": "mlp"} for p in ("standard", "vamp", "flow")]
     for s in settings:
         (tmp_path / "__".join(f"{k}-{v}" for k, v in s.items())).mkdir()
-    base, vamp, flow = compare(ExperimentConfig(), settings, tmp_path)
+    base, vamp, flow = compare(RunConfig(), settings, tmp_path)
     assert vamp.error.startswith("training diverged at epoch 2") and vamp.test_log_px is None
     assert flow.beats_baseline and flow.diff == pytest.approx(2.0)
     assert "failed: training diverged at epoch 2" in (tmp_path / "compare.md").read_text()

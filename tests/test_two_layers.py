@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 from linear_gaussian import LinearGaussianLikelihood
-from pvae import checkpoint, fit
+from pvae import fit
+from pvae.training import checkpoint
 from pvae.errors import ConfigError
 from pvae.evaluate import log_likelihood
-from pvae.priors import StandardNormal
-from pvae.vae import VAE, VAEConfig, build_vae
+from pvae.model.priors import StandardNormal
+from pvae.model.vae import VAE, VAEConfig, build_vae
 
 TINY = dict(z_dim=4, top_z_dim=2, hidden_dims=(8,), top_hidden_dims=(5,), x_dim=6)
 
@@ -129,8 +130,8 @@ def test_the_paper_sizes_and_the_prior_of_the_top_layer():
     (dict(prior="vamp"), "prior 'vamp' cannot be used with two stochastic layers"),
     (dict(guide="local", num_data=5), "guide 'local' cannot be used with two stochastic layers"),
     (dict(guide="semi"), "guide 'semi' cannot be used with two stochastic layers"),
-    (dict(stochastic_layers=3), "stochastic_layers must be 1 or 2"),
-    (dict(top_z_dim=0), "top_z_dim must be positive"),
+    (dict(stochastic_layers=3), "unknown stochastic_layers 3; choose one of: 1, 2"),
+    (dict(top_z_dim=0), "top_z_dim must be at least 1"),
 ])
 def test_parts_two_layers_cannot_use_are_refused_by_name(kw, message):
     with pytest.raises(ConfigError, match=message):
@@ -156,7 +157,7 @@ def test_a_trained_two_layer_vae_round_trips_through_its_checkpoint(tmp_path):
 
 
 def test_gap_report_refuses_two_layers():
-    from pvae.amortization import gap_report
+    from pvae.infer.amortization import gap_report
 
     vae = build_vae(stochastic_layers=2, **TINY)
     with pytest.raises(ConfigError, match="two"):

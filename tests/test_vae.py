@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO
 
 from pvae.errors import ConfigError, DataError
-from pvae.vae import build_vae
+from pvae.model.vae import build_vae
 
 
 def tiny(**kw):

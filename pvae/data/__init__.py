@@ -1,0 +1,11 @@
+"""Data: one registry of datasets (MNIST is one entry, with an offline route), one's own
+images, minibatches, synthetic data."""
+from .batches import minibatches, synthetic
+from .dataset import Dataset, binarize_once, check_subset
+from .registry import DATASETS, DataConfig, load_dataset, load_mnist
+
+MNIST = Dataset
+"""The :class:`Dataset` that :func:`load_mnist` returns."""
+
+__all__ = ["Dataset", "MNIST", "DataConfig", "DATASETS", "load_dataset", "load_mnist",
+           "minibatches", "synthetic", "binarize_once", "check_subset"]

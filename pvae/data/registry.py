@@ -1,0 +1,110 @@
+"""The one dataset registry: the data a run trains on, picked by name or given by path.
+
+:data:`DATASETS` maps a name to a loader ``loader(data_dir) -> (train_x, train_y, test_x,
+test_y, image_shape)`` of the full splits, images flattened and in [0, 1]: ``mnist`` takes
+:func:`pvae.data.mnist.read_mnist`'s offline route; ``fashion-mnist`` and ``kmnist`` use
+torchvision's classes under ``DATA_DIR`` (downloaded there when their raw files are missing).
+Anything else is a path to one's own images (:mod:`pvae.data.own`). :func:`load_dataset`
+keeps the first ``*_subset`` examples of each split and, for a binary likelihood, binarizes
+the test images once (seed 123); the training images are binarized per batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..checks import setting, validate
+from ..errors import DataError
+from .dataset import Dataset, binarize_once, check_subset
+from .mnist import network_timeout, read_mnist
+from .own import as_images, read_path
+
+
+def torchvision_dataset(name: str, cls_name: str) -> Callable:
+    """The loader of torchvision's dataset class ``cls_name`` (the dataset ``name``),
+    downloading it if missing."""
+
+    def load(root: str | Path):
+        import torchvision
+
+        cls, root = getattr(torchvision.datasets, cls_name), Path(root)
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(network_timeout())
+        try:
+            splits = [cls(str(root), train=train, download=True) for train in (True, False)]
+        except Exception as err:  # offline: URLError, RuntimeError, OSError, timeouts
+            text = str(err).strip().splitlines()
+            raise DataError(f"could not get {name} with torchvision ("
+                            f"{text[-1] if text else repr(err)}); run once with internet access, "
+                            f"or copy its raw files into {root / cls_name / 'raw'}") from None
+        finally:
+            socket.setdefaulttimeout(previous)
+        (train_x, shape), (test_x, _) = (as_images(s.data.numpy(), f"{cls_name} ({root})")
+                                         for s in splits)
+        return train_x, splits[0].targets.clone(), test_x, splits[1].targets.clone(), shape
+
+    return load
+
+
+DATASETS: dict[str, Callable] = {
+    "mnist": read_mnist,
+    "fashion-mnist": torchvision_dataset("fashion-mnist", "FashionMNIST"),
+    "kmnist": torchvision_dataset("kmnist", "KMNIST"),
+}
+"""The datasets known by name, each a loader of its full splits (see the module text)."""
+
+
+def load_dataset(dataset: str = "mnist", data_dir: str | Path = "data", binarize: bool = True,
+                 train_subset: int | None = None, test_subset: int | None = None) -> Dataset:
+    """Load ``dataset`` (a name of :data:`DATASETS` or a path), keeping the first ``*_subset``
+    examples of each split; with ``binarize`` the kept test images are binarized once."""
+    for flag, n in (("--train-subset", train_subset), ("--test-subset", test_subset)):
+        check_subset(flag, n, None)
+    loader = DATASETS.get(dataset)
+    if loader is not None:
+        train_x, train_y, test_x, test_y, shape = loader(data_dir)
+    else:
+        train_x, train_y, test_x, test_y, shape = read_path(Path(dataset))
+    for flag, n, x in (("--train-subset", train_subset, train_x),
+                       ("--test-subset", test_subset, test_x)):
+        check_subset(flag, n, x.shape[0], str(dataset))
+    ntr, nte = int(train_subset or train_x.shape[0]), int(test_subset or test_x.shape[0])
+    train_x, test_x = train_x[:ntr], test_x[:nte]
+    if binarize:
+        test_x = binarize_once(test_x)
+    return Dataset(str(dataset), train_x, train_y[:ntr].clone(), test_x, test_y[:nte].clone(),
+                   tuple(shape))
+
+
+def load_mnist(data_dir: str | Path = "data", binarize: bool = True,
+               train_subset: int | None = None, test_subset: int | None = None) -> Dataset:
+    """MNIST flattened to (N, 784) float32: :func:`load_dataset` of ``"mnist"``."""
+    return load_dataset("mnist", data_dir, binarize, train_subset, test_subset)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The data section of a run's configuration: which data, where, how much of it."""
+
+    dataset: str = setting("mnist", "mnist, fashion-mnist, kmnist, or an .npy/.npz file or an "
+                           "image folder of one's own", metavar="NAME|PATH")
+    data_dir: str = setting("data", "where the named datasets live or are fetched to")
+    train_subset: int | None = setting(None, "train on the first N training images", low=1,
+                                       metavar="N")
+    test_subset: int | None = setting(None, "evaluate on the first N test images", low=1,
+                                      metavar="N")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def load(self, binarize: bool) -> Dataset:
+        """The data this section names (:func:`load_dataset`)."""
+        return load_dataset(self.dataset, self.data_dir, binarize, self.train_subset,
+                            self.test_subset)
+
+    def replace(self, **changes) -> "DataConfig":
+        """A copy with ``changes``, checked again."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,169 @@
+"""Non-amortized and semi-amortized inference, and the amortization-gap report.
+
+For a trained model p(x, z) and its amortized guide q_φ(z|x), the gap between log p(x) and
+the ELBO L[q] = E_q[log p(x, z) − log q(z|x)] splits in two (Cremer, Li & Duvenaud 2018):
+
+    log p(x) − L[q] = (log p(x) − L[q*]) + (L[q*] − L[q])
+                       approximation gap    amortization gap
+
+where q* is the best member of the guide's own family for this one x, fitted per example
+with the decoder frozen (:func:`~pvae.infer.localfit.fit_local`): a diagonal Gaussian, or for
+a guide whose flow f is shared by all x (the IAF guide) f applied to a diagonal Gaussian, the
+family q(z|x) itself chooses from, so that L[q] ≤ L[q*] up to the fit; :func:`refine` and the
+semi-amortized guide sit in between (Kim et al. 2018). Every ELBO here is the β = 1 bound;
+``x`` moves to the VAE's device and results live there."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol, runtime_checkable
+
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.util import site_is_subsample
+
+from ..checks import check_count
+from ..errors import ConfigError, DataError
+from .host import Encoder, prepare_examples
+from .importance import log_likelihood
+from .localfit import FAMILIES, fit_local
+from .logweights import log_weights
+from .results import Estimate
+
+
+@runtime_checkable
+class Autoencoder(Encoder, Protocol):
+    """An :class:`~pvae.infer.host.Encoder` that also holds its Pyro pair ``model(x)`` and
+    ``guide(x)``: what the gap report and :func:`refine` are handed (a pvae VAE)."""
+
+    model: Callable
+    guide: Callable
+
+
+@dataclass(frozen=True)
+class GapReport(Estimate):
+    """Per-example log p(x) (with ``log_px_proposal``, see :func:`gap_report`; and with q
+    alone, ``log_px_amortized``), L[q*] and L[q] in nats for n examples, and the two gaps."""
+
+    log_px: torch.Tensor
+    log_px_proposal: str
+    log_px_amortized: torch.Tensor
+    elbo_local: torch.Tensor
+    elbo_amortized: torch.Tensor
+    seconds_amortized: float
+    seconds_local: float
+    num_samples: int
+    elbo_samples: int
+    local_steps: int
+    local_converged: bool
+    local_family: str = "normal"
+    METRICS = (("n", "n", False), *((k, k, True) for k in (
+        "log_px", "elbo_local", "elbo_amortized", "approximation_gap", "amortization_gap",
+        "inference_gap", "log_px_amortized")),
+        *((k, k, False) for k in (
+            "seconds_per_example_amortized", "seconds_per_example_local", "log_px_proposal",
+            "num_samples", "elbo_samples", "local_steps", "local_converged", "local_family",
+            "local_family_description")))
+
+    @property
+    def approximation_gap(self) -> torch.Tensor:
+        """log p(x) − L[q*] per example."""
+        return self.log_px - self.elbo_local
+
+    @property
+    def amortization_gap(self) -> torch.Tensor:
+        """L[q*] − L[q] per example."""
+        return self.elbo_local - self.elbo_amortized
+
+    @property
+    def inference_gap(self) -> torch.Tensor:
+        """log p(x) − L[q] = approximation gap + amortization gap, per example."""
+        return self.log_px - self.elbo_amortized
+
+    @property
+    def seconds_per_example_amortized(self) -> float:
+        """Wall seconds of one encoder pass, per example."""
+        return self.seconds_amortized / self.n
+
+    @property
+    def seconds_per_example_local(self) -> float:
+        """Wall seconds of the local fits, per example."""
+        return self.seconds_local / self.n
+
+    @property
+    def local_family_description(self) -> str:
+        """The family q* was fitted in, in words."""
+        return FAMILIES[self.local_family]
+
+
+def refine(vae: Autoencoder, x: torch.Tensor, steps: int = 5, lr: float = 1e-2,
+           num_particles: int = 1, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Semi-amortized inference (Kim et al. 2018): the encoder's (loc, scale) for ``x`` after
+    exactly ``steps`` Adam steps on each example's ELBO, the decoder frozen; on the VAE's device
+    (for a guide with a shared flow, the (loc, scale) of its base, :func:`fit_local`'s family)."""
+    check_count("steps", steps)
+    fit = fit_local(vae.model, x, host=vae, init="encoder", num_particles=num_particles, lr=lr,
+                    max_steps=steps, patience=None, window=steps, progress=progress,
+                    elbo_samples=1, desc="refine")
+    return fit.loc, fit.scale
+
+
+def _one_layer(vae: Autoencoder, x: torch.Tensor) -> None:
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(vae.guide).get_trace(x[:1])
+    latent = [n for n, s in trace.nodes.items() if s["type"] == "sample" and
+              not s["is_observed"] and not site_is_subsample(s)]
+    if latent != ["z"]:
+        raise ConfigError(f"the amortization gap is implemented for one stochastic layer; this "
+                          f"guide samples {latent} (with two layers the local q* would need "
+                          "q(z2|z) too)")
+
+
+def gap_report(vae: Autoencoder, x: torch.Tensor, *, n: int | None = None,
+               num_samples: int = 5000, elbo_samples: int = 1000,
+               log_px_proposal: str = "mixture", chunk_size: int | None = None,
+               progress: bool = True, **fit_kwargs) -> GapReport:
+    """log p(x), L[q*] and L[q] for the first ``n`` examples of ``x`` (all by default).
+
+    log p(x) takes ``num_samples`` draws from ``log_px_proposal``: ``"amortized"`` q,
+    ``"local"`` q*, or ``"mixture"`` ½q + ½q*, whose weights are at most twice either one's
+    while E[p̂(x)] = p(x) (the larger of two estimates would be biased up); ``log_px_amortized``
+    is always q's. L[q*] and L[q] take ``elbo_samples`` draws; ``fit_kwargs`` go to
+    :func:`~pvae.infer.localfit.fit_local`."""
+    if not isinstance(vae, Autoencoder):
+        raise ConfigError(f"gap_report needs a VAE, got {type(vae).__name__}")
+    if not vae.amortized:
+        raise ConfigError("the amortization gap needs an amortized guide; this VAE's guide owns "
+                          "per-example parameters (train with --guide mlp)")
+    if log_px_proposal not in ("mixture", "amortized", "local"):
+        raise ConfigError(f"log_px_proposal must be 'mixture', 'amortized' or 'local', "
+                          f"got {log_px_proposal!r}")
+    check_count("num_samples", num_samples)
+    check_count("n", n, allow_none=True)
+    x, _, _ = prepare_examples(vae, x)
+    if n is not None and n > x.shape[0]:
+        raise DataError(f"asked for {n} examples but the data have only {x.shape[0]}; "
+                        f"use n <= {x.shape[0]}")
+    x = x[:n]
+    _one_layer(vae, x)
+    with torch.no_grad():
+        start = time.perf_counter()
+        vae.q(x)
+        seconds_amortized = time.perf_counter() - start
+    fit = fit_local(vae.model, x, host=vae, init=fit_kwargs.pop("init", "encoder"),
+                    elbo_samples=elbo_samples, chunk_size=chunk_size, progress=progress,
+                    **fit_kwargs)
+    with torch.no_grad():
+        elbo_q = log_weights(vae.model, vae.guide, x, elbo_samples,
+                             chunk_size=chunk_size).mean(0).to(x.dtype)
+    lp_q = log_likelihood(vae.model, vae.guide, x, num_samples=num_samples, chunk_size=chunk_size)
+    proposal = {"local": fit.guide(), "mixture": fit.guide(vae.q)}.get(log_px_proposal)
+    lp = lp_q if proposal is None else log_likelihood(
+        lambda x_, idx_: vae.model(x_), proposal, x, torch.arange(x.shape[0], device=x.device),
+        num_samples=num_samples, chunk_size=chunk_size)
+    return GapReport(log_px=lp.to(fit.elbo), log_px_proposal=log_px_proposal,
+                     log_px_amortized=lp_q.to(fit.elbo), elbo_local=fit.elbo,
+                     elbo_amortized=elbo_q, seconds_amortized=seconds_amortized,
+                     seconds_local=fit.seconds, num_samples=num_samples,
+                     elbo_samples=elbo_samples, local_steps=fit.steps,
+                     local_converged=fit.converged, local_family=fit.family)

@@ -1,0 +1,113 @@
+"""The estimators of log p(x), registered by name, and the evaluation section of a run's
+configuration (:class:`EvalConfig`) that sets their budgets.
+
+Every estimator is ``run(model, guide, x, config, host, progress) -> Estimate``
+(:class:`pvae.infer.results.Estimate`), registered once in :data:`ESTIMATORS` with the names of
+the files a run writes for it. The main job and ``pvae evaluate`` loop over this registry, so
+a new estimator is one module and one entry here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..checks import setting, validate
+from .annealing import ais, bdmc
+from .host import Host
+from .importance import PROPOSALS, importance_sampling
+from .results import Estimate
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a run scores its model: the method, the importance samples, the AIS budget and the
+    budget of the per-image local fits (the refined proposal and ``pvae gap``)."""
+
+    method: str = setting("is", "is: importance sampling of log p(x); ais: also AIS on the "
+                          "first --ais-subset test images; bdmc: also BDMC on as many images "
+                          "simulated from the model", choices=lambda: tuple(ESTIMATORS))
+    eval_samples: int = setting(1000, "importance samples per test image for log p(x) (5000 "
+                                "is the published protocol)", low=1, metavar="K")
+    proposal: str = setting("encoder", "is: draw from the encoder q(z|x), or from ½q + ½q* "
+                            "with q* fitted to each image", choices=lambda: PROPOSALS)
+    chunk_size: int | None = setting(None, "latent draws (samples or chains x images) per "
+                                     "pass; bounds memory (default: by device)", low=1,
+                                     metavar="M")
+    ais_steps: int = setting(500, "ais/bdmc: intermediate distributions", low=1, metavar="T")
+    ais_chains: int = setting(16, "ais/bdmc: chains per image", low=1, metavar="C")
+    ais_leapfrog: int = setting(10, "ais/bdmc: leapfrog steps per HMC move", low=1,
+                                metavar="L")
+    ais_subset: int = setting(100, "ais/bdmc in a training run: the first N test images", low=1,
+                              metavar="N")
+    elbo_samples: int = setting(1000, "gap: samples per image for L[q] and L[q*]", low=1,
+                                metavar="S")
+    local_init: str = setting("encoder", "local fits: start from the encoder's output or from "
+                              "N(0, I)", choices=lambda: ("encoder", "prior"))
+    local_steps: int = setting(5000, "local fits: Adam steps at most", low=1)
+    local_lr: float = setting(1e-2, "local fits: Adam's rate", low=0.0, above=True)
+    local_particles: int = setting(16, "local fits: samples per image per step", low=1)
+    local_window: int = setting(50, "local fits: steps averaged per convergence check", low=1)
+    local_patience: int = setting(5, "local fits: stop after this many windows without "
+                                  "improvement", low=1)
+    local_seconds: float = setting(10.0, "local fits: wall-time budget per image, seconds",
+                                   low=0.0, above=True, metavar="S")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def local_fit(self, n: int) -> dict:
+        """The keyword arguments of :func:`~pvae.infer.localfit.fit_local` for ``n`` images."""
+        return dict(init=self.local_init, max_steps=self.local_steps, lr=self.local_lr,
+                    num_particles=self.local_particles, window=self.local_window,
+                    patience=self.local_patience, max_seconds=self.local_seconds * n)
+
+    def ais_budget(self) -> dict:
+        """The keyword arguments of :func:`~pvae.infer.annealing.ais` and ``bdmc``."""
+        return dict(num_steps=self.ais_steps, num_chains=self.ais_chains,
+                    num_leapfrog=self.ais_leapfrog, chunk_size=self.chunk_size)
+
+    def replace(self, **changes) -> "EvalConfig":
+        """A copy with ``changes``, checked again."""
+        return dataclasses.replace(self, **changes)
+
+
+def _importance(model, guide, x, config: EvalConfig, host, progress) -> Estimate:
+    refine = {k: v for k, v in config.local_fit(x.shape[0]).items() if k != "init"}
+    return importance_sampling(model, guide, x, num_samples=config.eval_samples,
+                               chunk_size=config.chunk_size, proposal=config.proposal,
+                               refine_options=refine, host=host, progress=progress)
+
+
+def _ais(model, guide, x, config: EvalConfig, host, progress) -> Estimate:
+    return ais(model, guide, x, **config.ais_budget(), host=host, progress=progress)
+
+
+def _bdmc(model, guide, x, config: EvalConfig, host, progress) -> Estimate:
+    return bdmc(model, guide, x, **config.ais_budget(), host=host, progress=progress)
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """A registered estimator: ``run`` (see the module text), what it estimates, the files a
+    run writes for it (``figure``; ``per_example``, its main per-example values as ``.npy``)
+    and the methods a training run adds with it (``also``, run first)."""
+
+    name: str
+    run: Callable[[Callable, Callable, torch.Tensor, EvalConfig, Host | None, bool], Estimate]
+    summary: str
+    figure: str
+    per_example: str
+    also: tuple[str, ...] = ()
+
+
+ESTIMATORS: dict[str, Estimator] = {
+    "is": Estimator("is", _importance, "importance sampling with PSIS k-hat", "evaluation.png",
+                    "test_log_px.npy"),
+    "ais": Estimator("ais", _ais, "annealed importance sampling (HMC)", "ais.png",
+                     "test_log_px_ais.npy"),
+    "bdmc": Estimator("bdmc", _bdmc, "BDMC bounds on images simulated from the model",
+                      "bdmc.png", "bdmc_lower.npy", also=("ais",)),
+}

@@ -1,0 +1,166 @@
+"""Importance-sampled log p(x) per example, the test ELBO, and PSIS k-hat.
+
+From the K log-weights log w_k of each example (:mod:`pvae.infer.logweights`, unscaled: the
+β = 1 model), log p(x) ≈ logsumexp_k log w_k − log K, a lower bound in expectation rising with
+K toward log p(x) (Burda et al.), and ELBO(x) ≈ mean_k log w_k. PSIS k-hat (Vehtari et al.)
+above 0.7 says the estimate for that example cannot be trusted. The proposal is the guide, or
+(``proposal="refined"``) ½q + ½q* with q* fitted to each example, whose weights are tighter.
+Given a ``host`` (:mod:`pvae.infer.host`), ``x`` and the tensors cut with it move to its
+device and are checked by it first.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from ..checks import check_count
+from ..errors import ConfigError
+from .diagnostics import KHAT_BAD, psis_khat
+from .host import Encoder, Host, map_examples, prepare_examples
+from .localfit import fit_local
+from .logweights import check_pair, default_chunk_size, log_weights
+from .results import Estimate
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 100
+"""Examples whose K log-weights :func:`importance_sampling` keeps at once (K × 100 floats)."""
+PROPOSALS = ("encoder", "refined")
+
+
+@dataclass(frozen=True)
+class EvalResult(Estimate):
+    """Per-example results, float64 arrays of length n: ``log_px`` and ``elbo`` as above,
+    ``ess`` = (Σ_k w_k)² / Σ_k w_k² in [1, K], ``khat`` (:func:`psis_khat`)."""
+
+    log_px: np.ndarray
+    elbo: np.ndarray
+    ess: np.ndarray
+    khat: np.ndarray
+    num_samples: int
+    proposal: str = "encoder"
+    METRICS = (("test_elbo", "elbo", True), ("test_log_px", "log_px", True),
+               ("eval_samples", "num_samples", False), ("n_test", "n", False),
+               ("psis_khat_max", "khat_max", False), ("psis_khat_frac_bad", "khat_frac_bad", False),
+               ("eval_proposal", "proposal", False), ("eval_seconds", "seconds", False),
+               ("eval_cpu_seconds", "cpu_seconds", False))
+
+    @property
+    def elbo_mean(self) -> float:
+        """Mean ELBO estimate over the examples."""
+        return self.mean("elbo")
+
+    @property
+    def elbo_stderr(self) -> float:
+        """Standard error of :attr:`elbo_mean`."""
+        return self.stderr("elbo")
+
+
+def _batches(model, guide, x, args, kwargs, num_samples, chunk_size, batch_size, host):
+    """Check the call once; return K and the (K, b) log-weights of each run of ``batch_size``
+    examples (None: as many as one pass of ``chunk_size`` draws holds), computed lazily."""
+    num_samples = check_count("num_samples (K)", num_samples)
+    chunk = check_count("chunk_size (latent draws per pass)", chunk_size, allow_none=True)
+    x, args, kwargs = prepare_examples(host, x, *args, **kwargs)
+    chunk = chunk or default_chunk_size(x.device)
+    structure = check_pair(model, guide, x, *args, **kwargs)
+    step = batch_size or max(1, chunk // num_samples)
+
+    def weights():
+        for start in range(0, x.shape[0], step):
+            xb, a, kw = map_examples(lambda t: t[start:start + step], x, *args, **kwargs)
+            yield log_weights(model, guide, xb, num_samples, *a, chunk_size=chunk,
+                              structure=structure, **kw)
+
+    return num_samples, x, weights()
+
+
+def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args, num_samples: int,
+                   chunk_size: int | None = None, host: Host | None = None,
+                   **kwargs) -> torch.Tensor:
+    """Importance-sampled log p(x) per example, (B,) float64 on x's device; a pass holds at
+    most ``chunk_size`` latent draws (particles × examples; default
+    :func:`~pvae.infer.logweights.default_chunk_size` of the device)."""
+    device = x.device if isinstance(x, torch.Tensor) else None
+    num_samples, _, batches = _batches(model, guide, x, args, kwargs, num_samples, chunk_size,
+                                       None, host)
+    with torch.no_grad(), pyro.validation_enabled(False):
+        lse = torch.cat([torch.logsumexp(lw, dim=0) for lw in batches])
+    return (lse - math.log(num_samples)).to(device)
+
+
+def refined_proposal(model: Callable, x: torch.Tensor, host: Encoder, *,
+                     progress: bool = False, **fit_options) -> tuple[Callable, Callable, tuple]:
+    """The refined IS proposal for the pair of ``host`` (a VAE) on ``x``: q*(z|x_n), the
+    diagonal Gaussian fitted to each example's ELBO from the encoder's output with the model
+    frozen (:func:`~pvae.infer.localfit.fit_local`, options ``fit_options``), mixed as
+    ½q(z|x) + ½q* so that no weight exceeds twice q's (defensive importance sampling).
+    Returns ``(model, proposal, args)``: score with ``log_likelihood(model, proposal, x, *args)``."""
+    if not isinstance(host, Encoder) or not host.amortized:
+        raise ConfigError("proposal='refined' starts each fit from the encoder: pass host=vae "
+                          "of a VAE with an amortized guide")
+    fit = fit_local(model, x, host=host, init="encoder", progress=progress, elbo_samples=1,
+                    **fit_options)
+    idx = torch.arange(x.shape[0], device=fit.loc.device)
+    return (lambda x_, idx_: model(x_)), fit.guide(host.q), (idx,)
+
+
+def importance_sampling(model: Callable, guide: Callable, x: torch.Tensor, *args,
+                        num_samples: int, chunk_size: int | None = None,
+                        batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
+                        proposal: str = "encoder", refine_options: dict | None = None,
+                        host: Host | None = None, **kwargs) -> EvalResult:
+    """log p(x), ELBO, ESS and k-hat per example from the same K draws, ``batch_size``
+    examples at a time (``chunk_size`` as in :func:`log_likelihood`); warns if k-hat > 0.7.
+
+    ``proposal="encoder"`` draws from the guide; ``"refined"`` from :func:`refined_proposal`'s
+    ½q + ½q* (``refine_options`` go to its local fits; it needs ``host``), whose weights are
+    tighter and lighter-tailed at the same K; ``elbo`` is then that proposal's."""
+    if proposal not in PROPOSALS:
+        raise ConfigError(f"proposal must be one of {PROPOSALS}, got {proposal!r}", "proposal")
+    start, cpu = time.perf_counter(), time.process_time()
+    if proposal == "refined":
+        if args or kwargs:
+            raise ConfigError("proposal='refined' takes the model, the guide and x only")
+        x = prepare_examples(host, x)[0]
+        model, guide, args = refined_proposal(model, x, host, progress=progress,
+                                              **(refine_options or {}))
+    result = _evaluate(model, guide, x, args, kwargs, num_samples, chunk_size, batch_size,
+                       progress, host)
+    return dataclasses.replace(result, proposal=proposal, seconds=time.perf_counter() - start,
+                               cpu_seconds=time.process_time() - cpu)
+
+
+def _evaluate(model, guide, x, args, kwargs, num_samples, chunk_size, batch_size, progress,
+              host) -> EvalResult:
+    batch_size = check_count("batch_size", batch_size)
+    num_samples, x, batches = _batches(model, guide, x, args, kwargs, num_samples, chunk_size,
+                                       batch_size, host)
+    rows = []  # per batch: log p(x), ELBO, ESS and k-hat of its examples
+    with torch.no_grad(), pyro.validation_enabled(False), \
+            tqdm(total=x.shape[0], disable=not progress, desc=f"log p(x), K={num_samples}",
+                 unit="ex") as bar:
+        for lw in batches:
+            lse = torch.logsumexp(lw, dim=0)
+            ess = torch.exp(2 * lse - torch.logsumexp(2 * lw, dim=0))
+            rows.append([t.cpu().numpy() for t in (lse - math.log(num_samples), lw.mean(0), ess)]
+                        + [psis_khat(lw.T.cpu().numpy())])
+            bar.update(lw.shape[1])
+    result = EvalResult(*map(np.concatenate, zip(*rows)), num_samples=num_samples)
+    bad = result.khat_frac_bad
+    if bad > 0:
+        logger.warning(
+            "PSIS k-hat > %.1f for %d of %d examples (max %.2f): the log p(x) estimate for "
+            "those examples is unreliable, because the guide's tails are too light for the "
+            "posterior and a few huge importance weights dominate; raise K or improve the "
+            "guide", KHAT_BAD, int(round(bad * result.n)), result.n, result.khat_max)
+    return result

@@ -1,0 +1,185 @@
+"""Importance log-weights log w_bk = log p(x_b, z_bk) − log q(z_bk|x_b), z_bk ~ q(z|x_b), a
+``(K, B)`` matrix for K draws of each of B examples: the one quantity the importance-sampled
+log p(x) (:mod:`pvae.infer.importance`), the ELBO (:mod:`pvae.infer.amortization`) and the
+IWAE loss share. (Not to be confused with a network's weights: those are its parameters.)
+
+The pair contract: ``model(x, *args, **kwargs)`` and ``guide(x, *args, **kwargs)`` are Pyro
+programs whose every latent and observed site lies in a vectorized ``pyro.plate("data")``
+sized by the leading dim of ``x``; the guide samples exactly the model's latent sites.
+Every tensor in ``args``/``kwargs`` whose leading dim is ``len(x)`` (dataset indices
+``idx``, say) is cut along with ``x`` when the examples are split."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
+
+from ..errors import ConfigError, DataError, PvaeError
+from .host import map_examples
+
+DATA_PLATE = "data"
+PARTICLE_PLATE = "_particles"
+DEFAULT_CHUNK_SIZE = 2**13
+"""Latent draws (particles × examples) per forward pass on a CPU: about 0.1 GB for the MNIST
+VAE; smaller passes stay in cache, larger ones spend their time faulting pages in."""
+CUDA_CHUNK_SIZE = 2**17
+"""Latent draws per pass on a GPU, which needs large passes to fill it (1.6 GB for MNIST)."""
+_SHAPE_ERROR = re.compile(r"shape|size|dimension|broadcast", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Structure:
+    """A checked pair (:func:`check_pair`): the particle plate's dim, left of the pair's plates."""
+
+    particle_dim: int
+
+
+def default_chunk_size(device) -> int:
+    """:data:`CUDA_CHUNK_SIZE` for a CUDA device, else :data:`DEFAULT_CHUNK_SIZE`."""
+    return CUDA_CHUNK_SIZE if torch.device(device).type == "cuda" else DEFAULT_CHUNK_SIZE
+
+
+def _data_frame(name: str, site: dict):
+    frame = next((f for f in site["cond_indep_stack"] if f.name == DATA_PLATE), None)
+    if frame is None or not frame.vectorized:
+        raise ConfigError(
+            f"site {name!r} is outside a vectorized pyro.plate('data'), so it is shared by all "
+            "examples and has no per-example weight; put every latent and observed site inside "
+            "exactly one `with pyro.plate('data', ...)` over the examples")
+    return frame
+
+
+def check_pair(model: Callable, guide: Callable, x: torch.Tensor, *args, **kwargs) -> Structure:
+    """Check the pair contract by running the guide and the replayed model on x[:2]; the
+    pair's own exceptions propagate as themselves (with a note), except one about shapes,
+    which becomes a DataError about x's leading dim. Also refused: a missing latent or
+    observed site, and enumeration."""
+    n_try = min(2, x.shape[0])
+    xt, t_args, t_kwargs = map_examples(lambda a: a[:n_try], x, *args, **kwargs)
+    try:
+        with poutine.block(), torch.no_grad():
+            guide_tr = poutine.trace(guide).get_trace(xt, *t_args, **t_kwargs)
+            model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(
+                xt, *t_args, **t_kwargs)
+    except Exception as err:
+        own = err  # unwrapped from poutine.trace's re-raise with the trace shapes appended
+        while type(own.__cause__) is type(own) and str(own).startswith(str(own.__cause__)):
+            own = own.__cause__
+        if isinstance(own, PvaeError):
+            raise own from None
+        if isinstance(own, (ValueError, RuntimeError, IndexError)) \
+                and _SHAPE_ERROR.search(str(own)):
+            raise DataError(f"running the model and guide on x[:{n_try}] (x has shape "
+                            f"{tuple(x.shape)}) failed with a shape error: {own}. x must hold "
+                            "the examples along its leading dim, as the model and guide "
+                            "expect") from err
+        if hasattr(own, "add_note"):
+            own.add_note(f"raised by the model or guide while pvae ran them on x[:{n_try}] "
+                         f"(x has shape {tuple(x.shape)}) to check the pair before importance "
+                         "sampling")
+        raise own from None
+    model_sites, guide_sites = ({n: s for n, s in prune_subsample_sites(tr).nodes.items()
+                                 if s["type"] == "sample"} for tr in (model_tr, guide_tr))
+    latent = [n for n, s in model_sites.items() if not s["is_observed"]]
+    missing = [n for n in latent if n not in guide_sites]
+    extra = [n for n in guide_sites if n not in model_sites]
+    if missing or extra:
+        raise ConfigError(f"the guide must sample exactly the model's latent sites: the model's "
+                          f"latent site(s) {missing} are not sampled by the guide; the guide's "
+                          f"site(s) {extra} are not in the model (model latents {latent}, guide "
+                          f"sites {list(guide_sites)}); give both the same site names")
+    if not latent:
+        raise ConfigError("the model has no latent site in the 'data' plate, so there is "
+                          "nothing to integrate out; sample at least one latent per example")
+    if len(latent) == len(model_sites):
+        raise ConfigError("the model observes nothing (no site with obs=...); log p(x) needs "
+                          "x observed inside pyro.plate('data')")
+    dims = []
+    for name, site in (*model_sites.items(), *guide_sites.items()):
+        if site["infer"].get("enumerate"):
+            raise ConfigError(f"site {name!r} is enumerated; enumeration is not supported "
+                              "by the importance-sampling estimator")
+        frame = _data_frame(name, site)
+        dims += [f.dim for f in site["cond_indep_stack"] if f.vectorized]
+        shape = site["fn"].batch_shape
+        size = shape[frame.dim] if len(shape) >= -frame.dim else 1
+        if size != n_try:
+            raise DataError(f"site {name!r} has {size} entries along the 'data' plate for "
+                            f"{n_try} examples of x (shape {tuple(x.shape)}); the 'data' "
+                            "plate must be sized by the leading dim of x")
+    return Structure(particle_dim=min(dims) - 1)
+
+
+def particle_traces(model: Callable, guide: Callable, k: int, particle_dim: int, *args,
+                    **kwargs) -> tuple:
+    """(model trace, guide trace): the guide run under a vectorized plate of ``k`` particles at
+    ``particle_dim``, and the model replayed on it under the same plate."""
+    particles = pyro.plate(PARTICLE_PLATE, k, dim=particle_dim)
+    guide_tr = poutine.trace(particles(guide)).get_trace(*args, **kwargs)
+    model_tr = poutine.trace(poutine.replay(particles(model), trace=guide_tr)).get_trace(
+        *args, **kwargs)
+    return model_tr, guide_tr
+
+
+def trace_log_density(trace, particle_dim: int, scaled: bool = False) -> torch.Tensor | None:
+    """Σ over a trace's sample sites of log fn(value), summed over all dims but the particle and
+    ``"data"`` ones (``scaled``: as in :func:`log_weights`); None if it has no sample site.
+    ``trace`` may also be a mapping of site names to site dicts."""
+    total = None
+    for name, site in getattr(trace, "nodes", trace).items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        frame = _data_frame(name, site)
+        lp = site["fn"].log_prob(site["value"])
+        if scaled:
+            subsample = (frame.full_size or frame.size) / frame.size
+            lp = scale_and_mask(lp, site["scale"] / subsample, site["mask"])
+        else:
+            lp = lp.double()
+        nd = lp.dim()
+        other = [d for d in range(nd) if d not in (nd + particle_dim, nd + frame.dim)]
+        lp = lp.sum(other) if other else lp
+        total = lp if total is None else total + lp
+    return total
+
+
+def trace_log_weights(model_trace, guide_trace, particle_dim: int, scaled: bool) -> torch.Tensor:
+    """The log-weights of a model trace replayed on a vectorized guide trace:
+    :func:`trace_log_density` of the model minus that of the guide."""
+    log_p = trace_log_density(model_trace, particle_dim, scaled)
+    log_q = trace_log_density(guide_trace, particle_dim, scaled)
+    if log_p is None or log_q is None:
+        raise ConfigError("the model and guide have no sample sites")
+    return log_p - log_q
+
+
+def log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_samples: int, *args,
+                chunk_size: int | None = None, scaled: bool = False,
+                structure: Structure | None = None, **kwargs) -> torch.Tensor:
+    """log w_bk for K = ``num_samples`` draws per example: shape (K, B), differentiable.
+
+    ``scaled=False``: each site's raw ``fn.log_prob`` in float64, ignoring ``poutine.scale``
+    (β), masks and the subsample scale N/B (the β = 1 model). ``scaled=True``:
+    ``scale_and_mask(fn.log_prob, scale / (N/B), mask)``, i.e. log p(x|z) + β·(log p(z) −
+    log q(z|x)), N/B left to the caller. A pass holds at most ``chunk_size`` draws
+    (particles × examples; None: :func:`default_chunk_size` of x's device). ``structure``: :func:`check_pair`'s, else made here."""
+    structure = structure or check_pair(model, guide, x, *args, **kwargs)
+    n, pdim = x.shape[0], structure.particle_dim
+    chunk = chunk_size or default_chunk_size(x.device)
+    per_pass, k_pass = max(1, chunk // num_samples), min(num_samples, chunk)
+    columns = []
+    for b0 in range(0, n, per_pass):
+        xb, a, kw = map_examples(lambda t: t[b0:b0 + per_pass], x, *args, **kwargs)
+        rows = []
+        for k0 in range(0, num_samples, k_pass):
+            k = min(k_pass, num_samples - k0)
+            traces = particle_traces(model, guide, k, pdim, xb, *a, **kw)
+            rows.append(trace_log_weights(*traces, pdim, scaled).expand(k, xb.shape[0]))
+        columns.append(torch.cat(rows, dim=0))
+    return torch.cat(columns, dim=1)

@@ -1,0 +1,114 @@
+"""The one base of every estimator's result: per-example estimates in nats, their mean and
+standard error over the examples, PSIS k-hat, the cost, and one serializer.
+
+A result class lists its ``metrics.json`` entries in :attr:`Estimate.METRICS`, as
+``(key, attribute, with_stderr)``: a per-example attribute is written as its mean (and, with
+``with_stderr``, ``key_stderr``, the standard error of that mean), anything else as it is;
+NaN (unknown) becomes ``None``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from .diagnostics import KHAT_BAD, stderr
+
+
+def per_example(values: Any) -> np.ndarray:
+    """A per-example array (tensor or NumPy) as a float64 NumPy array on the CPU."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().double().numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Estimate:
+    """Per-example estimates and what they cost: ``seconds`` of wall time and ``cpu_seconds``
+    of this process's CPU time. :attr:`MAIN` names the per-example attribute that :attr:`n`,
+    :meth:`mean` and :meth:`stderr` default to. An estimator with importance weights has a
+    per-example ``khat`` (PSIS k-hat; NaN where no tail could be fitted)."""
+
+    seconds: float = math.nan
+    cpu_seconds: float = math.nan
+    MAIN: ClassVar[str] = "log_px"
+    METRICS: ClassVar[tuple[tuple[str, str, bool], ...]] = ()
+
+    def values(self, name: str | None = None) -> np.ndarray:
+        """The per-example values of attribute ``name`` (default :attr:`MAIN`), float64."""
+        return per_example(getattr(self, name or self.MAIN))
+
+    @property
+    def n(self) -> int:
+        """Number of examples."""
+        return int(self.values().shape[0])
+
+    def mean(self, name: str | None = None) -> float:
+        """Mean over the examples of attribute ``name`` (default :attr:`MAIN`)."""
+        return float(self.values(name).mean())
+
+    def stderr(self, name: str | None = None) -> float:
+        """Standard error of :meth:`mean`: std (ddof 1) / √n; NaN (unknown) for one example."""
+        v = self.values(name)
+        return stderr(v) if v.shape[0] > 1 else math.nan
+
+    def _khat(self) -> np.ndarray:
+        k = getattr(self, "khat", None)  # a field or property of the estimators that have one
+        return np.full(self.n, np.nan) if k is None else np.asarray(k, dtype=np.float64)
+
+    @property
+    def khat_max(self) -> float:
+        """Largest PSIS k-hat over the examples (NaN when none could be fitted)."""
+        k = self._khat()
+        return float(np.nanmax(k)) if np.isfinite(k).any() else math.nan
+
+    @property
+    def khat_frac_bad(self) -> float:
+        """Fraction of examples with k-hat > 0.7 (unreliable); NaN when none was fitted."""
+        k = self._khat()
+        return float(np.mean(k > KHAT_BAD)) if np.isfinite(k).any() else math.nan
+
+    @property
+    def log_px_mean(self) -> float:
+        """Mean log p(x) estimate over the examples (nats per example)."""
+        return self.mean("log_px")
+
+    @property
+    def log_px_stderr(self) -> float:
+        """Standard error of :attr:`log_px_mean`."""
+        return self.stderr("log_px")
+
+    def to_metrics(self) -> dict[str, Any]:
+        """The ``metrics.json`` entries of :attr:`METRICS` (NaN becomes None)."""
+        out: dict[str, Any] = {}
+        for key, name, with_stderr in self.METRICS:
+            value = getattr(self, name)
+            if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim >= 1:
+                out[key] = _plain(self.mean(name))
+                if with_stderr:
+                    out[f"{key}_stderr"] = _plain(self.stderr(name))
+            else:
+                out[key] = _plain(value)
+        return out
+
+    @classmethod
+    def missing_metrics(cls) -> dict[str, None]:
+        """The entries of :meth:`to_metrics` for an estimate that was not made: all None."""
+        keys = [k for key, _, with_stderr in cls.METRICS
+                for k in ((key, f"{key}_stderr") if with_stderr else (key,))]
+        return dict.fromkeys(keys)
+
+    def per_example_fields(self) -> list[str]:
+        """The fields holding one value per example (what a data-parallel run gathers)."""
+        return [f.name for f in dataclasses.fields(self)
+                if isinstance(getattr(self, f.name), (np.ndarray, torch.Tensor))]

@@ -1,0 +1,169 @@
+"""The model's own configuration: registry names, sizes, options and β, frozen and checked.
+
+:class:`VAEConfig` is the ``model`` section of the run configuration and all a checkpoint
+needs to rebuild a VAE from the registries of :data:`REGISTRIES`. Its fields marked
+``flag=False`` (``x_dim``, ``image_shape``, ``num_data``) are read off the data by a run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from torch import nn
+
+from ..checks import as_dict, from_dict, real_number, setting, validate
+from ..errors import ConfigError
+from .guides import GUIDES
+from .hierarchy import UpperLayer
+from .likelihoods import LIKELIHOODS
+from .nets import ACTIVATIONS
+from .parts import declared_options, shared_arguments, split_options
+from .priors import PRIORS
+
+REGISTRIES = {"prior": PRIORS, "guide": GUIDES, "likelihood": LIKELIHOODS}
+TWO_LAYER_REFUSED = {
+    ("prior", "vamp"): "the VampPrior mixes the encoder q(z|x) at its pseudo-inputs, and the "
+                       "top latent z2 has no such encoder",
+    ("guide", "local"): "two stochastic layers are built for amortized guides only",
+    ("guide", "semi"): "its refinement runs p(z) and p(x|z), and p(z) is not one distribution "
+                       "with two layers"}
+"""(role, name) of parts that ``stochastic_layers=2`` refuses, and why."""
+
+
+def check_beta(beta: Any) -> float:
+    """β as a float; ConfigError unless it is a finite number >= 0."""
+    value = real_number(beta)
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"beta must be a finite number >= 0, got {beta!r}", "beta")
+    return value
+
+
+def all_options() -> dict[str, list[tuple[str, str, Any]]]:
+    """``{option: [(role, part name, default), ...]}`` over every registered part."""
+    out: dict[str, list] = {}
+    for role, registry in REGISTRIES.items():
+        for name, cls in sorted(registry.items()):
+            for option, default in declared_options(cls).items():
+                out.setdefault(option, []).append((role, name, default))
+    return out
+
+
+def _names(registry):
+    return lambda: sorted(registry)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Everything that determines a VAE: registry names, sizes, part options and β.
+
+    Frozen and checked on creation (unknown names, sizes that are not positive whole numbers
+    and options no chosen part declares are ConfigErrors); ``options`` is read-only, each
+    value of its declared type. ``stochastic_layers=2`` adds the top latent z2 of
+    :class:`pvae.model.hierarchy.UpperLayer`: ``prior`` is then p(z2) (``top_z_dim``) and
+    ``z_dim`` the bottom latent's size (the IWAE paper: 100 and 50). A VAE assembled from
+    one's own modules has a configuration with no part names (``prior`` None): its sizes and
+    β only.
+    """
+
+    prior: str | None = setting("standard", "the prior p(z)", choices=_names(PRIORS))
+    guide: str | None = setting("mlp", "the guide q(z|x)", choices=_names(GUIDES))
+    likelihood: str | None = setting("bernoulli", "the likelihood p(x|z)",
+                                     choices=_names(LIKELIHOODS))
+    z_dim: int = setting(50, "latent units (of the bottom layer)", low=1)
+    hidden_dims: tuple[int, ...] = setting((200, 200), "hidden widths of the encoder and "
+                                           "decoder MLPs", low=1, metavar="H")
+    activation: str = setting("tanh", "the nets' activation", choices=_names(ACTIVATIONS))
+    stochastic_layers: int = setting(1, "2: the IWAE paper's two-layer model, z2 -> z -> x",
+                                     choices=lambda: (1, 2))
+    top_z_dim: int = setting(50, "two layers: units of the top latent z2", low=1)
+    top_hidden_dims: tuple[int, ...] = setting((100, 100), "two layers: widths of the MLPs of "
+                                               "p(z|z2) and q(z2|z)", low=1, metavar="H")
+    beta: float = setting(1.0, "weight of the KL term (poutine.scale on the latent sites)",
+                          low=0.0)
+    x_dim: int = setting(784, "values per example", low=1, flag=False)
+    image_shape: tuple[int, ...] | None = setting(None, "one example's shape", low=1, flag=False)
+    num_data: int | None = setting(None, "training examples (a local guide's rows)", low=1,
+                                   flag=False)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        custom = [getattr(self, role) is None for role in REGISTRIES]
+        if any(custom) and not all(custom):
+            raise ConfigError("prior, guide and likelihood are all registry names, or all None "
+                              "(a VAE of one's own modules)")
+        validate(self)
+        if self.image_shape is not None and (len(self.image_shape) > 2 or
+                                             math.prod(self.image_shape) != self.x_dim):
+            raise ConfigError(f"image_shape must be (H, W) or (x_dim,) with H·W = x_dim = "
+                              f"{self.x_dim}, got {self.image_shape!r}", "image_shape")
+        for (role, name), why in TWO_LAYER_REFUSED.items():
+            if self.stochastic_layers == 2 and getattr(self, role) == name:
+                raise ConfigError(f"{role} {name!r} cannot be used with two stochastic layers: "
+                                  f"{why}; use one layer, or another {role}", role)
+        if not isinstance(self.options, Mapping):
+            raise ConfigError(f"options must be a mapping of names to values, got {self.options!r}")
+        merged = {k: v for opts in self.part_options().values() for k, v in opts.items()}
+        object.__setattr__(self, "options", MappingProxyType(dict(sorted(merged.items()))))
+
+    @property
+    def custom(self) -> bool:
+        """True for a VAE assembled from one's own modules (no registry names)."""
+        return self.prior is None
+
+    def parts(self) -> dict[str, tuple[str, type]]:
+        """``{role: (registry name, class)}`` for the prior, guide and likelihood."""
+        if self.custom:
+            return {}
+        return {role: (getattr(self, role), REGISTRIES[role][getattr(self, role)])
+                for role in REGISTRIES}
+
+    def part_options(self) -> dict[str, dict[str, Any]]:
+        """The options each part's constructor receives, by role."""
+        return split_options(self.parts(), self.options)
+
+    def replace(self, **changes) -> "VAEConfig":
+        """A copy with ``changes``, checked again."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict of str/int/float/bool/list values (JSON and checkpoint safe)."""
+        out = as_dict(self)
+        out["options"] = {k: list(v) if isinstance(v, tuple) else v
+                          for k, v in self.options.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], strict: bool = True) -> "VAEConfig":
+        """The inverse of :meth:`to_dict`; with ``strict`` a key that is not a field is an
+        error, else it is left out (a run's whole flat configuration can be given)."""
+        return from_dict(cls, dict(values), strict)
+
+    def build(self) -> tuple[nn.Module, nn.Module, nn.Module]:
+        """New ``(prior, likelihood, guide)`` modules; the guide is handed to the prior. With
+        two stochastic layers the prior is p(z2), of size ``top_z_dim``."""
+        if self.custom:
+            raise ConfigError("this configuration names no parts (a VAE of one's own modules): "
+                              "build the modules in Python")
+        shared = {"z_dim": self.z_dim, "x_dim": self.x_dim, "hidden_dims": self.hidden_dims,
+                  "activation": self.activation, "num_data": self.num_data,
+                  "image_shape": self.image_shape}
+        options = self.part_options()
+        made: dict[str, nn.Module] = {}
+        for role in ("guide", "prior", "likelihood"):
+            cls = REGISTRIES[role][getattr(self, role)]
+            args = {k: v for k, v in shared.items() if k in shared_arguments(cls)}
+            if role == "prior" and self.stochastic_layers == 2:
+                args["z_dim"] = self.top_z_dim
+            if "guide" in shared_arguments(cls):
+                args["guide"] = made["guide"]
+            made[role] = cls(**args, **options[role])
+        return made["prior"], made["likelihood"], made["guide"]
+
+    def build_upper(self) -> UpperLayer | None:
+        """A new :class:`~pvae.model.hierarchy.UpperLayer` with two stochastic layers, else None."""
+        if self.stochastic_layers == 1:
+            return None
+        return UpperLayer(self.z_dim, self.top_z_dim, self.top_hidden_dims, self.activation)

@@ -1,0 +1,265 @@
+"""The VAE as a Pyro program: ``model(x)`` and ``guide(x)`` over the ``"data"`` plate.
+
+The only module that samples the sites ``"z"``, ``"z2"`` (the top latent of a two-layer VAE)
+and ``"x"``. A VAE carries its frozen :class:`~pvae.model.config.VAEConfig`, β included, and
+is the :class:`pvae.infer.host.Host` that inference is handed explicitly: its device, its
+data checks, its parameters and its encoder.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Sequence
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from ..distributions import shared_flows
+from ..errors import ConfigError, DataError
+from .config import VAEConfig, check_beta
+from .hierarchy import TOP_SITE
+from .parts import Guide, Likelihood, Prior
+
+
+def beta_handler(beta: float):
+    """The handler that multiplies a site's log-density by β: ``poutine.scale``, or for β = 0
+    (which ``poutine.scale`` refuses) ``poutine.mask(mask=False)``, which keeps the sample."""
+    beta = check_beta(beta)
+    if beta == 1.0:
+        return contextlib.nullcontext()
+    if beta == 0.0:
+        return poutine.mask(mask=False)
+    return poutine.scale(scale=beta)
+
+
+class VAE(PyroModule):
+    """A VAE with prior p(z), likelihood p(x|z) and guide q(z|x) (:mod:`pvae.model.parts`); with
+    an ``upper`` layer (:class:`~pvae.model.hierarchy.UpperLayer`) two stochastic layers: z2 ~
+    p(z2) (the prior), z ~ p(z|z2), x ~ p(x|z), guided by q(z|x) q(z2|z).
+
+    The latent sites are scaled by :attr:`kl_weight` in model and guide, so ``Trace_ELBO``
+    minimises E_q[-log p(x|z)] + β·KL(q(z|x) || p(z)) (with two layers β·KL(q(z, z2|x) ||
+    p(z, z2))). The parts stay ``torch.nn`` modules whose parameters ``model`` and ``guide``
+    state with ``pyro.param``, so ``pyro.infer.SVI`` trains the VAE like any Pyro program.
+    :attr:`config` is its :class:`VAEConfig` (for one's own modules, one with their sizes and
+    β only). With a guide of per-example parameters the plate has the dataset size N
+    (``config.num_data``) and the batch's indices as ``subsample``.
+    """
+
+    def __init__(self, prior: nn.Module, likelihood: nn.Module, guide: nn.Module,
+                 x_dim: int | None = None, num_data: int | None = None, beta: float = 1.0,
+                 config: VAEConfig | None = None, upper: nn.Module | None = None):
+        super().__init__()
+        for part, protocol in ((prior, Prior), (likelihood, Likelihood), (guide, Guide)):
+            if not isinstance(part, protocol):
+                raise ConfigError(f"{type(part).__name__} lacks the attributes of a "
+                                  f"pvae.model.parts.{protocol.__name__}; see its docstring")
+        if upper is not None and (guide.uses_model or int(prior.z_dim) != int(upper.top_z_dim)):
+            raise ConfigError(f"two stochastic layers need a prior p(z2) of the upper layer's "
+                              f"size {upper.top_z_dim} (got {prior.z_dim}) and a guide that does "
+                              "not run the model")
+        z_dim = int(prior.z_dim if upper is None else upper.z_dim)
+        if config is None:
+            config = VAEConfig(prior=None, guide=None, likelihood=None, z_dim=z_dim,
+                               x_dim=x_dim, num_data=num_data, beta=beta)
+        self.prior, self.likelihood, self.q, self.upper = prior, likelihood, guide, upper
+        self.z_dim = z_dim
+        self._direct, self._warmup = 0, 1.0
+        object.__setattr__(self, "config", config)
+        if guide.uses_model:
+            self.q.bind(self.prior, self.likelihood)
+
+    @classmethod
+    def from_config(cls, config: VAEConfig) -> "VAE":
+        """A new VAE (fresh weights from the global torch RNG) built from ``config``."""
+        prior, likelihood, guide = config.build()
+        return cls(prior, likelihood, guide, config=config, upper=config.build_upper())
+
+    @property
+    def x_dim(self) -> int:
+        """Values per example."""
+        return self.config.x_dim
+
+    @property
+    def num_data(self) -> int | None:
+        """The dataset size of a guide with per-example parameters (the plate's size)."""
+        return self.config.num_data
+
+    @num_data.setter
+    def num_data(self, value: int | None) -> None:
+        object.__setattr__(self, "config", self.config.replace(num_data=value))
+
+    @property
+    def beta(self) -> float:
+        """β, the weight of the KL term, read from :attr:`config` (its one home)."""
+        return self.config.beta
+
+    @beta.setter
+    def beta(self, value: float) -> None:
+        object.__setattr__(self, "config", self.config.replace(beta=check_beta(value)))
+
+    @property
+    def kl_weight(self) -> float:
+        """The scale on the latent sites now: β times the warm-up fraction (1 outside warm-up)."""
+        return self.beta * self._warmup
+
+    @contextlib.contextmanager
+    def warmup(self, fraction: float):
+        """Within this context the latent sites are scaled by ``fraction``·β (0 ≤ fraction ≤ 1)."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ConfigError(f"a warm-up fraction must lie in [0, 1], got {fraction}")
+        previous, self._warmup = self._warmup, float(fraction)
+        try:
+            yield self
+        finally:
+            self._warmup = previous
+
+    @property
+    def amortized(self) -> bool:
+        """False when the guide owns per-example parameters and needs dataset indices."""
+        return bool(self.q.amortized)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the VAE's parameters and buffers (CPU when it has none)."""
+        for t in (*self.parameters(), *self.buffers()):
+            return t.device
+        return torch.device("cpu")
+
+    @contextlib.contextmanager
+    def direct_params(self):
+        """Within this context ``model`` and ``guide`` issue no ``pyro.param`` statements, for
+        optimisers that hold ``vae.parameters()`` themselves (``pvae.training.loop``)."""
+        self._direct += 1
+        try:
+            yield self
+        finally:
+            self._direct -= 1
+
+    def _param_statements(self, *parts: str) -> None:
+        """``pyro.param(name, p)`` for each trainable parameter of ``parts``, replacing a stale
+        store entry of that name (an earlier VAE's), so ``pyro.optim`` updates this VAE's."""
+        store = pyro.get_param_store()
+        for part in parts:
+            if getattr(self, part) is None:
+                continue
+            for name, p in getattr(self, part).named_parameters(prefix=part):
+                if not p.requires_grad:
+                    continue
+                if name in store and store[name].unconstrained() is not p:
+                    del store[name]
+                pyro.param(name, p)
+
+    def _plate(self, x: torch.Tensor, idx: torch.Tensor | None):
+        """The ``"data"`` plate of the batch ``x``: of size N with the batch's dataset indices
+        ``idx`` as its subsample (a guide of per-example parameters reads its rows), else of
+        the batch's size (the model of any VAE on new data)."""
+        if idx is None:
+            return pyro.plate("data", x.shape[0])
+        return pyro.plate("data", self.num_data or x.shape[0], subsample=idx)
+
+    def model(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """z ~ p(z) (two layers: z2 ~ p(z2), z ~ p(z|z2)), x ~ p(x|z), each example in the
+        ``"data"`` plate; returns z."""
+        if not self._direct:
+            self._param_statements("prior", "likelihood", "upper")
+        pz = self.prior()
+        with self._plate(x, idx):
+            with beta_handler(self.kl_weight):
+                if self.upper is None:
+                    z = pyro.sample("z", pz)
+                else:
+                    z = pyro.sample("z", self.upper.conditional(pyro.sample(TOP_SITE, pz)))
+            pyro.sample("x", self.likelihood(z), obs=x)
+        return z
+
+    def guide(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """z ~ q(z|x) (two layers: then z2 ~ q(z2|z)), each example in the ``"data"`` plate;
+        returns z."""
+        if not self._direct:
+            self._param_statements("q", "upper")
+        with self._plate(x, idx):
+            with beta_handler(self.kl_weight):
+                z = pyro.sample("z", self.q(x, idx))
+                if self.upper is not None:
+                    pyro.sample(TOP_SITE, self.upper.posterior(z))
+        return z
+
+    def check_data(self, x: torch.Tensor, probabilities: bool = False) -> None:
+        """DataError unless ``x`` is a finite ``(B, x_dim)`` tensor in the likelihood's support,
+        or with ``probabilities`` (training data to binarize) one of values in [0, 1]."""
+        if not isinstance(x, torch.Tensor):
+            raise DataError(f"data must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 2 or x.shape[1] != self.x_dim:
+            raise DataError(f"data must have shape (batch, {self.x_dim}) (flattened examples), "
+                            f"got {tuple(x.shape)}; flatten each image with x.reshape(len(x), -1)")
+        if probabilities:
+            lo, hi = (float(v) for v in torch.aminmax(x)) if x.numel() else (0.0, 0.0)
+            if lo != lo or hi != hi:
+                raise DataError("data contains NaN values; clean or drop those examples")
+            if lo < 0 or hi > 1:
+                raise DataError(f"training data must lie in [0, 1] to be binarized (Bernoulli "
+                                f"probabilities), got values in [{lo:g}, {hi:g}]; rescale the "
+                                "images, e.g. x / 255")
+            return
+        if not bool(torch.isfinite(x).all()):
+            raise DataError(f"data contains {int((~torch.isfinite(x)).sum())} NaN/Inf values; "
+                            "clean or drop those examples")
+        self.likelihood.check(x)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """The encoder's diagonal Gaussian for ``x``: ``(loc, scale, flows)``, where ``flows``
+        is the flow f shared by all x of a guide q(z|x) = f(N(loc, scale²)) (the IAF guide;
+        else []); for another family the mean and standard deviation of q(z|x) (of 256 of its
+        draws where it has none). ConfigError for a guide without an encoder."""
+        if not self.amortized:
+            raise ConfigError("this VAE's guide owns per-example parameters and has no encoder "
+                              "for new data")
+        own = getattr(self.q, "encode", None)
+        q = self.q(x) if own is None else None
+        flows = shared_flows(q) if q is not None else []
+        if flows:
+            base = q.base_dist.base_dist
+            return base.loc, base.scale, flows
+        if own is not None:
+            return (*own(x), [])
+        try:
+            return q.mean, q.stddev, []
+        except NotImplementedError:
+            z = q.sample((256,))
+            return z.mean(0), z.std(0), []
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """E[x|z] at one sample z ~ q(z|x) (the image a reconstruction figure shows)."""
+        return self.likelihood.mean(self.q(x, idx).sample())
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """E[x|z] for ``n`` draws z ~ p(z) (two layers: z2 ~ p(z2), z ~ p(z|z2))."""
+        z = self.prior().sample((n,))
+        return self.likelihood.mean(z if self.upper is None else self.upper.conditional(z).sample())
+
+
+def build_vae(prior: str = "standard", guide: str = "mlp", likelihood: str = "bernoulli",
+              z_dim: int = 50, hidden_dims: Sequence[int] = (200, 200), x_dim: int = 784,
+              activation: str = "tanh", num_data: int | None = None, beta: float = 1.0,
+              image_shape: Sequence[int] | None = None, stochastic_layers: int = 1,
+              top_z_dim: int = 50, top_hidden_dims: Sequence[int] = (100, 100),
+              **options: Any) -> VAE:
+    """Build a :class:`VAE` from registry names; the default is the IWAE paper's 1-layer VAE.
+
+    The arguments become ``vae.config``; ``options`` go to the parts that declare them
+    (e.g. ``num_components`` of the ``mog`` prior, ``conv_channels`` of a ``conv`` guide and
+    decoder). ``image_shape`` (H, W) with H·W = ``x_dim`` shapes the convolutional nets and
+    the figures of non-square images. ``stochastic_layers=2`` with ``z_dim=100`` is the
+    paper's 2-layer VAE.
+    """
+    return VAE.from_config(VAEConfig(
+        prior=prior, guide=guide, likelihood=likelihood, z_dim=z_dim, hidden_dims=hidden_dims,
+        x_dim=x_dim, activation=activation, num_data=num_data, beta=beta, options=options,
+        image_shape=image_shape, stochastic_layers=stochastic_layers, top_z_dim=top_z_dim,
+        top_hidden_dims=top_hidden_dims))

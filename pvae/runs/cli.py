@@ -1,0 +1,255 @@
+"""The ``pvae`` command line: ``pvae train|evaluate|gap|plot|compare``.
+
+Every flag is generated (:mod:`pvae.runs.flags`) from the run configuration and the options
+the registered parts declare. :data:`COMMANDS` maps each subcommand to ``(add_arguments(parser),
+run(args) -> int)``; the first paragraph of ``run``'s docstring is its help. Usage errors and
+errors a user can fix (:class:`pvae.errors.PvaeError`) are one line on stderr, exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pyro
+
+from ..errors import ConfigError, PvaeError
+from ..files import check_writable
+from ..infer.amortization import gap_report
+from ..training import checkpoint, distributed
+from ..training.loop import resolve_device
+from . import experiment
+from .comparison import compare, format_table, grid, parse_setting
+from .config import RunConfig
+from .evaluation import estimate, write
+from .flags import Parser, add_part_options, add_settings, as_flags, parsed, run_config
+from .plotting import plot_gap
+from .report import (ROWS, estimate_rows, format_rows, train_rows, versions, write_json)
+
+DATA_FLAGS = ("data_dir", "test_subset", "device", "seed", "progress")
+"""The settings of a command that reads a checkpoint, besides its own."""
+
+
+def run_guarded(fn: Callable[[], int]) -> int:
+    """Run ``fn``; print a PvaeError as one line (exit 2), Ctrl-C as exit 130. Under torchrun
+    only rank 0 logs progress; every rank prints its errors."""
+    logging.basicConfig(level=logging.INFO if distributed.env_rank() == 0 else logging.WARNING,
+                        format="%(message)s")
+    try:
+        return int(fn() or 0)
+    except PvaeError as err:
+        print(f"error: {as_flags(err) if isinstance(err, ConfigError) else err}",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last completed epoch's checkpoint is kept; rerun with --resume",
+              file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pvae`` console script."""
+    parser = Parser(prog="pvae", description="VAEs as Pyro programs")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for name, (add_arguments, run) in COMMANDS.items():
+        help_text = " ".join(run.__doc__.split("\n\n")[0].split())
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # refused by the subcommand, so the error names its --help
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return run_guarded(lambda: COMMANDS[args.command][1](args))
+
+
+def parse(prog: str, argv: Sequence[str] | None = None, description: str = "",
+          defaults: dict | None = None) -> RunConfig:
+    """The run configuration of the training flags in ``argv`` (``sys.argv`` by default;
+    ``defaults`` replaces RunConfig's): what an example script starts from. A bad flag
+    exits with one line."""
+    parser = Parser(prog=prog, description=description)
+    add_train_arguments(parser, defaults)
+    args = parser.parse_args(argv)
+    try:
+        return run_config(args, args.settings, args.options)
+    except ConfigError as err:
+        parser.exit(2, f"error: {as_flags(err)}\n")
+
+
+def add_train_arguments(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
+    """Every setting of a run (``defaults`` replacing RunConfig's) and every part option."""
+    p.set_defaults(settings=add_settings(p, defaults=defaults), options=add_part_options(p))
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train and evaluate a VAE on MNIST or another dataset (the main job); print the summary
+    table. Under torchrun every rank trains, rank 0 reports."""
+    metrics = experiment.run(run_config(args, args.settings, args.options))
+    if distributed.env_rank() == 0:  # under torchrun, rank 0 reports
+        print(summary(metrics))
+        print(f"wrote {args.out}/metrics.json, checkpoint.pt and figures")
+    return 0
+
+
+def summary(metrics: dict) -> str:
+    """The summary table of a training run's metrics."""
+    rows = train_rows(metrics)
+    for rows_of in ROWS.values():
+        rows += rows_of(metrics)
+    return format_rows(rows)
+
+
+def _checkpoint_arguments(p: argparse.ArgumentParser, names: Sequence[str], out_help: str, *,
+                          out_required: bool = False, defaults=None, aliases=None) -> None:
+    """--checkpoint, --out, --dataset (default: the checkpoint's) and the settings ``names``."""
+    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by pvae train")
+    p.add_argument("--out", required=out_required, default=None, help=out_help)
+    p.add_argument("--dataset", default=None, metavar="NAME|PATH", help="mnist, fashion-mnist, "
+                   "kmnist, or an .npy/.npz file or image folder (default: the checkpoint's)")
+    p.set_defaults(settings=add_settings(p, [*DATA_FLAGS, *names], defaults=defaults,
+                                         aliases=aliases))
+
+
+def open_checkpoint(args: argparse.Namespace, default_out: str | None = None):
+    """``(vae, config, out, data, state)`` from --checkpoint (read once): the run's
+    configuration with the command's flags applied, the output folder, the test data.
+    ConfigError, before any data is read, if the guide has no encoder."""
+    ckpt = checkpoint.read(args.checkpoint)
+    vae = checkpoint.to_vae(ckpt, args.checkpoint, device=resolve_device(args.device))
+    if not vae.amortized:
+        raise ConfigError(f"the guide {vae.config.guide!r} has no encoder for test images; "
+                          f"{experiment.NO_TEST_EVALUATION}")
+    base = RunConfig.from_dict(ckpt.config, strict=False)
+    config = run_config(args, args.settings, base=base).replace(
+        dataset=args.dataset or base.data.dataset)
+    out = check_writable(args.out or Path(args.checkpoint).parent / (default_out or ""))
+    data = config.data.replace(train_subset=1).load(vae.likelihood.data_kind == "binary")
+    pyro.set_rng_seed(config.train.seed or 0)
+    return vae, config, out, data, ckpt.state
+
+
+def _record(args: argparse.Namespace, config: RunConfig, vae) -> dict:
+    return {"checkpoint": str(args.checkpoint), "config": config.to_dict(),
+            "device": str(vae.device), "versions": versions()}
+
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    _checkpoint_arguments(p, ["method", "eval_samples", "proposal", "chunk_size", "ais_steps",
+                              "ais_chains", "ais_leapfrog", "local_steps", "local_lr",
+                              "local_particles", "local_window", "local_patience",
+                              "local_seconds"],
+                          "folder for the metrics file, the per-image values and the figure "
+                          "(default: the checkpoint's folder/eval)",
+                          defaults={"eval_samples": 5000}, aliases={"eval_samples": "--num-samples"})
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Test log p(x) of a checkpoint by a registered estimator: importance sampling with PSIS
+    k-hat, AIS, or BDMC."""
+    if args.method != "is" and args.proposal != "encoder":
+        raise ConfigError("proposal applies to method is only", "proposal", "method")
+    vae, config, out, data, _ = open_checkpoint(args, "eval")
+    method = config.eval.method
+    progress = config.progress and sys.stderr.isatty()
+    result = estimate(method, vae, data.test_x.to(vae.device), config.eval, progress)
+    metrics = {**result.to_metrics(), **_record(args, config, vae)}
+    write_json(out / f"metrics_{method}.json", metrics)
+    files = write(method, result, out)
+    print(format_rows(ROWS[method](metrics)))
+    print(f"wrote {out / f'metrics_{method}.json'} and {', '.join(p.name for p in files)}")
+    return 0
+
+
+def _gap_arguments(p: argparse.ArgumentParser) -> None:
+    _checkpoint_arguments(p, ["eval_samples", "elbo_samples", "chunk_size", "local_init",
+                              "local_steps", "local_lr", "local_particles", "local_window",
+                              "local_patience", "local_seconds"],
+                          "folder for gap.json and gap.png (required)", out_required=True,
+                          defaults={"eval_samples": 5000, "test_subset": 100},
+                          aliases={"eval_samples": "--num-samples", "local_init": "--init",
+                                   "local_steps": "--max-steps", "local_lr": "--lr",
+                                   "local_particles": "--num-particles",
+                                   "local_window": "--window", "local_patience": "--patience",
+                                   "local_seconds": "--max-seconds-per-image"})
+
+
+def run_gap(args: argparse.Namespace) -> int:
+    """Approximation and amortization gaps of a checkpoint on test images."""
+    vae, config, out, data, _ = open_checkpoint(args)
+    e, x = config.eval, data.test_x.to(vae.device)
+    report = gap_report(vae, x, num_samples=e.eval_samples, elbo_samples=e.elbo_samples,
+                        chunk_size=e.chunk_size, progress=config.progress and sys.stderr.isatty(),
+                        **e.local_fit(x.shape[0]))
+    s = report.to_metrics()
+    write_json(out / "gap.json", {**s, **_record(args, config, vae)})
+    figure = plot_gap(report, out / "gap.png")
+    estimates = [(f"log p(x) (IS, K={s['num_samples']}, {s['log_px_proposal']} proposal)",
+                  "log_px"), ("log p(x) (IS, amortized proposal)", "log_px_amortized"),
+                 ("L[q*] (local fit)", "elbo_local"), ("L[q] (amortized)", "elbo_amortized"),
+                 ("approximation gap", "approximation_gap"),
+                 ("amortization gap", "amortization_gap")]
+    budget = "" if s["local_converged"] else " (budget reached)"
+    print(format_rows([("test images", f"{s['n']}"),
+                       ("local q* family", s["local_family_description"]),
+                       *estimate_rows(s, estimates),
+                       ("seconds per image", f"amortized {s['seconds_per_example_amortized']:.2e}"
+                                             f", local {s['seconds_per_example_local']:.2e}"),
+                       ("local-fit steps", f"{s['local_steps']}{budget}")]))
+    print(f"wrote {out / 'gap.json'} and {figure}")
+    return 0
+
+
+def _plot_arguments(p: argparse.ArgumentParser) -> None:
+    _checkpoint_arguments(p, [], "folder for the figures (default: the checkpoint's folder)",
+                          defaults={"test_subset": 2000})
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    """Draw a checkpoint's reconstructions, samples, latent embedding and ELBO curves
+    (evaluation.png comes from pvae evaluate)."""
+    vae, _, out, data, state = open_checkpoint(args)
+    written = experiment.draw_figures(vae, data.test_x.to(vae.device), data.test_y,
+                                      state.history if state is not None else (), out)
+    print(f"wrote {', '.join(path.name for path in written)} to {out}")
+    return 0
+
+
+def add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    """The training flags (the shared budget) plus the configurations to compare."""
+    add_train_arguments(p, {"out": "runs/compare"})
+    g = p.add_argument_group("configurations (the first one is the baseline)")
+    g.add_argument("--configs", nargs="+", default=None, metavar="KEY=VALUE,...",
+                   help="e.g. 'prior=standard,guide=mlp' 'prior=vamp,guide=iaf'; keys are "
+                        "setting names (the flags with _ for -) or part options (default: none; "
+                        "give these or grid axes)")
+    for axis in ("priors", "guides", "likelihoods", "losses"):
+        g.add_argument(f"--{axis}", nargs="+", default=None,
+                       help="grid axis: every combination of the axes given is trained "
+                            "(default: none)")
+    g.add_argument("--reuse", action="store_true",
+                   help="read a sub-run's metrics.json, not retrain, if its configuration "
+                        "matches (default: retrain)")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """Train several configurations with one seed and budget; tabulate log p(x)."""
+    axes = {"prior": args.priors, "guide": args.guides, "likelihood": args.likelihoods,
+            "loss": args.losses}
+    if args.configs and any(axes.values()):
+        raise ConfigError("give either --configs or grid axes (--priors/--guides/...), not both")
+    settings = [parse_setting(c) for c in args.configs] if args.configs else grid(**axes)
+    base = run_config(args, args.settings)
+    rows = compare(base, settings, args.out, reuse=args.reuse,
+                   options=parsed(args, (), args.options))
+    print(format_table(rows, base))
+    print(f"wrote {args.out}/compare.md, compare.csv and compare.png")
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable, Callable]] = {
+    "train": (add_train_arguments, run_train),
+    "evaluate": (_evaluate_arguments, run_evaluate),
+    "gap": (_gap_arguments, run_gap),
+    "plot": (_plot_arguments, run_plot),
+    "compare": (add_compare_arguments, run_compare),
+}

@@ -1,0 +1,169 @@
+"""One run from configuration to results: data → VAE → fit → estimators → report and figures.
+
+:func:`run` is five steps, each a public function (``examples/mnist_svi.py`` spells them
+out): :func:`workspace` (the run folder, locked, the device and torchrun's process group),
+:func:`load_data`, :func:`build_model`, :func:`~pvae.training.loop.fit`, :func:`evaluate_model`
+and :func:`finish` (``metrics.json``, then the figures).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pyro
+import torch
+
+from ..data.dataset import Dataset
+from ..files import claim, run_lock
+from ..infer.importance import EvalResult
+from ..model.likelihoods import LIKELIHOODS
+from ..model.vae import VAE
+from ..training import distributed
+from ..training.loop import fit, resolve_device
+from ..training.state import TrainState, train_cpu_seconds
+from .config import RunConfig
+from .evaluation import draw, estimate, plan, write
+from .plotting import plot_elbo_curves, plot_latent, plot_reconstructions, plot_samples
+from .report import versions, write_json
+
+log = logging.getLogger(__name__)
+NO_TEST_EVALUATION = ("pvae does not yet evaluate a model trained with per-example guide "
+                      "parameters on new images (each test image would need its own local fit "
+                      "against the model); train with an amortized guide (--guide mlp, iaf, ...) "
+                      "for test numbers")
+
+
+@contextlib.contextmanager
+def workspace(config: RunConfig) -> Iterator[tuple[Path, torch.device, int]]:
+    """``(out, device, world size)``: the run folder (locked by rank 0, which alone writes),
+    this rank's device, and the process group of a torchrun run (W = 1 without one)."""
+    device = resolve_device(config.device)
+    with distributed.process_group(device.type) as world:
+        folder = run_lock(config.out) if distributed.is_main() else \
+            contextlib.nullcontext(Path(config.out))
+        with folder as out:
+            yield out, distributed.local_device(device), world
+            distributed.barrier()
+
+
+def load_data(config: RunConfig, out: Path) -> Dataset:
+    """The run's data, read by LOCAL_RANK 0 first (one rank per machine fetches missing
+    files), after the run folder is claimed: refused if it holds a run that is neither
+    resumed nor overwritten."""
+    binary = LIKELIHOODS[config.model.likelihood].data_kind == "binary"
+    for turn in (0, 1):
+        with distributed.together("checking the run folder and loading the data"):
+            if turn == 0 and distributed.is_main():
+                claim(out, config.resume, config.overwrite)
+            if (distributed.env_local_rank() == 0) == (turn == 0):
+                data = config.data.load(binarize=binary)
+    return data
+
+
+def build_model(config: RunConfig, data: Dataset) -> tuple[RunConfig, VAE]:
+    """The configuration with the model's sizes read off the data, and a new VAE built from
+    it (initial weights from the run's seed; a recipe may start the VampPrior at the data)."""
+    config = config.replace(x_dim=data.train_x.shape[1], image_shape=data.image_shape,
+                            num_data=data.train_x.shape[0] if config.model.guide == "local"
+                            else None)
+    seed = config.train.seed
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    vae = VAE.from_config(config.model)
+    if config.train.recipe_values.pseudo_inputs == "data" and hasattr(vae.prior, "start_at"):
+        vae.prior.start_at(data.train_x, torch.Generator().manual_seed(seed or 0))
+    return config, vae
+
+
+def evaluate_model(vae: VAE, test_x: torch.Tensor, config: RunConfig, out: Path,
+                   progress: bool = False) -> dict:
+    """The metrics of every estimator the run's method asks for (importance sampling on the
+    test set, AIS and BDMC on its first ``ais_subset`` images), their files written by
+    rank 0."""
+    if not vae.amortized:
+        log.warning("--guide %s owns parameters for the training images only and has no "
+                    "encoder for test images, so metrics.json has no test numbers: %s",
+                    config.model.guide, NO_TEST_EVALUATION)
+        return EvalResult.missing_metrics()
+    metrics = {}
+    for name in plan(config.eval.method):
+        x = test_x if name == "is" else test_x[:config.eval.ais_subset]
+        result = estimate(name, vae, x, config.eval, progress)
+        metrics.update(result.to_metrics())
+        if distributed.is_main():
+            write(name, result, out)
+    return metrics
+
+
+def training_metrics(state: TrainState) -> dict:
+    """The ``metrics.json`` entries of the training: epochs, steps, times, ELBO, history."""
+    return {"epochs": state.epoch, "steps": state.step, "train_seconds": state.train_seconds,
+            "train_cpu_seconds": train_cpu_seconds(state.history),
+            "train_elbo": state.history[-1].train_elbo if state.history else None,
+            "history": [dataclasses.asdict(r) for r in state.history]}
+
+
+def finish(vae: VAE, data: Dataset, state: TrainState, metrics: dict, config: RunConfig,
+           out: Path, world: int = 1) -> dict:
+    """Complete the metrics (data sizes, the resolved configuration, versions, device) and,
+    on rank 0, write ``metrics.json`` and then the figures; returns the metrics."""
+    binary = vae.likelihood.data_kind == "binary"
+    metrics = {**metrics, "n_train": data.train_x.shape[0], "likelihood_kind": (
+        "discrete (binary pixels)" if binary else
+        "density (continuous pixels): not comparable with binary log p(x)"),
+        "config": config.to_dict(), "versions": versions(), "device": str(vae.device),
+        "world_size": world}
+    if distributed.is_main():
+        write_json(out / "metrics.json", metrics)
+        draw_figures(vae, data.test_x.to(vae.device), data.test_y, state.history, out)
+    return metrics
+
+
+def run(config: RunConfig) -> dict:
+    """Train and evaluate one VAE as ``config`` says; write ``checkpoint.pt`` (every epoch),
+    ``metrics.json`` (with the resolved configuration) and the figures into ``config.out``;
+    return the metrics. ``pvae train`` runs this; under torchrun every rank does."""
+    with workspace(config) as (out, device, world):
+        data = load_data(config, out)
+        config, vae = build_model(config, data)
+        progress = config.progress and sys.stderr.isatty()
+        state = fit(vae, data.train_x, config.train, test_x=data.test_x, out_dir=out,
+                    resume=config.resume, overwrite=config.overwrite, device=str(device),
+                    progress=progress, record=config.to_dict())
+        metrics = training_metrics(state)
+        metrics.update(evaluate_model(vae, data.test_x.to(device), config, out,
+                                      progress and distributed.is_main()))
+        return finish(vae, data, state, metrics, config, out, world)
+
+
+@torch.no_grad()
+def draw_figures(vae: VAE, test_x: torch.Tensor, test_y: torch.Tensor, history,
+                 out: Path) -> list[Path]:
+    """Prior samples, the ELBO curves of ``history`` (if any) and, with an encoder, the
+    reconstructions and latent embedding of ``test_x`` (at most 2000 images); the files.
+    A figure that cannot be drawn is a warning."""
+    shape = vae.config.image_shape
+    figures = {"samples.png": lambda p: plot_samples(vae.sample(64), p, image_shape=shape)}
+    if vae.amortized:
+        n = min(2000, test_x.shape[0])
+        figures["reconstructions.png"] = lambda p: plot_reconstructions(
+            test_x[:16], vae.reconstruct(test_x[:16]), p, image_shape=shape)
+        figures["latent.png"] = lambda p: plot_latent(_posterior_means(vae, test_x[:n]),
+                                                      test_y[:n], p)
+    if history:
+        figures["elbo_curves.png"] = lambda p: plot_elbo_curves(history, p)
+    drawn = [draw(lambda make=make, name=name: make(out / name), name)
+             for name, make in figures.items()]
+    return [p for p in drawn if p is not None]
+
+
+def _posterior_means(vae: VAE, x: torch.Tensor) -> torch.Tensor:
+    """The encoder's location for ``x``, pushed through the guide's flow if it has one."""
+    loc, _, flows = vae.encode(x)
+    for f in flows:
+        loc = f(loc)
+    return loc

@@ -1,0 +1,197 @@
+"""Data-parallel runs with ``torch.distributed``: the process group, this process's place
+in it, and the :func:`shard` / :func:`gather` pair that splits per-example work across the
+ranks and puts the results back in the original order.
+
+``torchrun --nproc_per_node W ...`` starts W processes and tells each its ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK``; :func:`process_group` joins them (NCCL on CUDA, gloo
+on CPU) with a timeout, so a collective that waits for a dead rank fails instead of
+hanging. Without those variables (or with ``WORLD_SIZE=1``) nothing is initialised and
+every function here is the identity of a single process: :func:`world_size` is 1,
+:func:`shard` returns all examples and :func:`gather` returns its argument.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from typing import Iterator, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..checks import env_seconds
+from ..errors import ConfigError, PvaeError
+
+TIMEOUT = 600.0
+"""Seconds a collective waits for the other ranks (``PVAE_DIST_TIMEOUT`` overrides it)."""
+T = TypeVar("T")
+
+
+class RankFailed(PvaeError):
+    """Another rank of a data-parallel run failed; its own error line names the cause."""
+
+
+def timeout() -> float:
+    """``PVAE_DIST_TIMEOUT`` in seconds if set, else :data:`TIMEOUT`."""
+    return env_seconds("PVAE_DIST_TIMEOUT", TIMEOUT)
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip() or str(default)
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {text!r}; torchrun sets it") \
+            from None
+
+
+def env_world_size() -> int:
+    """The ``WORLD_SIZE`` torchrun set for this process (1 when it is not set)."""
+    return max(1, _env_int("WORLD_SIZE", 1))
+
+
+def env_rank() -> int:
+    """The ``RANK`` torchrun set for this process (0 when it is not set)."""
+    return _env_int("RANK", 0)
+
+
+def env_local_rank() -> int:
+    """The ``LOCAL_RANK`` torchrun set for this process, its rank on its machine (0 if unset)."""
+    return _env_int("LOCAL_RANK", 0)
+
+
+@contextlib.contextmanager
+def process_group(device_type: str = "cpu") -> Iterator[int]:
+    """Join the process group that torchrun's environment describes, if it has more than one
+    rank and none is joined yet; leave it on exit, after a barrier when the block ended without
+    an error. Yields the world size. The backend is NCCL for ``device_type == "cuda"`` (each
+    rank on GPU ``LOCAL_RANK``), else gloo."""
+    if env_world_size() == 1 or (dist.is_available() and dist.is_initialized()):
+        yield world_size()
+        return
+    if not dist.is_available():
+        raise ConfigError("WORLD_SIZE > 1 asks for a data-parallel run, but this torch was "
+                          "built without torch.distributed")
+    missing = [v for v in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+               if v not in os.environ]
+    if missing:
+        raise ConfigError(f"WORLD_SIZE is {env_world_size()} but {', '.join(missing)} are not "
+                          "set; start data-parallel runs with torchrun")
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout()))
+    try:
+        yield world_size()
+        # every rank is done before any leaves: rank 0 hosts the store the others still use
+        # while they tear down (a rank whose store vanished aborts the process)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def world_size() -> int:
+    """The number of ranks in the joined process group (1 when none is joined)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This process's rank in the joined process group (0 when none is joined)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """True on rank 0, the one rank that writes files."""
+    return rank() == 0
+
+
+def local_device(device: torch.device) -> torch.device:
+    """This rank's device: ``cuda:LOCAL_RANK`` for CUDA in a process group, else ``device``."""
+    if device.type == "cuda" and world_size() > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+    return device
+
+
+def _comm_device() -> torch.device:
+    """Where collective tensors live: the current GPU for NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_sum(*values: float) -> tuple[float, ...]:
+    """Each value summed over the ranks (float64; a NaN on any rank makes the sum NaN)."""
+    if world_size() == 1:
+        return tuple(float(v) for v in values)
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t)
+    return tuple(t.tolist())
+
+
+def barrier() -> None:
+    """Wait until every rank reaches this point (no-op for a single process)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def together(what: str) -> Iterator[None]:
+    """Run the block on every rank and agree on its outcome: if it raised on any rank, it
+    raises on all (its own error where it happened, :class:`RankFailed` elsewhere), so no
+    rank goes on to wait in a collective for one that has given up."""
+    failed: BaseException | None = None
+    try:
+        yield
+    except BaseException as err:  # re-raised below, after the ranks agree
+        failed = err
+    if world_size() > 1:
+        (count,) = all_sum(float(failed is not None))
+        if failed is None and count > 0:
+            raise RankFailed(f"{int(count)} other rank(s) failed while {what}; their error "
+                             "lines name the cause")
+    if failed is not None:
+        raise failed
+
+
+def bounds(n: int, ranks: int | None = None) -> list[int]:
+    """Where each rank's contiguous share of ``n`` examples starts, and ``n`` at the end:
+    the first ``n mod W`` ranks get ⌈n/W⌉ examples, the others ⌊n/W⌋."""
+    ranks = world_size() if ranks is None else ranks
+    base, extra = divmod(int(n), ranks)
+    return [r * base + min(r, extra) for r in range(ranks + 1)]
+
+
+def shard(x: T) -> T:
+    """This rank's contiguous share of the examples along dim 0 of ``x`` (a tensor, array or
+    sequence): rows ``bounds(len(x))[rank]`` up to the next rank's start. ``gather`` of a
+    per-example result of every rank's share is the result for all of ``x`` in order.
+    ConfigError (on every rank) if ``x`` has fewer examples than there are ranks."""
+    if world_size() == 1:
+        return x
+    if len(x) < world_size():
+        raise ConfigError(f"{len(x)} example(s) cannot be split across {world_size()} ranks; "
+                          "give at least one per rank")
+    cut = bounds(len(x))
+    return x[cut[rank()]:cut[rank() + 1]]
+
+
+def gather(piece: T) -> T:
+    """Every rank's ``piece`` (a tensor or NumPy array of per-example results along dim 0,
+    from its :func:`shard`) concatenated in rank order, on every rank: the per-example result
+    for the whole of the sharded input, in its original order. Same type, dtype and device."""
+    if world_size() == 1:
+        return piece
+    as_numpy = isinstance(piece, np.ndarray)
+    t = torch.from_numpy(np.ascontiguousarray(piece)) if as_numpy else piece
+    dev = _comm_device()
+    sizes = torch.tensor([t.shape[0]], dtype=torch.int64, device=dev)
+    all_sizes = [torch.zeros_like(sizes) for _ in range(world_size())]
+    dist.all_gather(all_sizes, sizes)
+    counts = [int(s) for s in all_sizes]
+    padded = torch.zeros((max(counts), *t.shape[1:]), dtype=t.dtype, device=dev)
+    padded[:t.shape[0]] = t.to(dev)
+    pieces = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(pieces, padded)
+    whole = torch.cat([p[:c] for p, c in zip(pieces, counts)]).to(t.device)
+    return whole.numpy() if as_numpy else whole

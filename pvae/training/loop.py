@@ -1,0 +1,320 @@
+"""``fit()``: stochastic variational inference for a VAE, with checkpoints and a NaN guard.
+
+Three pieces, NumPyro's ``init``/``update`` split at the grain of an epoch: :func:`init`
+checks the data, builds the optimiser and resumes a checkpoint into a :class:`Session` and a
+:class:`~pvae.training.state.TrainState`; :func:`run_epoch` trains one epoch and writes an
+atomic checkpoint; :func:`fit` loops. An interrupted run loses at most one epoch and
+``resume=True`` reaches the parameters of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pyro
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..checks import SEED_LIMIT
+from ..data.batches import minibatches
+from ..errors import CheckpointError, ConfigError, DataError, DivergenceError
+from ..files import claim, run_lock
+from ..infer.importance import log_likelihood
+from ..infer.objectives import make_loss
+from ..model.vae import VAE
+from . import checkpoint, distributed
+from .config import TrainConfig
+from .recipes import beta_at, make_scheduler
+from .state import (EpochRecord, TrainState, data_difference, data_identity, rng_state,
+                    set_rng_state)
+from .step import LossModule, make_optimizer, make_step
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}", "device")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device cuda was asked for but torch sees no CUDA device; use device "
+                          "cpu or auto", "device")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def mean_elbo(vae: VAE, x: torch.Tensor) -> float:
+    """The mean over ``x`` of a one-sample estimate of the ELBO at β = 1 (nats per image).
+
+    Its draws come from forked RNGs, so evaluating during training leaves the training
+    run's random stream, and hence its parameters, exactly as they would be without it.
+    In a data-parallel run each rank scores its :func:`~pvae.training.distributed.shard`.
+    """
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        mine = log_likelihood(vae.model, vae.guide, distributed.shard(x), num_samples=1)
+        return float(distributed.gather(mine).mean())
+
+
+def as_training_data(x, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` (a bool, integer or floating tensor) as ``dtype``; DataError for an empty or
+    complex tensor or something that is not a tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"{name} must be a torch.Tensor of shape (N, x_dim), got "
+                        f"{type(x).__name__}; wrap a NumPy array with torch.from_numpy")
+    if x.is_complex():
+        raise DataError(f"{name} is complex ({x.dtype}); pass real pixel values")
+    if x.dim() >= 1 and x.shape[0] == 0:
+        raise DataError(f"{name} is empty (0 examples); pass at least one")
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of rank ``rank``'s RNGs in ``epoch`` of a data-parallel run: distinct per rank,
+    and a function of (seed, epoch, rank) alone, so a resumed run draws the same noise."""
+    return ((seed * 1_000_003 + epoch) * 1_000_033 + rank) % (SEED_LIMIT + 1)
+
+
+@dataclass
+class Session:
+    """The live objects of one training run: what :func:`run_epoch` works with. ``settings``
+    has its seed and binarization resolved; ``path`` is the checkpoint (None: none is written)
+    and ``record`` the rest of the run's configuration, stored in it."""
+
+    vae: VAE
+    settings: TrainConfig
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    step: Callable[..., float]
+    train_x: torch.Tensor
+    test_x: torch.Tensor | None
+    path: Path | None
+    record: Mapping[str, Any]
+    progress: bool
+    ddp: nn.Module | None = None
+
+
+def _check_data(vae: VAE, train_x, test_x, settings: TrainConfig):
+    """The training and test data as the VAE's dtype, checked; the batch split across ranks."""
+    dtype = next((p.dtype for p in vae.parameters() if p.is_floating_point()), torch.float32)
+    train_x = as_training_data(train_x, "the training data", dtype)
+    test_x = None if test_x is None else as_training_data(test_x, "the test data", dtype)
+    vae.check_data(train_x, probabilities=settings.binarize)
+    if test_x is not None:
+        vae.check_data(test_x)
+    if not vae.amortized and vae.num_data != train_x.shape[0]:
+        raise ConfigError(f"the guide holds parameters for {vae.num_data} examples but the "
+                          f"training set has {train_x.shape[0]}; build it with "
+                          f"num_data={train_x.shape[0]}")
+    world = distributed.world_size()
+    if settings.batch_size % world:
+        raise ConfigError(f"batch_size {settings.batch_size} is the global batch of {world} "
+                          f"ranks and must be a multiple of {world}; each rank takes "
+                          f"batch_size / {world} examples of it", "batch_size")
+    for name, x in (("training", train_x), ("test", test_x)):
+        if x is not None and x.shape[0] < world:
+            raise ConfigError(f"{x.shape[0]} {name} example(s) are too few for {world} ranks; "
+                              "give at least one per rank")
+    return train_x, test_x
+
+
+def _resume(vae: VAE, optimizer, path: Path, settings: TrainConfig, data: dict
+            ) -> tuple[TrainState, TrainConfig]:
+    """The state and settings of the checkpoint at ``path``, its weights, optimiser and RNGs
+    restored; refused if it was written for another model, on other data (``data``:
+    :func:`~pvae.training.state.data_identity`) or with other training settings."""
+    ckpt = checkpoint.read(path, map_location=vae.device)
+    if ckpt.state is None or ckpt.train is None:
+        why = "no training state" if ckpt.state is None else \
+            "training settings of an older pvae (format 2), not in this version's form"
+        raise CheckpointError(f"{path} holds weights but {why}; it cannot be resumed: start a "
+                              "new run in another folder")
+    if not vae.config.custom and ckpt.model is not None:
+        old, new = ckpt.model.to_dict(), vae.config.to_dict()
+        detail = ", ".join(f"{k}: checkpoint {old[k]!r} vs now {new[k]!r}" for k in old
+                           if old[k] != new[k] and k != "beta")
+        if detail:
+            raise CheckpointError(f"cannot resume from {path}: {detail}; rerun with the "
+                                  "checkpoint's flags or without resume")
+    moved = data_difference(ckpt.state.data, data)
+    if moved:
+        raise CheckpointError(f"cannot resume {path.parent} on other training data: {moved}; "
+                              "resume with the data it was trained on, or start a new run")
+    saved = ckpt.train
+    asked = settings.replace(seed=saved.seed) if settings.seed is None else settings
+    diff = [f"{k} {a!r} (the checkpoint has {b!r})" for k, a, b in asked.differences(saved)]
+    if ckpt.config["beta"] != vae.beta:
+        diff.append(f"beta {vae.beta!r} (the checkpoint has {ckpt.config['beta']!r})")
+    if diff:
+        raise ConfigError(f"cannot resume {path.parent} with changed training settings: "
+                          f"{', '.join(diff)}; resume with the checkpoint's settings, or start "
+                          "a new run in another folder", *(d.split()[0] for d in diff))
+    checkpoint.restore_weights(vae, ckpt.weights, path)
+    optimizer.load_state_dict(ckpt.state.optimizer)
+    set_rng_state(ckpt.state.rng)
+    log.info("resumed from %s at epoch %d (step %d)", path, ckpt.state.epoch, ckpt.state.step)
+    return ckpt.state, saved
+
+
+def init(vae: VAE, train_x: torch.Tensor, settings: TrainConfig, *,
+         test_x: torch.Tensor | None = None, out: Path | None = None, resume: bool = False,
+         device: str = "auto", progress: bool = True,
+         record: Mapping[str, Any] | None = None) -> tuple[Session, TrainState]:
+    """Check the data, seed the RNGs, move the VAE to ``device``, build the optimiser and its
+    schedule, and resume from ``out/checkpoint.pt`` (with ``resume``): the session and the
+    state to start from."""
+    with distributed.together("checking the arguments and the data"):
+        dev = distributed.local_device(resolve_device(device))
+        if settings.binarize is None:
+            settings = settings.replace(binarize=vae.likelihood.data_kind == "binary")
+        train_x, test_x = _check_data(vae, train_x, test_x, settings)
+        if resume and out is None:
+            raise ConfigError("resume needs out_dir (the folder holding checkpoint.pt)", "resume")
+    world, rank = distributed.world_size(), distributed.rank()
+    if settings.seed is not None:
+        pyro.set_rng_seed((settings.seed + rank) % (SEED_LIMIT + 1))
+    vae.to(dev).zero_grad(set_to_none=True)
+    optimizer = make_optimizer(vae, settings.rate, settings.adam_eps)
+    steps = round(settings.horizon * math.ceil(train_x.shape[0] / settings.batch_size))
+    scheduler = make_scheduler(optimizer, settings.lr_schedule, steps)
+    path, data = None if out is None else out / CHECKPOINT, data_identity(train_x)
+    if resume:
+        with distributed.together("reading the checkpoint"):
+            state, saved = _resume(vae, optimizer, path, settings, data)
+        settings = settings.replace(seed=saved.seed) if settings.seed is None else settings
+        if state.scheduler:
+            scheduler.load_state_dict(state.scheduler)
+    else:
+        state = TrainState(0, 0, (), 0.0, {}, {}, data=data)
+        if settings.seed is None:
+            drawn = torch.tensor([int(torch.randint(0, SEED_LIMIT, ()))])
+            settings = settings.replace(seed=int(distributed.gather(drawn)[0]))
+    objective = make_loss(settings.loss, settings.num_particles)
+    ddp = None
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        module = LossModule(vae, objective, scale=world if vae.amortized else 1.0)
+        ddp = DistributedDataParallel(module, device_ids=[dev] if dev.type == "cuda" else None)
+    step = make_step(vae, objective, optimizer, ddp)
+    session = Session(vae, settings, optimizer, scheduler, step, train_x.to(dev),
+                      None if test_x is None else test_x.to(dev), path, dict(record or {}),
+                      progress and distributed.is_main(), ddp)
+    return session, state
+
+
+def _diverged(what: str, epoch: int, step: int, good: Path | None) -> None:
+    kept = (f"the last good checkpoint is kept at {good}" if good and good.exists()
+            else "no checkpoint was written yet")
+    raise DivergenceError(f"training diverged at epoch {epoch}, step {step}: {what}; {kept}. "
+                          "Lower --lr, raise --batch-size, or check the data")
+
+
+def _batches(session: Session, epoch: int):
+    s, (world, rank) = session.settings, ((distributed.world_size(), distributed.rank())
+                                          if session.ddp is not None else (1, 0))
+    if session.ddp is not None:
+        pyro.set_rng_seed(epoch_seed(s.seed, epoch, rank))
+    gen = torch.Generator().manual_seed(s.seed * 1_000_003 + epoch)
+    steps = math.ceil(math.ceil(session.train_x.shape[0] / world) / (s.batch_size // world))
+    return minibatches(session.train_x, s.batch_size, gen, binarize=s.binarize, rank=rank,
+                       world_size=world), steps
+
+
+def run_epoch(session: Session, state: TrainState) -> TrainState:
+    """Train epoch ``state.epoch + 1``; check the parameters, score the test ELBO, write the
+    checkpoint (rank 0), and return the new state. DivergenceError on a NaN/Inf loss or
+    parameter, with the previous checkpoint intact."""
+    vae, s, epoch, step = session.vae, session.settings, state.epoch + 1, state.step
+    batches, steps_per_epoch = _batches(session, epoch)
+    warmup_steps = round(s.warmup * steps_per_epoch)
+    plate_size = None if vae.amortized else vae.num_data
+    bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{s.epochs}", leave=False,
+               disable=not session.progress, dynamic_ncols=True)
+    tic, cpu_tic, total, seen = time.perf_counter(), time.process_time(), 0.0, 0
+    with pyro.validation_enabled(False):
+        for idx, xb in bar:
+            with vae.warmup(beta_at(step, 1.0, warmup_steps)):
+                batch_loss = session.step(*((xb,) if vae.amortized else (xb, idx)))
+                kl_weight = vae.kl_weight
+            session.scheduler.step()
+            step, b = step + 1, xb.shape[0]
+            summed = batch_loss * (b / plate_size if plate_size else 1.0)  # Σ_i −ELBO_i
+            if session.ddp is not None:  # the global batch's sum; a NaN anywhere stops every rank
+                summed, b = distributed.all_sum(summed / session.ddp.module.scale, b)
+                b = int(b)
+            if not math.isfinite(summed):
+                _diverged(f"the loss is {summed}", epoch, step, session.path)
+            total, seen = total + summed, seen + b
+            if step % 10 == 0:
+                bar.set_postfix(elbo=f"{-total / seen:.2f}", beta=f"{kl_weight:.2f}")
+    seconds, cpu_seconds = time.perf_counter() - tic, time.process_time() - cpu_tic
+    bar.close()
+    bad = [n for n, p in vae.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        _diverged(f"parameter {bad[0]} became NaN/Inf", epoch, step, session.path)
+    elbo = mean_elbo(vae, session.test_x) if session.test_x is not None and vae.amortized \
+        else None
+    record = EpochRecord(epoch, step, kl_weight, -total / seen, elbo, seconds,
+                         session.scheduler.get_last_lr()[0], cpu_seconds)
+    log.info("epoch %d: train ELBO %.2f, test ELBO %s nats/image, %.1f s", epoch,
+             record.train_elbo, "n/a" if elbo is None else f"{elbo:.2f}", seconds)
+    state = TrainState(epoch, step, (*state.history, record), state.train_seconds + seconds,
+                       session.optimizer.state_dict(), rng_state(),
+                       session.scheduler.state_dict(), state.data)
+    if session.path is not None and distributed.is_main():
+        checkpoint.save(session.path, vae, state, s, session.record)
+    return state
+
+
+def fit(vae: VAE, train_x: torch.Tensor, settings: TrainConfig | None = None, *,
+        test_x: torch.Tensor | None = None, out_dir: str | Path | None = None,
+        resume: bool = False, overwrite: bool = False, device: str = "auto",
+        progress: bool = True, record: Mapping[str, Any] | None = None,
+        **changes) -> TrainState:
+    """Maximise the ELBO of ``vae`` on ``train_x`` by SVI with Adam, at the VAE's own β.
+
+    Loss per step = −ELBO of the batch = Σ_i E_q[−log p(x_i|z)] + β_t·KL(q(z|x_i) || p(z)),
+    with β_t = ``vae.beta``·min(1, t / (warm-up epochs · steps per epoch)). ``settings`` is a
+    :class:`~pvae.training.config.TrainConfig` (default: its defaults), ``changes`` replace its
+    fields (``fit(vae, x, epochs=5, lr=1e-3)``). ``train_x`` is ``(N, x_dim)``, converted to
+    the VAE's dtype; with ``binarize`` (default: for a binary likelihood) it holds
+    probabilities in [0, 1], each batch binarized afresh.
+
+    ``out_dir``: a locked folder with ``checkpoint.pt`` after every epoch (``record``, the
+    run's other settings, stored with it); one that holds a run is refused unless ``resume``
+    (its settings must match) or ``overwrite``. Pyro's param store is not touched; the RNGs
+    only when ``settings.seed`` is given. Under torchrun (:mod:`pvae.training.distributed`)
+    the run is data-parallel: ``batch_size`` is the global batch, rank 0 writes the files.
+    Returns the final :class:`~pvae.training.state.TrainState`; DivergenceError (keeping the
+    last good checkpoint) if the loss or a parameter becomes NaN/Inf.
+    """
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise ConfigError(f"fit got unknown settings {unknown}; the TrainConfig fields are: "
+                          f"{', '.join(sorted(known))}")
+    settings = (settings or TrainConfig()).replace(**changes)
+    with contextlib.ExitStack() as stack:  # holds rank 0's lock on the run folder
+        out = None
+        with distributed.together("checking the run folder"):
+            if out_dir is not None:
+                out = stack.enter_context(run_lock(out_dir)) if distributed.is_main() \
+                    else Path(out_dir)
+                if distributed.is_main():
+                    claim(out, resume, overwrite)
+        session, state = init(vae, train_x, settings, test_x=test_x, out=out, resume=resume,
+                              device=device, progress=progress, record=record)
+        for _ in range(state.epoch, settings.epochs):
+            state = run_epoch(session, state)
+    return state

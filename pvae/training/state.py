@@ -1,0 +1,116 @@
+"""Training state as one immutable value, what :func:`pvae.training.loop.fit` resumes from;
+only :mod:`pvae.training.checkpoint` turns it into bytes and back."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch's numbers, per image in nats. ``beta`` is the KL weight at the epoch's
+    last step (β times the warm-up fraction); ``train_elbo`` is the running mean of the
+    training objective's bound at that β (the IWAE bound with ``loss="iwae"``);
+    ``test_elbo`` is the plain one-sample ELBO at β = 1; ``lr`` the learning rate after the
+    epoch's last step; ``seconds`` and ``cpu_seconds`` the epoch's wall and CPU time in its
+    steps (this process's, all its threads; None in checkpoints older than the field)."""
+
+    epoch: int
+    step: int
+    beta: float
+    train_elbo: float
+    test_elbo: float | None
+    seconds: float
+    lr: float | None = None
+    cpu_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """Everything a resumed ``fit`` needs besides the VAE's weights and the run's configuration:
+    the optimizer's and the learning-rate scheduler's ``state_dict()``, every RNG state, and
+    what the training data were (``data``: :func:`data_identity`), so that a run is never
+    resumed on other data."""
+
+    epoch: int
+    step: int
+    history: tuple[EpochRecord, ...]
+    train_seconds: float
+    optimizer: dict
+    rng: dict
+    scheduler: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Plain dicts, tuples, numbers and tensors: ``torch.load(weights_only=True)`` reads it.
+
+        Shallow: the optimizer and RNG states are not copied (``dataclasses.asdict`` would
+        deep-copy them once per epoch)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out.update(history=[dataclasses.asdict(r) for r in self.history])
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainState":
+        """The inverse of :meth:`to_dict` (a ``settings`` entry of format 2 is left out);
+        KeyError/TypeError when a field is missing or wrong."""
+        return cls(epoch=int(d["epoch"]), step=int(d["step"]),
+                   history=tuple(EpochRecord(**r) for r in d["history"]),
+                   train_seconds=float(d["train_seconds"]),
+                   optimizer=dict(d["optimizer"]), rng=dict(d["rng"]),
+                   data=dict(d.get("data") or {}),
+                   scheduler=dict(d.get("scheduler") or {}))
+
+
+def train_cpu_seconds(history) -> float | None:
+    """The CPU seconds of every epoch of ``history``; None when one was not measured."""
+    times = [r.cpu_seconds for r in history]
+    return None if None in times else float(sum(times))
+
+
+def data_identity(x: torch.Tensor) -> dict[str, Any]:
+    """What a training set is: its shape and the SHA-256 of its values (as float32 bytes, so
+    the same images in another dtype or on another device are the same data)."""
+    values = x.detach().to("cpu", torch.float32).contiguous().numpy()
+    return {"shape": list(values.shape), "sha256": hashlib.sha256(values.tobytes()).hexdigest()}
+
+
+def data_difference(saved: dict, now: dict) -> str | None:
+    """How the training data ``now`` differ from those a checkpoint recorded (None: the same,
+    or nothing was recorded)."""
+    if not saved or saved == now:
+        return None
+    if saved["shape"] != now["shape"]:
+        return f"the checkpoint trained on {saved['shape'][0]} examples of shape " \
+               f"{saved['shape'][1:]}, these are {now['shape'][0]} of shape {now['shape'][1:]}"
+    return "the images have the same shape but other values (a changed file or subset)"
+
+
+def rng_state() -> dict[str, Any]:
+    """The states of Python's, NumPy's and torch's (CPU and CUDA) generators, as plain data."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the generators saved by :func:`rng_state`."""
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(int(v) for v in mt.tolist()), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

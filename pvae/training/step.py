@@ -1,0 +1,78 @@
+"""One optimisation step of SVI on a VAE: the loss and gradients of ``pyro.infer.SVI(...).step``
+with one fused ``torch.optim.Adam`` over the VAE's parameters."""
+from __future__ import annotations
+
+from typing import Callable
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer.util import torch_item
+from torch import nn
+
+from ..errors import ConfigError
+from ..model.vae import VAE
+
+
+def make_optimizer(vae: VAE, lr: float, eps: float = 1e-8) -> torch.optim.Adam:
+    """One ``torch.optim.Adam`` (fused where torch can) over the VAE's trainable parameters:
+    the update ``pyro.optim.Adam`` applies per parameter."""
+    params = [p for p in vae.parameters() if p.requires_grad]
+    try:
+        return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, eps=eps)
+
+
+class LossModule(nn.Module):
+    """``forward(*args)`` = ``scale`` · ``objective``'s differentiable loss of ``vae`` on the
+    batch: the module ``DistributedDataParallel`` wraps so that ``backward`` all-reduces
+    (averages) the gradients over the ranks."""
+
+    def __init__(self, vae: VAE, objective: pyro.infer.ELBO, scale: float = 1.0):
+        super().__init__()
+        self.vae, self.objective, self.scale = vae, objective, float(scale)
+
+    def forward(self, *args) -> torch.Tensor:
+        loss = self.objective.differentiable_loss(self.vae.model, self.vae.guide, *args)
+        return loss * self.scale if self.scale != 1.0 else loss
+
+
+def make_step(vae: VAE, objective: pyro.infer.ELBO, optimizer: torch.optim.Optimizer,
+              loss_module: nn.Module | None = None) -> Callable[..., float]:
+    """Return ``step(*args) -> loss``: one gradient step on ``objective`` for ``vae``.
+
+    The loss and gradients of ``pyro.infer.SVI(...).step``, without SVI's per-step param
+    capture and per-parameter optimizers. The first step refuses (ConfigError) a free
+    ``pyro.param``, one that is not a parameter of the VAE's modules: it would not be updated.
+    ``loss_module`` (a ``DistributedDataParallel`` around a :class:`LossModule`), if given,
+    computes the loss instead, and its backward pass all-reduces the gradients.
+    """
+    model, guide = vae.model, vae.guide
+    compute = loss_module or (lambda *args: objective.differentiable_loss(model, guide, *args))
+    owned = {p for group in optimizer.param_groups for p in group["params"]}
+    optimizer.zero_grad(set_to_none=True)
+    checked = False
+
+    def step(*args) -> float:
+        nonlocal checked
+        if checked:
+            with vae.direct_params():
+                loss = compute(*args)
+        else:
+            with poutine.trace(param_only=True) as capture, vae.direct_params():
+                loss = compute(*args)
+            for name, site in capture.trace.nodes.items():
+                value = site["value"]
+                if getattr(value, "unconstrained", lambda: value)() not in owned:
+                    raise ConfigError(f"pyro.param {name!r} is not a parameter of the VAE's "
+                                      "modules, so fit cannot optimise it; make it an "
+                                      "nn.Parameter of a module or train with pyro.infer.SVI")
+            checked = True
+        if loss.requires_grad:
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return torch_item(loss)
+
+    return step
