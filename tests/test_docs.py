@@ -46,18 +46,24 @@ def test_every_page_with_python_has_blocks_the_collector_finds():
 
 @pytest.fixture
 def small_mnist(monkeypatch, mnist_dir):
+    """MNIST through every route (load_mnist, load_dataset, a run) is its first 300 training
+    and 100 test images, whatever subset a block asks for."""
     import pvae
     import pvae.data
+    import pvae.data.registry
 
-    real = pvae.data.load_mnist
+    real = pvae.data.registry.load_dataset
 
-    def load_small(data_dir="data", binarize=True, train_subset=None, test_subset=None):
-        return real(mnist_dir, binarize=binarize, train_subset=min(train_subset or 300, 300),
-                    test_subset=min(test_subset or 100, 100))
+    def load_small(dataset="mnist", data_dir="data", binarize=True, train_subset=None,
+                   test_subset=None):
+        if dataset != "mnist":
+            return real(dataset, data_dir, binarize, train_subset, test_subset)
+        return real(dataset, mnist_dir, binarize, min(train_subset or 300, 300),
+                    min(test_subset or 100, 100))
 
-    monkeypatch.setattr(pvae.data, "load_mnist", load_small)
-    monkeypatch.setattr(pvae, "load_mnist", load_small)
-    return load_small
+    for module in (pvae.data.registry, pvae.data, pvae):
+        monkeypatch.setattr(module, "load_dataset", load_small)
+    return lambda **kw: pvae.data.load_mnist("unused", **kw)
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=lambda p: p.name)

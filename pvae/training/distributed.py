@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..checks import env_seconds
+from ..checks import SEED_LIMIT, env_seconds
 from ..errors import ConfigError, PvaeError
 
 TIMEOUT = 600.0
@@ -89,6 +89,24 @@ def process_group(device_type: str = "cpu") -> Iterator[int]:
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}", "device")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device cuda was asked for but torch sees no CUDA device; use device "
+                          "cpu or auto", "device")
+    return torch.device(device)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of rank ``rank``'s RNGs in ``epoch`` of a data-parallel run: distinct per rank,
+    and a function of (seed, epoch, rank) alone, so a resumed run draws the same noise."""
+    return ((seed * 1_000_003 + epoch) * 1_000_033 + rank) % (SEED_LIMIT + 1)
 
 
 def world_size() -> int:

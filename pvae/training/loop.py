@@ -30,6 +30,7 @@ from ..infer.importance import log_likelihood
 from ..infer.objectives import make_loss
 from ..model.vae import VAE
 from . import checkpoint, distributed
+from .distributed import resolve_device
 from .config import TrainConfig
 from .recipes import beta_at, make_scheduler
 from .state import (EpochRecord, TrainState, data_difference, data_identity, rng_state,
@@ -38,18 +39,6 @@ from .step import LossModule, make_optimizer, make_step
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}", "device")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked for but torch sees no CUDA device; use device "
-                          "cpu or auto", "device")
-    return torch.device(device)
 
 
 @torch.no_grad()
@@ -66,30 +55,10 @@ def mean_elbo(vae: VAE, x: torch.Tensor) -> float:
         return float(distributed.gather(mine).mean())
 
 
-def as_training_data(x, name: str, dtype: torch.dtype) -> torch.Tensor:
-    """``x`` (a bool, integer or floating tensor) as ``dtype``; DataError for an empty or
-    complex tensor or something that is not a tensor."""
-    if not isinstance(x, torch.Tensor):
-        raise DataError(f"{name} must be a torch.Tensor of shape (N, x_dim), got "
-                        f"{type(x).__name__}; wrap a NumPy array with torch.from_numpy")
-    if x.is_complex():
-        raise DataError(f"{name} is complex ({x.dtype}); pass real pixel values")
-    if x.dim() >= 1 and x.shape[0] == 0:
-        raise DataError(f"{name} is empty (0 examples); pass at least one")
-    return x if x.dtype == dtype else x.to(dtype)
-
-
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """The seed of rank ``rank``'s RNGs in ``epoch`` of a data-parallel run: distinct per rank,
-    and a function of (seed, epoch, rank) alone, so a resumed run draws the same noise."""
-    return ((seed * 1_000_003 + epoch) * 1_000_033 + rank) % (SEED_LIMIT + 1)
-
-
 @dataclass
 class Session:
-    """The live objects of one training run: what :func:`run_epoch` works with. ``settings``
-    has its seed and binarization resolved; ``path`` is the checkpoint (None: none is written)
-    and ``record`` the rest of the run's configuration, stored in it."""
+    """What :func:`run_epoch` works with: the live objects of one run, ``settings`` with seed
+    and binarization resolved, the checkpoint ``path`` (or None) and its ``record``."""
 
     vae: VAE
     settings: TrainConfig
@@ -104,28 +73,36 @@ class Session:
     ddp: nn.Module | None = None
 
 
-def _check_data(vae: VAE, train_x, test_x, settings: TrainConfig):
-    """The training and test data as the VAE's dtype, checked; the batch split across ranks."""
+def _checked_data(vae: VAE, settings: TrainConfig, **sets) -> list[torch.Tensor | None]:
+    """The training and test data (``sets``) as the VAE's dtype, checked against the VAE and
+    the ranks of a data-parallel run (DataError/ConfigError naming the problem)."""
     dtype = next((p.dtype for p in vae.parameters() if p.is_floating_point()), torch.float32)
-    train_x = as_training_data(train_x, "the training data", dtype)
-    test_x = None if test_x is None else as_training_data(test_x, "the test data", dtype)
-    vae.check_data(train_x, probabilities=settings.binarize)
-    if test_x is not None:
-        vae.check_data(test_x)
-    if not vae.amortized and vae.num_data != train_x.shape[0]:
+    world, out = distributed.world_size(), []
+    for name, x in sets.items():
+        if x is None:
+            out.append(None)
+            continue
+        if not isinstance(x, torch.Tensor):
+            raise DataError(f"the {name} data must be a torch.Tensor of shape (N, x_dim), got "
+                            f"{type(x).__name__}; wrap a NumPy array with torch.from_numpy")
+        if x.is_complex() or (x.dim() >= 1 and x.shape[0] == 0):
+            raise DataError(f"the {name} data is " + (f"complex ({x.dtype}); pass real pixel "
+                            "values" if x.is_complex() else "empty (0 examples); pass at least one"))
+        x = x.to(dtype)
+        vae.check_data(x, probabilities=settings.binarize and name == "training")
+        if x.shape[0] < world:
+            raise ConfigError(f"{x.shape[0]} {name} example(s) are too few for {world} ranks; "
+                              "give at least one per rank")
+        out.append(x)
+    if not vae.amortized and vae.num_data != out[0].shape[0]:
         raise ConfigError(f"the guide holds parameters for {vae.num_data} examples but the "
-                          f"training set has {train_x.shape[0]}; build it with "
-                          f"num_data={train_x.shape[0]}")
-    world = distributed.world_size()
+                          f"training set has {out[0].shape[0]}; build it with "
+                          f"num_data={out[0].shape[0]}")
     if settings.batch_size % world:
         raise ConfigError(f"batch_size {settings.batch_size} is the global batch of {world} "
                           f"ranks and must be a multiple of {world}; each rank takes "
                           f"batch_size / {world} examples of it", "batch_size")
-    for name, x in (("training", train_x), ("test", test_x)):
-        if x is not None and x.shape[0] < world:
-            raise ConfigError(f"{x.shape[0]} {name} example(s) are too few for {world} ranks; "
-                              "give at least one per rank")
-    return train_x, test_x
+    return out
 
 
 def _resume(vae: VAE, optimizer, path: Path, settings: TrainConfig, data: dict
@@ -177,7 +154,7 @@ def init(vae: VAE, train_x: torch.Tensor, settings: TrainConfig, *,
         dev = distributed.local_device(resolve_device(device))
         if settings.binarize is None:
             settings = settings.replace(binarize=vae.likelihood.data_kind == "binary")
-        train_x, test_x = _check_data(vae, train_x, test_x, settings)
+        train_x, test_x = _checked_data(vae, settings, training=train_x, test=test_x)
         if resume and out is None:
             raise ConfigError("resume needs out_dir (the folder holding checkpoint.pt)", "resume")
     world, rank = distributed.world_size(), distributed.rank()
@@ -224,7 +201,7 @@ def _batches(session: Session, epoch: int):
     s, (world, rank) = session.settings, ((distributed.world_size(), distributed.rank())
                                           if session.ddp is not None else (1, 0))
     if session.ddp is not None:
-        pyro.set_rng_seed(epoch_seed(s.seed, epoch, rank))
+        pyro.set_rng_seed(distributed.epoch_seed(s.seed, epoch, rank))
     gen = torch.Generator().manual_seed(s.seed * 1_000_003 + epoch)
     steps = math.ceil(math.ceil(session.train_x.shape[0] / world) / (s.batch_size // world))
     return minibatches(session.train_x, s.batch_size, gen, binarize=s.binarize, rank=rank,
