@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import difflib
 import json
 import logging
 import math
@@ -28,7 +27,7 @@ from ..infer.estimators import ESTIMATORS
 from ..model.config import all_options
 from ..model.parts import options_taken
 from . import experiment
-from .config import RunConfig, setting_names
+from .config import RunConfig
 from .plotting import plot_comparison
 from .report import format_number
 
@@ -106,19 +105,12 @@ def config_for(base: RunConfig, setting: dict, out: Path,
     """``base`` with ``setting`` applied: run settings set directly, other keys as part
     options; the shared part ``options`` (and ``base``'s) reach only the configurations whose
     parts declare them."""
-    fields, known = setting_names() - {"options"}, set(all_options())
-    for key in setting:
-        if key not in fields and key not in known:
-            close = difflib.get_close_matches(key, sorted(fields | known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown key {key!r}{hint}; keys are the settings of pvae "
-                              "train (its flags, with _ for -) and the part options")
-    direct = {k: v for k, v in setting.items() if k in fields}
-    merged = base.replace(**direct, options={}, out=str(out), resume=False)
+    parts = {k: v for k, v in setting.items() if k in all_options()}
+    merged = base.replace(**{k: v for k, v in setting.items() if k not in parts}, options={},
+                          out=str(out), resume=False)
     taken = options_taken(merged.model.parts())
-    shared = {**base.model.options, **(options or {})}
-    return merged.replace(options={**{k: v for k, v in shared.items() if k in taken},
-                                   **{k: v for k, v in setting.items() if k not in fields}})
+    shared = {k: v for k, v in {**base.model.options, **(options or {})}.items() if k in taken}
+    return merged.replace(options=shared, **parts)
 
 
 def plan(base: RunConfig, settings: Sequence[dict], out: Path, reuse: bool = False,

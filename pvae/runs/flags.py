@@ -11,7 +11,6 @@ made, and a :class:`~pvae.errors.ConfigError` is one line naming the flags.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import re
 import typing
@@ -121,8 +120,3 @@ def run_config(args: argparse.Namespace, names: Iterable[str], options: Iterable
                base: RunConfig | None = None) -> RunConfig:
     """``base`` (default: RunConfig's defaults) with the parsed flags applied."""
     return (base or RunConfig()).replace(**parsed(args, names, options))
-
-
-def field_names(cls: type) -> list[str]:
-    """The setting names of the configuration dataclass ``cls``."""
-    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("flag")]

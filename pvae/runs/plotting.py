@@ -7,6 +7,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..infer.annealing import AISResult, BDMCResult
+from ..infer.importance import EvalResult
+
 
 def _plt():
     import matplotlib
@@ -128,7 +131,7 @@ def plot_ais(result, path: str | Path) -> Path:
     (:class:`~pvae.infer.annealing.BDMCResult`): upper against lower bound per simulated
     example, and the histogram of the gap."""
     fig, (ax1, ax2) = _plt().subplots(1, 2, figsize=(9, 3.5))
-    if hasattr(result, "gap"):
+    if isinstance(result, BDMCResult):
         lo, up, gap = (t.numpy() for t in (result.lower, result.upper, result.gap))
         ax1.scatter(lo, up, s=6, alpha=0.6)
         span = [min(lo.min(), up.min()), max(lo.max(), up.max())]
@@ -155,9 +158,9 @@ def plot_ais(result, path: str | Path) -> Path:
 def plot_estimate(result, path: str | Path) -> Path:
     """The figure of an estimator's result: :func:`plot_evaluation` for importance sampling,
     :func:`plot_ais` for AIS and BDMC, else a histogram of its per-example values."""
-    if hasattr(result, "ess"):
+    if isinstance(result, EvalResult):
         return plot_evaluation(result, path)
-    if hasattr(result, "accept_rate"):
+    if isinstance(result, (AISResult, BDMCResult)):
         return plot_ais(result, path)
     fig, ax = _plt().subplots(figsize=(5, 3.5))
     values = result.values()
