@@ -1,6 +1,5 @@
-"""Plain ``nn.Module`` builders: MLPs, the small convolutional encoder/decoder, flow maps.
-
-Nothing here knows about distributions; priors, likelihoods and guides wrap these."""
+"""Plain ``nn.Module`` builders, which priors, likelihoods and guides wrap: MLPs, the small
+convolutional encoder/decoder, flow maps."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -23,11 +22,9 @@ def mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int,
         activation: str = "tanh") -> nn.Sequential:
     """Affine layers ``in_dim -> hidden_dims... -> out_dim``, ``activation`` between them only."""
     act = _activation(activation)
-    dims = [int(in_dim), *[int(h) for h in hidden_dims], int(out_dim)]
-    layers: list[nn.Module] = [nn.Linear(dims[0], dims[1])]
-    for a, b in zip(dims[1:-1], dims[2:]):
-        layers += [act(), nn.Linear(a, b)]
-    return nn.Sequential(*layers)
+    dims = [int(in_dim), *map(int, hidden_dims), int(out_dim)]
+    layers = [m for a, b in zip(dims, dims[1:]) for m in (act(), nn.Linear(a, b))]
+    return nn.Sequential(*layers[1:])
 
 
 class Split(nn.Module):
@@ -56,9 +53,8 @@ def autoregressive_flow(dim: int, steps: int,
     if any(h < dim for h in hidden):
         raise ConfigError(f"flow hidden widths must be >= the latent size {dim}, got {hidden}")
     order = torch.arange(dim)
-    orders = [order if i % 2 == 0 else order.flip(0) for i in range(steps)]
-    return nn.ModuleList(AffineAutoregressive(AutoRegressiveNN(dim, hidden, permutation=perm))
-                         for perm in orders)
+    return nn.ModuleList(AffineAutoregressive(AutoRegressiveNN(
+        dim, hidden, permutation=order.flip(0) if i % 2 else order)) for i in range(steps))
 
 
 def image_side(x_dim: int) -> int:
@@ -75,8 +71,7 @@ def image_hw(x_dim: int, image_shape: Sequence[int] | None = None) -> tuple[int,
     """(H, W) of a one-channel image of ``x_dim`` pixels: ``image_shape`` if it has two sides,
     else the square of :func:`image_side`; ConfigError if H·W ≠ ``x_dim``."""
     if image_shape is None or len(image_shape) != 2:
-        side = image_side(x_dim)
-        return side, side
+        return (image_side(x_dim),) * 2
     h, w = (int(v) for v in image_shape)
     if h * w != int(x_dim):
         raise ConfigError(f"image_shape {tuple(image_shape)} holds {h * w} pixels, not x_dim="
@@ -109,8 +104,7 @@ class ConvEncoder(nn.Module):
 
 class ConvDecoder(nn.Module):
     """The mirror of :class:`ConvEncoder`: z -> an MLP -> ``2·channels`` maps of ⌈H/4⌉×⌈W/4⌉
-    -> two stride-2 transposed convolutions, cropped to H×W -> ``(..., H·W)`` unconstrained
-    values."""
+    -> two stride-2 transposed convolutions, cropped to H×W -> ``(..., H·W)`` real values."""
 
     def __init__(self, z_dim: int, hidden_dims: Sequence[int], x_dim: int,
                  activation: str = "tanh", channels: int = 32,
