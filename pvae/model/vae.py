@@ -1,9 +1,8 @@
-"""The VAE as a Pyro program: ``model(x)`` and ``guide(x)`` over the ``"data"`` plate.
+"""The VAE as a Pyro program: ``model(x)`` and ``guide(x)`` over the ``"data"`` plate, the
+only module that samples the sites ``"z"``, ``"z2"`` (a two-layer VAE's top latent) and ``"x"``.
 
-The only module that samples the sites ``"z"``, ``"z2"`` (the top latent of a two-layer VAE)
-and ``"x"``. A VAE carries its frozen :class:`~pvae.model.config.VAEConfig`, β included, and
-is the :class:`pvae.infer.host.Host` that inference is handed explicitly: its device, its
-data checks, its parameters and its encoder.
+A VAE carries its frozen :class:`~pvae.model.config.VAEConfig`, β included, and is the
+:class:`pvae.infer.host.Host` handed to inference: its device, data checks, parameters, encoder.
 """
 from __future__ import annotations
 
@@ -39,13 +38,9 @@ class VAE(PyroModule):
     an ``upper`` layer (:class:`~pvae.model.hierarchy.UpperLayer`) two stochastic layers: z2 ~
     p(z2) (the prior), z ~ p(z|z2), x ~ p(x|z), guided by q(z|x) q(z2|z).
 
-    The latent sites are scaled by :attr:`kl_weight` in model and guide, so ``Trace_ELBO``
-    minimises E_q[-log p(x|z)] + β·KL(q(z|x) || p(z)) (with two layers β·KL(q(z, z2|x) ||
-    p(z, z2))). The parts stay ``torch.nn`` modules whose parameters ``model`` and ``guide``
-    state with ``pyro.param``, so ``pyro.infer.SVI`` trains the VAE like any Pyro program.
-    :attr:`config` is its :class:`VAEConfig` (for one's own modules, one with their sizes and
-    β only). With a guide of per-example parameters the plate has the dataset size N
-    (``config.num_data``) and the batch's indices as ``subsample``.
+    The latent sites are scaled by :attr:`kl_weight`, so ``Trace_ELBO`` minimises
+    E_q[-log p(x|z)] + β·KL(q(z|x) || p(z)) (two layers: β·KL(q(z, z2|x) || p(z, z2))); the
+    parts' parameters are stated with ``pyro.param``, so ``pyro.infer.SVI`` trains the VAE.
     """
 
     def __init__(self, prior: nn.Module, likelihood: nn.Module, guide: nn.Module,
@@ -142,20 +137,16 @@ class VAE(PyroModule):
         """``pyro.param(name, p)`` for each trainable parameter of ``parts``, replacing a stale
         store entry of that name (an earlier VAE's), so ``pyro.optim`` updates this VAE's."""
         store = pyro.get_param_store()
-        for part in parts:
-            if getattr(self, part) is None:
-                continue
+        for part in (part for part in parts if getattr(self, part) is not None):
             for name, p in getattr(self, part).named_parameters(prefix=part):
-                if not p.requires_grad:
-                    continue
-                if name in store and store[name].unconstrained() is not p:
-                    del store[name]
-                pyro.param(name, p)
+                if p.requires_grad:
+                    if name in store and store[name].unconstrained() is not p:
+                        del store[name]
+                    pyro.param(name, p)
 
     def _plate(self, x: torch.Tensor, idx: torch.Tensor | None):
-        """The ``"data"`` plate of the batch ``x``: of size N with the batch's dataset indices
-        ``idx`` as its subsample (a guide of per-example parameters reads its rows), else of
-        the batch's size (the model of any VAE on new data)."""
+        """The ``"data"`` plate of the batch ``x``: of size N (``num_data``) with the batch's
+        dataset indices ``idx`` as its subsample, else of the batch's size."""
         if idx is None:
             return pyro.plate("data", x.shape[0])
         return pyro.plate("data", self.num_data or x.shape[0], subsample=idx)
@@ -168,10 +159,9 @@ class VAE(PyroModule):
         pz = self.prior()
         with self._plate(x, idx):
             with beta_handler(self.kl_weight):
-                if self.upper is None:
-                    z = pyro.sample("z", pz)
-                else:
-                    z = pyro.sample("z", self.upper.conditional(pyro.sample(TOP_SITE, pz)))
+                if self.upper is not None:
+                    pz = self.upper.conditional(pyro.sample(TOP_SITE, pz))
+                z = pyro.sample("z", pz)
             pyro.sample("x", self.likelihood(z), obs=x)
         return z
 
@@ -180,11 +170,10 @@ class VAE(PyroModule):
         returns z."""
         if not self._direct:
             self._param_statements("q", "upper")
-        with self._plate(x, idx):
-            with beta_handler(self.kl_weight):
-                z = pyro.sample("z", self.q(x, idx))
-                if self.upper is not None:
-                    pyro.sample(TOP_SITE, self.upper.posterior(z))
+        with self._plate(x, idx), beta_handler(self.kl_weight):
+            z = pyro.sample("z", self.q(x, idx))
+            if self.upper is not None:
+                pyro.sample(TOP_SITE, self.upper.posterior(z))
         return z
 
     def check_data(self, x: torch.Tensor, probabilities: bool = False) -> None:
@@ -219,13 +208,12 @@ class VAE(PyroModule):
             raise ConfigError("this VAE's guide owns per-example parameters and has no encoder "
                               "for new data")
         own = getattr(self.q, "encode", None)
-        q = self.q(x) if own is None else None
-        flows = shared_flows(q) if q is not None else []
-        if flows:
-            base = q.base_dist.base_dist
-            return base.loc, base.scale, flows
         if own is not None:
             return (*own(x), [])
+        q = self.q(x)
+        if flows := shared_flows(q):
+            base = q.base_dist.base_dist
+            return base.loc, base.scale, flows
         try:
             return q.mean, q.stddev, []
         except NotImplementedError:
@@ -250,14 +238,9 @@ def build_vae(prior: str = "standard", guide: str = "mlp", likelihood: str = "be
               image_shape: Sequence[int] | None = None, stochastic_layers: int = 1,
               top_z_dim: int = 50, top_hidden_dims: Sequence[int] = (100, 100),
               **options: Any) -> VAE:
-    """Build a :class:`VAE` from registry names; the default is the IWAE paper's 1-layer VAE.
-
-    The arguments become ``vae.config``; ``options`` go to the parts that declare them
-    (e.g. ``num_components`` of the ``mog`` prior, ``conv_channels`` of a ``conv`` guide and
-    decoder). ``image_shape`` (H, W) with H·W = ``x_dim`` shapes the convolutional nets and
-    the figures of non-square images. ``stochastic_layers=2`` with ``z_dim=100`` is the
-    paper's 2-layer VAE.
-    """
+    """A new :class:`VAE` whose ``config`` holds these arguments (defaults: the IWAE paper's
+    1-layer VAE; ``stochastic_layers=2`` with ``z_dim=100``: its 2-layer VAE); ``options`` go to
+    the parts that declare them (e.g. ``num_components`` of the ``mog`` prior)."""
     return VAE.from_config(VAEConfig(
         prior=prior, guide=guide, likelihood=likelihood, z_dim=z_dim, hidden_dims=hidden_dims,
         x_dim=x_dim, activation=activation, num_data=num_data, beta=beta, options=options,
