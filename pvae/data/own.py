@@ -1,9 +1,6 @@
-"""One's own images: an ``.npy`` file, an ``.npz`` file or an image folder.
-
-* ``.npy``: one array ``x`` of images;
-* ``.npz``: arrays ``train`` and ``test``, or one array ``x``;
-* a folder with one subfolder of images per class (torchvision's ``ImageFolder``), read as
-  grayscale, all of one size; the subfolder is the label.
+"""One's own images: an ``.npy`` file (one array ``x``), an ``.npz`` file (arrays ``train``
+and ``test``, or one array ``x``) or a folder of one subfolder per class (torchvision's
+``ImageFolder``, the subfolder the label), read as grayscale images all of one size.
 
 Images are ``(N, H, W)`` or flattened ``(N, D)``, with values in [0, 1] or whole numbers
 0–255 (divided by 255). From one array ``x`` a tenth (⌊N/10⌋, at least 1) chosen with the
@@ -44,23 +41,21 @@ def read_path(path: Path):
         raise DataError(f"{path} cannot be read as {suffix} ({str(err).splitlines()[0]})") from None
     if suffix == ".npy":
         return _hold_out(*as_images(loaded, str(path)), None, str(path))
-    arrays = loaded
-    if set(arrays) >= {"train", "test"}:
-        (train, shape), (test, test_shape) = (as_images(arrays[k], f"{path}['{k}']")
+    if set(loaded) >= {"train", "test"}:
+        (train, shape), (test, test_shape) = (as_images(loaded[k], f"{path}['{k}']")
                                               for k in ("train", "test"))
         if test_shape != shape:
             raise DataError(f"{path}: 'train' images have shape {shape} but 'test' images "
                             f"{test_shape}; both must be the same size")
         return (train, torch.zeros(len(train), dtype=torch.int64), test,
                 torch.zeros(len(test), dtype=torch.int64), shape)
-    if "x" in arrays:
-        return _hold_out(*as_images(arrays["x"], f"{path}['x']"), None, f"{path}['x']")
-    raise DataError(f"{path} holds the arrays {sorted(arrays)}; it needs 'train' and 'test', or "
+    if "x" in loaded:
+        return _hold_out(*as_images(loaded["x"], f"{path}['x']"), None, f"{path}['x']")
+    raise DataError(f"{path} holds the arrays {sorted(loaded)}; it needs 'train' and 'test', or "
                     "one array 'x' (of which a tenth is held out as the test set)")
 
 
 def _image_folder(path: Path):
-    """Grayscale images of one size in class subfolders (torchvision's ImageFolder)."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.datasets import ImageFolder
 
@@ -76,8 +71,7 @@ def _image_folder(path: Path):
                 pixels = np.asarray(img.convert("L"))
         except (OSError, UnidentifiedImageError) as err:
             raise DataError(f"{file} is not a readable image ({err})") from None
-        if size is None:
-            size = pixels.shape
+        size = size or pixels.shape
         if pixels.shape != size:
             raise DataError(f"{file} is {pixels.shape[1]}x{pixels.shape[0]} pixels but "
                             f"{folder.samples[0][0]} is {size[1]}x{size[0]}; all images must "
@@ -91,7 +85,6 @@ def _image_folder(path: Path):
 
 
 def _hold_out(x: torch.Tensor, shape: tuple[int, ...], y: torch.Tensor | None, source: str):
-    """Hold out ⌊N/10⌋ (at least 1) examples, chosen with :data:`HOLDOUT_SEED`, as the test set."""
     n = x.shape[0]
     if n < 2:
         raise DataError(f"{source} holds {n} image, too few to hold a test set out; give at "
