@@ -1,8 +1,7 @@
 """Files of a run folder: atomic writes, a lock against two runs in one folder, a write check.
 
-A run folder (``--out``) belongs to one process at a time: :func:`run_lock` holds an exclusive
-``fcntl.flock`` on ``OUT/.pvae.lock``, which the kernel drops when its process dies, however it
-dies, so the next run takes a killed run's lock over without guessing about stale PIDs.
+:func:`run_lock` holds an exclusive ``fcntl.flock`` on ``OUT/.pvae.lock``, which the kernel drops
+when its process dies, however it dies: the next run takes a killed run's lock over.
 """
 from __future__ import annotations
 

@@ -145,7 +145,7 @@ def ensure_mnist(data_dir: str | Path) -> Path:
 
 
 def _fetch(data_dir: Path) -> None:
-    """Routes 2 and 3, each network step under :func:`network_timeout`; DataError if both fail."""
+    """Routes 2 and 3; DataError if both fail."""
     import torchvision
 
     timeout = network_timeout()

@@ -121,10 +121,8 @@ class VAEConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of str/int/float/bool/list values (JSON and checkpoint safe)."""
-        out = as_dict(self)
-        out["options"] = {k: list(v) if isinstance(v, tuple) else v
-                          for k, v in self.options.items()}
-        return out
+        return {**as_dict(self), "options": {k: list(v) if isinstance(v, tuple) else v
+                                             for k, v in self.options.items()}}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], strict: bool = True) -> "VAEConfig":
@@ -150,6 +148,5 @@ class VAEConfig:
 
     def build_upper(self) -> UpperLayer | None:
         """A new :class:`~pvae.model.hierarchy.UpperLayer` with two stochastic layers, else None."""
-        if self.stochastic_layers == 1:
-            return None
-        return UpperLayer(self.z_dim, self.top_z_dim, self.top_hidden_dims, self.activation)
+        return (UpperLayer(self.z_dim, self.top_z_dim, self.top_hidden_dims, self.activation)
+                if self.stochastic_layers == 2 else None)

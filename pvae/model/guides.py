@@ -42,8 +42,7 @@ class NormalEncoder(_Guide):
 
 
 class ConvNormalEncoder(NormalEncoder):
-    """The Normal encoder with a :class:`~pvae.model.nets.ConvEncoder` (``conv_channels``) for
-    the MLP: x reshaped to one H×W channel, ``image_shape`` (default: square, 784 -> 28×28)."""
+    """The Normal encoder with a :class:`~pvae.model.nets.ConvEncoder` for the MLP."""
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
                  activation: str = "tanh", image_shape: Sequence[int] | None = None, *,
@@ -119,10 +118,9 @@ class LocalGuide(_Guide):
 
 
 class SemiAmortizedGuide(_Guide):
-    """Semi-amortized q (Kim et al. 2018): N(μ_K, σ_K) after ``refine_steps`` Adam steps (rate
-    ``refine_lr``, ``refine_particles`` samples) on each example's ELBO from the encoder's
-    (μ_0, σ_0), returned as μ_0 + stop_grad(μ_K − μ_0) (same for σ). It needs p(z) and p(x|z)
-    from :meth:`bind`; ``refine_steps=0`` is the encoder."""
+    """Semi-amortized q (Kim et al. 2018): N(μ_K, σ_K) after ``refine_steps`` Adam steps on each
+    example's ELBO from the encoder's (μ_0, σ_0), returned as μ_0 + stop_grad(μ_K − μ_0) (same
+    for σ); it needs p(z) and p(x|z) from :meth:`bind`."""
 
     uses_model = True
 

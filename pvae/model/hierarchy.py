@@ -15,9 +15,8 @@ TOP_SITE = "z2"
 
 
 class UpperLayer(nn.Module):
-    """p(z|z2) = N(μ_θ(z2), diag σ_θ(z2)²) and q(z2|z) = N(μ_φ(z), diag σ_φ(z)²), each from
-    an MLP of widths ``hidden_dims`` (σ = softplus(·) + 1e-5); the IWAE paper's sizes are
-    z (100) → (100, 100) → z2 (50) and back."""
+    """p(z|z2) = N(μ_θ(z2), diag σ_θ(z2)²) and q(z2|z) = N(μ_φ(z), diag σ_φ(z)²), each from an
+    MLP of widths ``hidden_dims`` (the IWAE paper: z (100) → (100, 100) → z2 (50) and back)."""
 
     def __init__(self, z_dim: int, top_z_dim: int = 50, hidden_dims: Sequence[int] = (100, 100),
                  activation: str = "tanh"):

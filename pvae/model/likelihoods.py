@@ -19,10 +19,9 @@ from .nets import ConvDecoder, mlp
 
 
 class _Decoded(nn.Module):
-    """Holds the decoder f: z → one distribution parameter per pixel: an MLP with widths
-    ``hidden_dims`` (``decoder="mlp"``) or a :class:`~pvae.model.nets.ConvDecoder` for images
-    of ``image_shape`` (H, W; default: square) (``"conv"``, with ``conv_channels``); a subclass
-    declares its ``_support``: (values outside it, its name, what it needs, the fix)."""
+    """The decoder f: z → one parameter per pixel (an MLP, or with ``decoder="conv"`` a
+    :class:`~pvae.model.nets.ConvDecoder`), and the support check of a subclass's ``_support``:
+    (values outside it, its name, what it needs, the fix)."""
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
                  activation: str = "tanh", image_shape: Sequence[int] | None = None, *,

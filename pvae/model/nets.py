@@ -1,5 +1,4 @@
-"""Plain ``nn.Module`` builders, which priors, likelihoods and guides wrap: MLPs, the small
-convolutional encoder/decoder, flow maps."""
+"""Plain ``nn.Module`` builders the parts wrap: MLPs, the convolutional encoder/decoder, flows."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -40,9 +39,8 @@ class Split(nn.Module):
 
 def autoregressive_flow(dim: int, steps: int,
                         hidden_dims: Sequence[int] | None = None) -> nn.ModuleList:
-    """``steps`` Pyro ``AffineAutoregressive`` maps y = μ(x) + exp(s(x))·x on ``dim`` variables,
-    in a ``ModuleList`` so the owner registers them. MADE widths ``hidden_dims`` (each ≥ dim;
-    empty: ``[3·dim + 1]``); variable orders alternate identity/reverse (fixed, not random)."""
+    """A ``ModuleList`` of ``steps`` Pyro ``AffineAutoregressive`` maps y = μ(x) + exp(s(x))·x of
+    MADE widths ``hidden_dims`` (each ≥ dim; empty: 3·dim + 1), orders alternately reversed."""
     from pyro.distributions.transforms import AffineAutoregressive
     from pyro.nn import AutoRegressiveNN
 
@@ -68,8 +66,7 @@ def image_side(x_dim: int) -> int:
 
 
 def image_hw(x_dim: int, image_shape: Sequence[int] | None = None) -> tuple[int, int]:
-    """(H, W) of a one-channel image of ``x_dim`` pixels: ``image_shape`` if it has two sides,
-    else the square of :func:`image_side`; ConfigError if H·W ≠ ``x_dim``."""
+    """(H, W): ``image_shape`` if it has two sides, else :func:`image_side`'s square."""
     if image_shape is None or len(image_shape) != 2:
         return (image_side(x_dim),) * 2
     h, w = (int(v) for v in image_shape)

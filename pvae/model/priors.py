@@ -42,9 +42,8 @@ class LearnedNormal(nn.Module):
 
 
 class MixturePrior(nn.Module):
-    """p(z) = Σ_k π_k N(z; μ_k, diag σ_k²), a learned mixture of K = ``num_components``
-    Gaussians: π = softmax(logits) (init uniform), μ_k ~ N(0, I) at first so the components
-    start apart, σ_k = softplus(ρ_k) + 1e-5 (init 1)."""
+    """p(z) = Σ_k π_k N(z; μ_k, diag σ_k²), K = ``num_components``, π = softmax(logits) (init
+    uniform), μ_k ~ N(0, I) at first (the components start apart), σ_k = softplus(ρ_k) + 1e-5."""
 
     def __init__(self, z_dim: int, *, num_components: int = 10):
         super().__init__()
@@ -127,9 +126,8 @@ class VampPrior(nn.Module):
 
 
 class FlowPrior(StandardNormal):
-    """A MAF prior: u = f_S(⋯ f_1(z)) ~ N(0, I) for ``flow_steps`` affine autoregressive maps
-    (:func:`~pvae.model.nets.autoregressive_flow`, widths ``flow_hidden``), so log p(z) =
-    log N(u; 0, I) + Σ_s log-det-Jacobian(f_s), one pass per step; sampling costs z_dim."""
+    """A MAF prior: u = f_S(⋯ f_1(z)) ~ N(0, I) for ``flow_steps`` affine autoregressive maps,
+    so log p(z) = log N(u; 0, I) + Σ_s log-det-Jacobian(f_s); sampling costs z_dim passes."""
 
     def __init__(self, z_dim: int, *, flow_steps: int = 2, flow_hidden: tuple[int, ...] = ()):
         super().__init__(z_dim)

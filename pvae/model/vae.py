@@ -1,8 +1,6 @@
-"""The VAE as a Pyro program: ``model(x)`` and ``guide(x)`` over the ``"data"`` plate, the
-only module that samples the sites ``"z"``, ``"z2"`` (a two-layer VAE's top latent) and ``"x"``.
-
-A VAE carries its frozen :class:`~pvae.model.config.VAEConfig`, β included, and is the
-:class:`pvae.infer.host.Host` handed to inference: its device, data checks, parameters, encoder.
+"""The VAE as a Pyro program: ``model(x)`` and ``guide(x)`` over the ``"data"`` plate, the only
+module that samples ``"z"``, ``"z2"`` (a two-layer VAE's top latent) and ``"x"``; it carries its
+frozen :class:`~pvae.model.config.VAEConfig` and is the :class:`pvae.infer.host.Host` of inference.
 """
 from __future__ import annotations
 
@@ -36,12 +34,10 @@ def beta_handler(beta: float):
 class VAE(PyroModule):
     """A VAE with prior p(z), likelihood p(x|z) and guide q(z|x) (:mod:`pvae.model.parts`); with
     an ``upper`` layer (:class:`~pvae.model.hierarchy.UpperLayer`) two stochastic layers: z2 ~
-    p(z2) (the prior), z ~ p(z|z2), x ~ p(x|z), guided by q(z|x) q(z2|z).
-
-    The latent sites are scaled by :attr:`kl_weight`, so ``Trace_ELBO`` minimises
-    E_q[-log p(x|z)] + β·KL(q(z|x) || p(z)) (two layers: β·KL(q(z, z2|x) || p(z, z2))); the
-    parts' parameters are stated with ``pyro.param``, so ``pyro.infer.SVI`` trains the VAE.
-    """
+    p(z2) (the prior), z ~ p(z|z2), x ~ p(x|z), guided by q(z|x) q(z2|z). The latent sites are
+    scaled by :attr:`kl_weight`, so ``Trace_ELBO`` minimises E_q[-log p(x|z)] + β·KL(q(z|x) ||
+    p(z)) (two layers: β·KL(q(z, z2|x) || p(z, z2))); the parts' parameters are stated with
+    ``pyro.param``, so ``pyro.infer.SVI`` trains the VAE."""
 
     def __init__(self, prior: nn.Module, likelihood: nn.Module, guide: nn.Module,
                  x_dim: int | None = None, num_data: int | None = None, beta: float = 1.0,
@@ -145,8 +141,7 @@ class VAE(PyroModule):
                     pyro.param(name, p)
 
     def _plate(self, x: torch.Tensor, idx: torch.Tensor | None):
-        """The ``"data"`` plate of the batch ``x``: of size N (``num_data``) with the batch's
-        dataset indices ``idx`` as its subsample, else of the batch's size."""
+        """The ``"data"`` plate: of size N subsampled at the dataset indices ``idx`` if given."""
         if idx is None:
             return pyro.plate("data", x.shape[0])
         return pyro.plate("data", self.num_data or x.shape[0], subsample=idx)
@@ -200,10 +195,9 @@ class VAE(PyroModule):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
-        """The encoder's diagonal Gaussian for ``x``: ``(loc, scale, flows)``, where ``flows``
-        is the flow f shared by all x of a guide q(z|x) = f(N(loc, scale²)) (the IAF guide;
-        else []); for another family the mean and standard deviation of q(z|x) (of 256 of its
-        draws where it has none). ConfigError for a guide without an encoder."""
+        """``(loc, scale, flows)`` of the encoder: q(z|x) = f(N(loc, scale²)) with ``flows`` f
+        shared by all x (the IAF guide; else []), or another family's mean and standard deviation
+        (of 256 draws where it has none); ConfigError for a guide without an encoder."""
         if not self.amortized:
             raise ConfigError("this VAE's guide owns per-example parameters and has no encoder "
                               "for new data")
@@ -241,8 +235,4 @@ def build_vae(prior: str = "standard", guide: str = "mlp", likelihood: str = "be
     """A new :class:`VAE` whose ``config`` holds these arguments (defaults: the IWAE paper's
     1-layer VAE; ``stochastic_layers=2`` with ``z_dim=100``: its 2-layer VAE); ``options`` go to
     the parts that declare them (e.g. ``num_components`` of the ``mog`` prior)."""
-    return VAE.from_config(VAEConfig(
-        prior=prior, guide=guide, likelihood=likelihood, z_dim=z_dim, hidden_dims=hidden_dims,
-        x_dim=x_dim, activation=activation, num_data=num_data, beta=beta, options=options,
-        image_shape=image_shape, stochastic_layers=stochastic_layers, top_z_dim=top_z_dim,
-        top_hidden_dims=top_hidden_dims))
+    return VAE.from_config(VAEConfig(**locals()))  # the arguments are VAEConfig's fields
