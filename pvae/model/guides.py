@@ -73,9 +73,8 @@ class LowRankEncoder(_Guide):
 
 
 class IAFEncoder(_Guide):
-    """q_φ(z|x): z₀ ~ N(μ_φ(x), diag σ_φ(x)²) then z = f_S(⋯ f_1(z₀)), ``flow_steps`` affine
-    autoregressive maps (:func:`~pvae.model.nets.autoregressive_flow`, widths ``flow_hidden``)
-    shared by all x: log q(z|x) = log N(z₀; μ, σ²) − Σ_s log-det-Jacobian(f_s)."""
+    """q_φ(z|x): z₀ ~ N(μ_φ(x), diag σ_φ(x)²), z = f_S(⋯ f_1(z₀)) by ``flow_steps`` autoregressive
+    maps shared by all x: log q(z|x) = log N(z₀; μ, σ²) − Σ_s log-det-Jacobian(f_s)."""
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
                  activation: str = "tanh", *, flow_steps: int = 2,

@@ -77,9 +77,8 @@ def image_hw(x_dim: int, image_shape: Sequence[int] | None = None) -> tuple[int,
 
 
 class ConvEncoder(nn.Module):
-    """``(..., H·W)`` images, zero-padded at the bottom and right to sides divisible by 4 ->
-    two stride-2 4×4 convolutions (``channels``, then twice that; 28 -> 14 -> 7) -> an MLP
-    head -> ``(..., out_dim)``. ``image_shape`` (H, W) defaults to the square of ``x_dim``."""
+    """``(..., H·W)`` images, zero-padded to sides divisible by 4 -> two stride-2 4×4 convolutions
+    (``channels``, then twice that; 28 -> 14 -> 7) -> an MLP head -> ``(..., out_dim)``."""
 
     def __init__(self, x_dim: int, hidden_dims: Sequence[int], out_dim: int,
                  activation: str = "tanh", channels: int = 32,

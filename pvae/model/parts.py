@@ -40,9 +40,7 @@ class Likelihood(Protocol):
     data_kind: str
 
     def __call__(self, z: torch.Tensor) -> Distribution: ...
-
     def mean(self, z: torch.Tensor) -> torch.Tensor: ...
-
     def check(self, x: torch.Tensor) -> None: ...
 
 

@@ -65,10 +65,9 @@ EDGE_MARGIN = 0.01
 
 class VampPrior(nn.Module):
     """The VampPrior (Tomczak & Welling, 2018): p(z) = (1/K) Σ_k q(z | u_k), the guide q at
-    K = ``num_pseudo_inputs`` learned u_k = hardtanh(a), a ~ N(0.05, 0.01²) at first, as in the
-    paper (a sigmoid froze the u_k near blank images: test ELBO −158 against −129 after 10 MNIST
-    epochs), or u = a ~ N(0, 0.01²) unless ``bounded_pseudo_inputs``. ``encoder`` (the guide)
-    is a reference, not a child: its parameters are ``q.*``."""
+    K learned u_k = hardtanh(a), a ~ N(0.05, 0.01²) at first, as in the paper (a sigmoid froze
+    the u_k near blank images: test ELBO −158 against −129 after 10 MNIST epochs), or u = a ~
+    N(0, 0.01²) unless ``bounded_pseudo_inputs``; ``encoder`` is the guide, not a child."""
 
     def __init__(self, z_dim: int, x_dim: int, guide: nn.Module | None = None, *,
                  num_pseudo_inputs: int = 500, bounded_pseudo_inputs: bool = True):
@@ -84,8 +83,7 @@ class VampPrior(nn.Module):
         k = int(num_pseudo_inputs)
         if k < 1:
             raise ConfigError(f"num_pseudo_inputs must be >= 1, got {num_pseudo_inputs}")
-        self.z_dim = int(z_dim)
-        self.bounded = bool(bounded_pseudo_inputs)
+        self.z_dim, self.bounded = int(z_dim), bool(bounded_pseudo_inputs)
         object.__setattr__(self, "encoder", guide)
         init = (0.05 if self.bounded else 0.0) + 0.01 * torch.randn(k, int(x_dim))
         self.raw_pseudo_inputs = nn.Parameter(init)

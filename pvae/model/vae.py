@@ -121,8 +121,7 @@ class VAE(PyroModule):
 
     @contextlib.contextmanager
     def direct_params(self):
-        """Within this context ``model`` and ``guide`` issue no ``pyro.param`` statements, for
-        optimisers that hold ``vae.parameters()`` themselves (``pvae.training.loop``)."""
+        """Within this context ``model`` and ``guide`` issue no ``pyro.param`` statements."""
         self._direct += 1
         try:
             yield self
@@ -147,8 +146,7 @@ class VAE(PyroModule):
         return pyro.plate("data", self.num_data or x.shape[0], subsample=idx)
 
     def model(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """z ~ p(z) (two layers: z2 ~ p(z2), z ~ p(z|z2)), x ~ p(x|z), each example in the
-        ``"data"`` plate; returns z."""
+        """z ~ p(z) (two layers: z2 ~ p(z2), z ~ p(z|z2)), x ~ p(x|z) in the plate; returns z."""
         if not self._direct:
             self._param_statements("prior", "likelihood", "upper")
         pz = self.prior()
@@ -161,8 +159,7 @@ class VAE(PyroModule):
         return z
 
     def guide(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """z ~ q(z|x) (two layers: then z2 ~ q(z2|z)), each example in the ``"data"`` plate;
-        returns z."""
+        """z ~ q(z|x) (two layers: then z2 ~ q(z2|z)) in the ``"data"`` plate; returns z."""
         if not self._direct:
             self._param_statements("q", "upper")
         with self._plate(x, idx), beta_handler(self.kl_weight):
