@@ -51,12 +51,11 @@ class VAE(PyroModule):
             raise ConfigError(f"two stochastic layers need a prior p(z2) of the upper layer's "
                               f"size {upper.top_z_dim} (got {prior.z_dim}) and a guide that does "
                               "not run the model")
-        z_dim = int(prior.z_dim if upper is None else upper.z_dim)
+        self.z_dim = int(prior.z_dim if upper is None else upper.z_dim)
         if config is None:
-            config = VAEConfig(prior=None, guide=None, likelihood=None, z_dim=z_dim,
+            config = VAEConfig(prior=None, guide=None, likelihood=None, z_dim=self.z_dim,
                                x_dim=x_dim, num_data=num_data, beta=beta)
         self.prior, self.likelihood, self.q, self.upper = prior, likelihood, guide, upper
-        self.z_dim = z_dim
         self._direct, self._warmup = 0, 1.0
         object.__setattr__(self, "config", config)
         if guide.uses_model:
@@ -65,8 +64,7 @@ class VAE(PyroModule):
     @classmethod
     def from_config(cls, config: VAEConfig) -> "VAE":
         """A new VAE (fresh weights from the global torch RNG) built from ``config``."""
-        prior, likelihood, guide = config.build()
-        return cls(prior, likelihood, guide, config=config, upper=config.build_upper())
+        return cls(*config.build(), config=config, upper=config.build_upper())
 
     @property
     def x_dim(self) -> int:
