@@ -1,9 +1,7 @@
 """Files of a run folder: atomic writes, a lock against two runs in one folder, a write check.
 
-A run folder (``--out``) belongs to one process at a time: :func:`run_lock` holds an
-exclusive ``fcntl.flock`` on ``OUT/.pvae.lock`` for as long as a run writes there. The
-kernel drops the lock when its process dies, however it dies, so a lock left by a killed
-run is taken over by the next one without any guesswork about stale PIDs.
+:func:`run_lock` holds an exclusive ``fcntl.flock`` on ``OUT/.pvae.lock``, which the kernel drops
+when its process dies, however it dies: the next run takes a killed run's lock over.
 """
 from __future__ import annotations
 
@@ -24,7 +22,7 @@ except ImportError:  # not POSIX: runs are not locked
 LOCK_NAME = ".pvae.lock"
 RUN_FILES = ("metrics.json", "checkpoint.pt")
 """The files whose presence says that a folder holds a run."""
-_held: dict[Path, tuple[int, int]] = {}
+_held: dict[Path, list[int]] = {}  # a folder this process holds: [lock file descriptor, depth]
 
 
 def _umask() -> int:
@@ -45,17 +43,14 @@ def atomic_write(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
             kept = f"the previous {path.name} is intact" if path.exists() else \
                 f"no {path.name} was written"
             raise StorageError(f"the disk holding {path.parent} is full ({err.strerror}) while "
                                f"writing {path.name}; {kept}. Free some space and rerun "
                                "(with --resume to continue training)") from err
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -95,11 +90,8 @@ def claim(out: Path, resume: bool, overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def run_lock(out: str | Path) -> Iterator[Path]:
-    """Hold the run folder ``out`` for this process; ConfigError if another process holds it.
-
-    Re-entrant within a process. On taking the lock, temporary files that an interrupted
-    :func:`atomic_write` left behind (``.NAME.*.tmp``) are removed: no one else writes there.
-    """
+    """Hold the run folder ``out`` for this process (re-entrant), removing the ``.NAME.*.tmp``
+    files of an interrupted :func:`atomic_write`; ConfigError if another process holds it."""
     out = check_writable(out).resolve()
     if out not in _held:
         fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
@@ -115,14 +107,11 @@ def run_lock(out: str | Path) -> Iterator[Path]:
         os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
         for stale in out.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
-        _held[out] = (fd, 0)
-    fd, count = _held[out]
-    _held[out] = (fd, count + 1)
+        _held[out] = [fd, 0]
+    _held[out][1] += 1
     try:
         yield out
     finally:
-        fd, count = _held.pop(out)
-        if count > 1:
-            _held[out] = (fd, count - 1)
-        else:
-            os.close(fd)
+        _held[out][1] -= 1
+        if not _held[out][1]:
+            os.close(_held.pop(out)[0])

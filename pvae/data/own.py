@@ -1,14 +1,8 @@
-"""One's own images: an ``.npy`` file, an ``.npz`` file or an image folder.
-
-* ``.npy``: one array ``x`` of images;
-* ``.npz``: arrays ``train`` and ``test``, or one array ``x``;
-* a folder with one subfolder of images per class (torchvision's ``ImageFolder``), read as
-  grayscale, all of one size; the subfolder is the label.
-
-Images are ``(N, H, W)`` or flattened ``(N, D)``, with values in [0, 1] or whole numbers
-0–255 (divided by 255). From one array ``x`` a tenth (⌊N/10⌋, at least 1) chosen with the
-fixed seed :data:`HOLDOUT_SEED` is held out as the test set. Bad data is a DataError naming
-the file and what is wrong, raised before anything trains.
+"""One's own images: an ``.npy`` file (one array ``x``), an ``.npz`` file (arrays ``train`` and
+``test``, or one array ``x``) or a folder of one subfolder of grayscale images per class
+(torchvision's ``ImageFolder``). Images are ``(N, H, W)`` or flattened ``(N, D)``, in [0, 1] or
+whole numbers 0–255; from one array ``x`` a tenth (⌊N/10⌋, at least 1), chosen with the fixed
+seed :data:`HOLDOUT_SEED`, is held out as the test set; bad data is a DataError naming the file.
 """
 from __future__ import annotations
 
@@ -24,8 +18,7 @@ HOLDOUT_SEED = 0
 
 
 def read_path(path: Path):
-    """``(train_x, train_y, test_x, test_y, image_shape)`` of an .npy file, an .npz file or an
-    ImageFolder directory."""
+    """``(train_x, train_y, test_x, test_y, image_shape)`` of the file or folder ``path``."""
     if not path.exists():
         raise DataError(f"--dataset {path}: no such file or folder; give mnist, fashion-mnist, "
                         "kmnist, or the path of an .npy/.npz file or of an image folder")
@@ -44,23 +37,21 @@ def read_path(path: Path):
         raise DataError(f"{path} cannot be read as {suffix} ({str(err).splitlines()[0]})") from None
     if suffix == ".npy":
         return _hold_out(*as_images(loaded, str(path)), None, str(path))
-    arrays = loaded
-    if set(arrays) >= {"train", "test"}:
-        (train, shape), (test, test_shape) = (as_images(arrays[k], f"{path}['{k}']")
+    if set(loaded) >= {"train", "test"}:
+        (train, shape), (test, test_shape) = (as_images(loaded[k], f"{path}['{k}']")
                                               for k in ("train", "test"))
         if test_shape != shape:
             raise DataError(f"{path}: 'train' images have shape {shape} but 'test' images "
                             f"{test_shape}; both must be the same size")
         return (train, torch.zeros(len(train), dtype=torch.int64), test,
                 torch.zeros(len(test), dtype=torch.int64), shape)
-    if "x" in arrays:
-        return _hold_out(*as_images(arrays["x"], f"{path}['x']"), None, f"{path}['x']")
-    raise DataError(f"{path} holds the arrays {sorted(arrays)}; it needs 'train' and 'test', or "
+    if "x" in loaded:
+        return _hold_out(*as_images(loaded["x"], f"{path}['x']"), None, f"{path}['x']")
+    raise DataError(f"{path} holds the arrays {sorted(loaded)}; it needs 'train' and 'test', or "
                     "one array 'x' (of which a tenth is held out as the test set)")
 
 
 def _image_folder(path: Path):
-    """Grayscale images of one size in class subfolders (torchvision's ImageFolder)."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.datasets import ImageFolder
 
@@ -69,29 +60,26 @@ def _image_folder(path: Path):
     except (FileNotFoundError, OSError) as err:
         raise DataError(f"{path}: not an image folder ({str(err).splitlines()[0]}); it needs "
                         f"one subfolder of images per class, e.g. {path}/cats/1.png") from None
-    images, labels, size = [], [], None
-    for file, label in folder.samples:
+    images, size = [], None
+    for file, _ in folder.samples:
         try:
             with Image.open(file) as img:
                 pixels = np.asarray(img.convert("L"))
         except (OSError, UnidentifiedImageError) as err:
             raise DataError(f"{file} is not a readable image ({err})") from None
-        if size is None:
-            size = pixels.shape
+        size = size or pixels.shape
         if pixels.shape != size:
             raise DataError(f"{file} is {pixels.shape[1]}x{pixels.shape[0]} pixels but "
                             f"{folder.samples[0][0]} is {size[1]}x{size[0]}; all images must "
                             "have one size")
         images.append(pixels)
-        labels.append(label)
     if not images:
         raise DataError(f"{path} holds no images")
     x, shape = as_images(np.stack(images), str(path))
-    return _hold_out(x, shape, torch.tensor(labels, dtype=torch.int64), str(path))
+    return _hold_out(x, shape, torch.tensor(folder.targets, dtype=torch.int64), str(path))
 
 
 def _hold_out(x: torch.Tensor, shape: tuple[int, ...], y: torch.Tensor | None, source: str):
-    """Hold out ⌊N/10⌋ (at least 1) examples, chosen with :data:`HOLDOUT_SEED`, as the test set."""
     n = x.shape[0]
     if n < 2:
         raise DataError(f"{source} holds {n} image, too few to hold a test set out; give at "
@@ -103,9 +91,8 @@ def _hold_out(x: torch.Tensor, shape: tuple[int, ...], y: torch.Tensor | None, s
 
 
 def as_images(array, source: str) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """``array`` of (N, H, W) or (N, D) images as (N, H·W) float32 in [0, 1] and one image's
-    shape; values in [0, 1] are kept, whole numbers 0–255 divided by 255. DataError naming
-    ``source`` for another shape, no examples, NaN/Inf, or values out of those ranges."""
+    """``(x, image_shape)``: the images ``array`` as (N, H·W) float32 in [0, 1] (whole numbers
+    0–255 divided by 255); DataError naming ``source`` for anything else."""
     a = np.asarray(array)
     if a.dtype.kind not in "biuf":
         raise DataError(f"{source} holds {a.dtype} values; images must be numbers")
@@ -123,9 +110,7 @@ def as_images(array, source: str) -> tuple[torch.Tensor, tuple[int, ...]]:
         raise DataError(f"{source} has values in [{lo:g}, {hi:g}]; images must lie in [0, 1] "
                         "or be whole numbers 0-255")
     x = torch.from_numpy(a.reshape(a.shape[0], -1)).float()
-    if hi > 1:
-        x = x.div_(255.0)
     shape = tuple(int(s) for s in a.shape[1:])
     if len(shape) == 1 and math.isqrt(shape[0]) ** 2 == shape[0]:
         shape = (math.isqrt(shape[0]),) * 2
-    return x, shape
+    return (x.div_(255.0) if hi > 1 else x), shape

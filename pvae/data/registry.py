@@ -2,11 +2,8 @@
 
 :data:`DATASETS` maps a name to a loader ``loader(data_dir) -> (train_x, train_y, test_x,
 test_y, image_shape)`` of the full splits, images flattened and in [0, 1]: ``mnist`` takes
-:func:`pvae.data.mnist.read_mnist`'s offline route; ``fashion-mnist`` and ``kmnist`` use
-torchvision's classes under ``DATA_DIR`` (downloaded there when their raw files are missing).
-Anything else is a path to one's own images (:mod:`pvae.data.own`). :func:`load_dataset`
-keeps the first ``*_subset`` examples of each split and, for a binary likelihood, binarizes
-the test images once (seed 123); the training images are binarized per batch.
+:func:`pvae.data.mnist.read_mnist`'s offline route, ``fashion-mnist`` and ``kmnist``
+torchvision's download. Anything else is a path to one's own images (:mod:`pvae.data.own`).
 """
 from __future__ import annotations
 
@@ -24,8 +21,7 @@ from .own import as_images, read_path
 
 
 def torchvision_dataset(name: str, cls_name: str) -> Callable:
-    """The loader of torchvision's dataset class ``cls_name`` (the dataset ``name``),
-    downloading it if missing."""
+    """The loader of torchvision's dataset class ``cls_name``, downloading it if missing."""
 
     def load(root: str | Path):
         import torchvision
@@ -59,15 +55,13 @@ DATASETS: dict[str, Callable] = {
 
 def load_dataset(dataset: str = "mnist", data_dir: str | Path = "data", binarize: bool = True,
                  train_subset: int | None = None, test_subset: int | None = None) -> Dataset:
-    """Load ``dataset`` (a name of :data:`DATASETS` or a path), keeping the first ``*_subset``
-    examples of each split; with ``binarize`` the kept test images are binarized once."""
+    """The :class:`Dataset` ``dataset`` (a name of :data:`DATASETS` or a path), the first
+    ``*_subset`` examples of each split; with ``binarize`` the test images binarized once."""
     for flag, n in (("--train-subset", train_subset), ("--test-subset", test_subset)):
         check_subset(flag, n, None)
     loader = DATASETS.get(dataset)
-    if loader is not None:
-        train_x, train_y, test_x, test_y, shape = loader(data_dir)
-    else:
-        train_x, train_y, test_x, test_y, shape = read_path(Path(dataset))
+    train_x, train_y, test_x, test_y, shape = (loader(data_dir) if loader is not None else
+                                               read_path(Path(dataset)))
     for flag, n, x in (("--train-subset", train_subset, train_x),
                        ("--test-subset", test_subset, test_x)):
         check_subset(flag, n, x.shape[0], str(dataset))
@@ -101,7 +95,7 @@ class DataConfig:
         validate(self)
 
     def load(self, binarize: bool) -> Dataset:
-        """The data this section names (:func:`load_dataset`)."""
+        """The :class:`Dataset` this section names (:func:`load_dataset`)."""
         return load_dataset(self.dataset, self.data_dir, binarize, self.train_subset,
                             self.test_subset)
 

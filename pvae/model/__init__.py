@@ -1,2 +1,1 @@
-"""The VAE and its swappable parts: protocols, the model's configuration, priors, guides,
-likelihoods, the upper stochastic layer and plain networks."""
+"""The VAE and its swappable parts: protocols, configuration, priors, guides, likelihoods, nets."""

@@ -1,8 +1,7 @@
 """The model's own configuration: registry names, sizes, options and β, frozen and checked.
 
-:class:`VAEConfig` is the ``model`` section of the run configuration and all a checkpoint
-needs to rebuild a VAE from the registries of :data:`REGISTRIES`. Its fields marked
-``flag=False`` (``x_dim``, ``image_shape``, ``num_data``) are read off the data by a run.
+:class:`VAEConfig`, the ``model`` section of a run's configuration, is all a checkpoint needs
+to rebuild a VAE from :data:`REGISTRIES`; a run reads its ``flag=False`` fields off the data.
 """
 from __future__ import annotations
 
@@ -51,31 +50,23 @@ def all_options() -> dict[str, list[tuple[str, str, Any]]]:
     return out
 
 
-def _names(registry):
-    return lambda: sorted(registry)
-
-
 @dataclass(frozen=True)
 class VAEConfig:
-    """Everything that determines a VAE: registry names, sizes, part options and β.
+    """Everything that determines a VAE; ``options`` is read-only, each of its declared type.
 
-    Frozen and checked on creation (unknown names, sizes that are not positive whole numbers
-    and options no chosen part declares are ConfigErrors); ``options`` is read-only, each
-    value of its declared type. ``stochastic_layers=2`` adds the top latent z2 of
-    :class:`pvae.model.hierarchy.UpperLayer`: ``prior`` is then p(z2) (``top_z_dim``) and
-    ``z_dim`` the bottom latent's size (the IWAE paper: 100 and 50). A VAE assembled from
-    one's own modules has a configuration with no part names (``prior`` None): its sizes and
-    β only.
+    ``stochastic_layers=2`` adds the top latent z2 of :class:`~pvae.model.hierarchy.UpperLayer`:
+    ``prior`` is then p(z2) (``top_z_dim``) and ``z_dim`` the bottom latent's size (the IWAE
+    paper: 100 and 50). A VAE of one's own modules has no part names (all None), sizes and β only.
     """
 
-    prior: str | None = setting("standard", "the prior p(z)", choices=_names(PRIORS))
-    guide: str | None = setting("mlp", "the guide q(z|x)", choices=_names(GUIDES))
+    prior: str | None = setting("standard", "the prior p(z)", choices=lambda: sorted(PRIORS))
+    guide: str | None = setting("mlp", "the guide q(z|x)", choices=lambda: sorted(GUIDES))
     likelihood: str | None = setting("bernoulli", "the likelihood p(x|z)",
-                                     choices=_names(LIKELIHOODS))
+                                     choices=lambda: sorted(LIKELIHOODS))
     z_dim: int = setting(50, "latent units (of the bottom layer)", low=1)
     hidden_dims: tuple[int, ...] = setting((200, 200), "hidden widths of the encoder and "
                                            "decoder MLPs", low=1, metavar="H")
-    activation: str = setting("tanh", "the nets' activation", choices=_names(ACTIVATIONS))
+    activation: str = setting("tanh", "the nets' activation", choices=lambda: sorted(ACTIVATIONS))
     stochastic_layers: int = setting(1, "2: the IWAE paper's two-layer model, z2 -> z -> x",
                                      choices=lambda: (1, 2))
     top_z_dim: int = setting(50, "two layers: units of the top latent z2", low=1)
@@ -130,40 +121,31 @@ class VAEConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of str/int/float/bool/list values (JSON and checkpoint safe)."""
-        out = as_dict(self)
-        out["options"] = {k: list(v) if isinstance(v, tuple) else v
-                          for k, v in self.options.items()}
-        return out
+        return {**as_dict(self), "options": {k: list(v) if isinstance(v, tuple) else v
+                                             for k, v in self.options.items()}}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], strict: bool = True) -> "VAEConfig":
-        """The inverse of :meth:`to_dict`; with ``strict`` a key that is not a field is an
-        error, else it is left out (a run's whole flat configuration can be given)."""
+        """The inverse of :meth:`to_dict`; a key that is no field is an error if ``strict``."""
         return from_dict(cls, dict(values), strict)
 
     def build(self) -> tuple[nn.Module, nn.Module, nn.Module]:
-        """New ``(prior, likelihood, guide)`` modules; the guide is handed to the prior. With
-        two stochastic layers the prior is p(z2), of size ``top_z_dim``."""
+        """New ``(prior, likelihood, guide)`` modules, the guide handed to the prior (p(z2) with
+        two stochastic layers)."""
         if self.custom:
             raise ConfigError("this configuration names no parts (a VAE of one's own modules): "
                               "build the modules in Python")
-        shared = {"z_dim": self.z_dim, "x_dim": self.x_dim, "hidden_dims": self.hidden_dims,
-                  "activation": self.activation, "num_data": self.num_data,
-                  "image_shape": self.image_shape}
-        options = self.part_options()
-        made: dict[str, nn.Module] = {}
+        options, made = self.part_options(), {}
         for role in ("guide", "prior", "likelihood"):
             cls = REGISTRIES[role][getattr(self, role)]
-            args = {k: v for k, v in shared.items() if k in shared_arguments(cls)}
+            args = {k: made["guide"] if k == "guide" else getattr(self, k)
+                    for k in shared_arguments(cls)}
             if role == "prior" and self.stochastic_layers == 2:
                 args["z_dim"] = self.top_z_dim
-            if "guide" in shared_arguments(cls):
-                args["guide"] = made["guide"]
             made[role] = cls(**args, **options[role])
         return made["prior"], made["likelihood"], made["guide"]
 
     def build_upper(self) -> UpperLayer | None:
         """A new :class:`~pvae.model.hierarchy.UpperLayer` with two stochastic layers, else None."""
-        if self.stochastic_layers == 1:
-            return None
-        return UpperLayer(self.z_dim, self.top_z_dim, self.top_hidden_dims, self.activation)
+        return (UpperLayer(self.z_dim, self.top_z_dim, self.top_hidden_dims, self.activation)
+                if self.stochastic_layers == 2 else None)

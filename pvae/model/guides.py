@@ -1,5 +1,5 @@
-"""Guides q(z|x) (the interface: :class:`pvae.model.parts.Guide`), picked by name from :data:`GUIDES`;
-every scale is softplus(·) + 1e-5."""
+"""Guides q(z|x) (the interface: :class:`pvae.model.parts.Guide`), picked by name from
+:data:`GUIDES`; every scale is softplus(·) + 1e-5."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -17,7 +17,7 @@ from .nets import ConvEncoder, Split, autoregressive_flow, mlp
 
 
 class _Guide(nn.Module):
-    """The flags of :class:`pvae.model.parts.Guide` most guides have: amortized, not using the model."""
+    """The :class:`pvae.model.parts.Guide` flags of most guides: amortized, not using the model."""
 
     amortized = True
     uses_model = False
@@ -42,17 +42,15 @@ class NormalEncoder(_Guide):
 
 
 class ConvNormalEncoder(NormalEncoder):
-    """The Normal encoder with a :class:`pvae.nets.ConvEncoder` (``conv_channels``) for the MLP:
-    x reshaped to one H×W channel, ``image_shape`` (default: square, x_dim = 784 -> 28×28)."""
+    """The Normal encoder with a :class:`~pvae.model.nets.ConvEncoder` for the MLP."""
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
                  activation: str = "tanh", image_shape: Sequence[int] | None = None, *,
                  conv_channels: int = 32):
         nn.Module.__init__(self)
         self.z_dim = int(z_dim)
-        body = ConvEncoder(x_dim, hidden_dims, 2 * self.z_dim, activation, conv_channels,
-                           image_shape)
-        self.net = Split(body, 2)
+        self.net = Split(ConvEncoder(x_dim, hidden_dims, 2 * self.z_dim, activation,
+                                     conv_channels, image_shape), 2)
 
 
 class LowRankEncoder(_Guide):
@@ -75,10 +73,8 @@ class LowRankEncoder(_Guide):
 
 
 class IAFEncoder(_Guide):
-    """q_φ(z|x): z₀ ~ N(μ_φ(x), diag σ_φ(x)²) then z = f_S(⋯ f_1(z₀)), ``flow_steps`` affine
-    autoregressive maps (:func:`pvae.nets.autoregressive_flow`, widths ``flow_hidden``) shared
-    by all x: log q(z|x) = log N(z₀; μ, σ²) − Σ_s log-det-Jacobian(f_s). A sample's density
-    reuses the cached inverse; any other z (a VampPrior's K components) inverts once for all K."""
+    """q_φ(z|x): z₀ ~ N(μ_φ(x), diag σ_φ(x)²), z = f_S(⋯ f_1(z₀)) by ``flow_steps`` autoregressive
+    maps shared by all x: log q(z|x) = log N(z₀; μ, σ²) − Σ_s log-det-Jacobian(f_s)."""
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
                  activation: str = "tanh", *, flow_steps: int = 2,
@@ -93,10 +89,8 @@ class IAFEncoder(_Guide):
 
 
 class LocalGuide(_Guide):
-    """Non-amortized q(z_n) = N(m_n, diag softplus(ρ_n)²), starting at N(0, init_scale² I).
-
-    ``loc`` (m) and ``raw_scale`` (ρ) are ``(num_data, z_dim)``; ``forward(x, idx)`` takes the
-    rows ``idx`` (the ``"data"`` plate's subsample), so a batch touches only its own rows."""
+    """Non-amortized q(z_n) = N(m_n, diag softplus(ρ_n)²), starting at N(0, init_scale² I):
+    ``loc`` (m) and ``raw_scale`` (ρ) are ``(num_data, z_dim)``; a batch reads its rows ``idx``."""
 
     amortized = False
 
@@ -123,10 +117,9 @@ class LocalGuide(_Guide):
 
 
 class SemiAmortizedGuide(_Guide):
-    """Semi-amortized q (Kim et al. 2018): N(μ_K, σ_K) after ``refine_steps`` Adam steps (rate
-    ``refine_lr``, ``refine_particles`` samples) on each example's ELBO from the encoder's
-    (μ_0, σ_0), returned as μ_0 + stop_grad(μ_K − μ_0) (same for σ); see the amortization page
-    of the docs. It needs p(z) and p(x|z) from :meth:`bind`; ``refine_steps=0`` is the encoder."""
+    """Semi-amortized q (Kim et al. 2018): N(μ_K, σ_K) after ``refine_steps`` Adam steps on each
+    example's ELBO from the encoder's (μ_0, σ_0), returned as μ_0 + stop_grad(μ_K − μ_0) (same
+    for σ); it needs p(z) and p(x|z) from :meth:`bind`."""
 
     uses_model = True
 
@@ -137,9 +130,8 @@ class SemiAmortizedGuide(_Guide):
         if int(refine_steps) < 0 or int(refine_particles) < 1 or not float(refine_lr) > 0:
             raise ConfigError(f"refine_steps must be >= 0, refine_particles >= 1 and refine_lr "
                               f"> 0, got {refine_steps}, {refine_particles}, {refine_lr}")
-        self.z_dim = int(z_dim)
-        self.refine_steps, self.refine_lr = int(refine_steps), float(refine_lr)
-        self.refine_particles = int(refine_particles)
+        self.z_dim, self.refine_steps = int(z_dim), int(refine_steps)
+        self.refine_lr, self.refine_particles = float(refine_lr), int(refine_particles)
         self.encoder = NormalEncoder(z_dim, x_dim, hidden_dims, activation)
         self._model: tuple = ()
 
@@ -175,10 +167,5 @@ class SemiAmortizedGuide(_Guide):
 
 
 GUIDES: dict[str, type[nn.Module]] = {
-    "mlp": NormalEncoder,
-    "conv": ConvNormalEncoder,
-    "lowrank": LowRankEncoder,
-    "iaf": IAFEncoder,
-    "local": LocalGuide,
-    "semi": SemiAmortizedGuide,
-}
+    "mlp": NormalEncoder, "conv": ConvNormalEncoder, "lowrank": LowRankEncoder,
+    "iaf": IAFEncoder, "local": LocalGuide, "semi": SemiAmortizedGuide}

@@ -1,8 +1,6 @@
-"""The upper stochastic layer of a two-layer VAE (Burda, Grosse & Salakhutdinov, 2016).
-
-With it the model is z2 ~ p(z2), z ~ p(z|z2), x ~ p(x|z) and the guide q(z|x) q(z2|z): the
-bottom latent keeps the site name ``"z"`` (so the guide and likelihood of a one-layer VAE fit
-unchanged) and the top latent is the site ``"z2"``, both in the ``"data"`` plate."""
+"""The upper stochastic layer of a two-layer VAE (Burda, Grosse & Salakhutdinov, 2016): the
+model z2 ~ p(z2), z ~ p(z|z2), x ~ p(x|z), the guide q(z|x) q(z2|z); the bottom latent keeps
+the site ``"z"`` (a one-layer VAE's guide and likelihood fit unchanged), the top one is ``"z2"``."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -17,9 +15,8 @@ TOP_SITE = "z2"
 
 
 class UpperLayer(nn.Module):
-    """p(z|z2) = N(μ_θ(z2), diag σ_θ(z2)²) and q(z2|z) = N(μ_φ(z), diag σ_φ(z)²), each from
-    an MLP of widths ``hidden_dims`` (σ = softplus(·) + 1e-5); the IWAE paper's sizes are
-    z (100) → (100, 100) → z2 (50) and back."""
+    """p(z|z2) = N(μ_θ(z2), diag σ_θ(z2)²) and q(z2|z) = N(μ_φ(z), diag σ_φ(z)²), each from an
+    MLP of widths ``hidden_dims`` (the IWAE paper: z (100) → (100, 100) → z2 (50) and back)."""
 
     def __init__(self, z_dim: int, top_z_dim: int = 50, hidden_dims: Sequence[int] = (100, 100),
                  activation: str = "tanh"):

@@ -1,10 +1,9 @@
 """Likelihoods p(x|z): a decoder network and the observation distribution around it (the
-interface: :class:`pvae.parts.Likelihood`), picked by name from :data:`LIKELIHOODS`.
+interface: :class:`pvae.model.parts.Likelihood`), picked by name from :data:`LIKELIHOODS`.
 
-Only the Bernoulli likelihood gives a discrete log-probability (log p(x) ≤ 0 nats).
-The continuous likelihoods give a log-*density*: its value depends on the units of x,
-can be positive, and is not comparable with Bernoulli numbers (nor across continuous
-likelihoods on differently scaled data)."""
+Only the Bernoulli gives a discrete log-probability (log p(x) ≤ 0 nats); the continuous
+likelihoods give a log-*density*, which depends on the units of x, can be positive and is not
+comparable with Bernoulli numbers (nor across continuous likelihoods on differently scaled data)."""
 from __future__ import annotations
 
 import math
@@ -12,7 +11,6 @@ from typing import Sequence
 
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..distributions import BernoulliImage
@@ -20,16 +18,10 @@ from ..errors import ConfigError, DataError
 from .nets import ConvDecoder, mlp
 
 
-def _refuse(x: torch.Tensor, bad: torch.Tensor, likelihood: str, need: str, fix: str) -> None:
-    if bool(bad.any()):
-        raise DataError(f"the {likelihood} likelihood needs {need}, got values such as "
-                        f"{x[bad].flatten()[:3].tolist()}; {fix}")
-
-
 class _Decoded(nn.Module):
-    """Holds the decoder f: z → one distribution parameter per pixel: an MLP with widths
-    ``hidden_dims`` (``decoder="mlp"``) or a :class:`pvae.nets.ConvDecoder` for images of
-    ``image_shape`` (H, W; default: square) (``"conv"``, with ``conv_channels``)."""
+    """The decoder f: z → one parameter per pixel (an MLP, or with ``decoder="conv"`` a
+    :class:`~pvae.model.nets.ConvDecoder`), and the support check of a subclass's ``_support``:
+    (values outside it, its name, what it needs, the fix)."""
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
                  activation: str = "tanh", image_shape: Sequence[int] | None = None, *,
@@ -46,51 +38,49 @@ class _Decoded(nn.Module):
         for the Normal, the continuous Bernoulli's own mean (≠ λ)."""
         return self(z).mean.clamp(0.0, 1.0)
 
+    @classmethod
+    def check(cls, x: torch.Tensor) -> None:
+        """Raise DataError unless every value of ``x`` is in the likelihood's support."""
+        outside, name, need, fix = cls._support
+        bad = outside(x)
+        if bool(bad.any()):
+            raise DataError(f"the {name} likelihood needs {need}, got values such as "
+                            f"{x[bad].flatten()[:3].tolist()}; {fix}")
+
 
 class Bernoulli(_Decoded):
     """p(x|z) = ∏_d Bernoulli(x_d; σ(f(z)_d)): log p(x|z) = Σ_d x_d f_d − softplus(f_d), a
     discrete log-likelihood of binary x."""
 
     data_kind = "binary"
+    _support = (lambda x: (x != 0) & (x != 1), "Bernoulli", "binary data (0 or 1)",
+               "binarize the images (pvae.data binarizes MNIST) or pick a likelihood for "
+               "continuous data")
 
     def forward(self, z: torch.Tensor) -> dist.Distribution:
         return BernoulliImage(self.decoder(z))
 
-    @staticmethod
-    def check(x: torch.Tensor) -> None:
-        """Raise DataError unless every value of ``x`` is exactly 0 or 1."""
-        _refuse(x, (x != 0) & (x != 1), "Bernoulli", "binary data (0 or 1)",
-                "binarize the images (pvae.data binarizes MNIST) or pick a likelihood for "
-                "continuous data")
-
 
 class ContinuousBernoulli(_Decoded):
-    """p(x|z) = ∏_d CB(x_d; λ_d), λ = σ(f(z)), for grayscale x ∈ [0, 1].
-
-    The continuous Bernoulli of Loaiza-Ganem & Cunningham (2019): CB(x; λ) = C(λ) λ^x
-    (1 − λ)^(1−x), the normaliser C(λ) making it a density on [0, 1], so log p(x|z) is the
-    Bernoulli log-likelihood of grayscale pixels plus Σ_d log C(λ_d)."""
+    """p(x|z) = ∏_d CB(x_d; λ_d), λ = σ(f(z)), for grayscale x ∈ [0, 1]: the continuous
+    Bernoulli (Loaiza-Ganem & Cunningham, 2019) CB(x; λ) = C(λ) λ^x (1 − λ)^(1−x), whose
+    normaliser C(λ) adds Σ_d log C(λ_d) to the Bernoulli log-likelihood of grayscale pixels."""
 
     data_kind = "continuous"
+    _support = (lambda x: ~((x >= 0) & (x <= 1)), "continuous Bernoulli", "finite data in [0, 1]",
+               "clean them or rescale the images to [0, 1], or use likelihood 'normal'")
 
     def forward(self, z: torch.Tensor) -> dist.Distribution:
         return dist.ContinuousBernoulli(logits=self.decoder(z), validate_args=False).to_event(1)
 
-    @staticmethod
-    def check(x: torch.Tensor) -> None:
-        """Raise DataError unless every value of ``x`` is finite and in [0, 1]."""
-        _refuse(x, ~((x >= 0) & (x <= 1)), "continuous Bernoulli", "finite data in [0, 1]",
-                "clean them or rescale the images to [0, 1], or use likelihood 'normal'")
-
 
 class Normal(_Decoded):
-    """p(x|z) = ∏_d N(x_d; f(z)_d, σ²), for real-valued x.
-
-    σ is ``likelihood_scale`` or, with ``learn_scale``, one learned σ = 1e-3 + exp(s) starting
-    there, shared by all pixels: per-pixel scales collapse on constant pixels (MNIST's
-    borders) and send the density to infinity; the 1e-3 floor bounds it."""
+    """p(x|z) = ∏_d N(x_d; f(z)_d, σ²), for real-valued x: σ is ``likelihood_scale`` or, with
+    ``learn_scale``, one learned σ = 1e-3 + exp(s) starting there, shared by all pixels (per-pixel
+    scales collapse on constant pixels, MNIST's borders, and send the density to infinity)."""
 
     data_kind = "continuous"
+    _support = (lambda x: ~torch.isfinite(x), "Normal", "finite data", "clean or drop them")
     SIGMA_FLOOR = 1e-3
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
@@ -118,14 +108,6 @@ class Normal(_Decoded):
         loc = self.decoder(z)
         return dist.Normal(loc, self.scale.expand_as(loc), validate_args=False).to_event(1)
 
-    @staticmethod
-    def check(x: torch.Tensor) -> None:
-        """Raise DataError unless every value of ``x`` is finite."""
-        _refuse(x, ~torch.isfinite(x), "Normal", "finite data", "clean or drop them")
-
 
 LIKELIHOODS: dict[str, type[nn.Module]] = {
-    "bernoulli": Bernoulli,
-    "cbernoulli": ContinuousBernoulli,
-    "normal": Normal,
-}
+    "bernoulli": Bernoulli, "cbernoulli": ContinuousBernoulli, "normal": Normal}

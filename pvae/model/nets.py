@@ -1,6 +1,4 @@
-"""Plain ``nn.Module`` builders: MLPs, the small convolutional encoder/decoder, flow maps.
-
-Nothing here knows about distributions; priors, likelihoods and guides wrap these."""
+"""Plain ``nn.Module`` builders the parts wrap: MLPs, the convolutional encoder/decoder, flows."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -23,11 +21,9 @@ def mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int,
         activation: str = "tanh") -> nn.Sequential:
     """Affine layers ``in_dim -> hidden_dims... -> out_dim``, ``activation`` between them only."""
     act = _activation(activation)
-    dims = [int(in_dim), *[int(h) for h in hidden_dims], int(out_dim)]
-    layers: list[nn.Module] = [nn.Linear(dims[0], dims[1])]
-    for a, b in zip(dims[1:-1], dims[2:]):
-        layers += [act(), nn.Linear(a, b)]
-    return nn.Sequential(*layers)
+    dims = [int(in_dim), *map(int, hidden_dims), int(out_dim)]
+    layers = [m for a, b in zip(dims, dims[1:]) for m in (act(), nn.Linear(a, b))]
+    return nn.Sequential(*layers[1:])
 
 
 class Split(nn.Module):
@@ -43,9 +39,8 @@ class Split(nn.Module):
 
 def autoregressive_flow(dim: int, steps: int,
                         hidden_dims: Sequence[int] | None = None) -> nn.ModuleList:
-    """``steps`` Pyro ``AffineAutoregressive`` maps y = μ(x) + exp(s(x))·x on ``dim`` variables,
-    in a ``ModuleList`` so the owner registers them. MADE widths ``hidden_dims`` (each ≥ dim;
-    empty: ``[3·dim + 1]``); variable orders alternate identity/reverse (fixed, not random)."""
+    """A ``ModuleList`` of ``steps`` Pyro ``AffineAutoregressive`` maps y = μ(x) + exp(s(x))·x of
+    MADE widths ``hidden_dims`` (each ≥ dim; empty: 3·dim + 1), orders alternately reversed."""
     from pyro.distributions.transforms import AffineAutoregressive
     from pyro.nn import AutoRegressiveNN
 
@@ -56,9 +51,8 @@ def autoregressive_flow(dim: int, steps: int,
     if any(h < dim for h in hidden):
         raise ConfigError(f"flow hidden widths must be >= the latent size {dim}, got {hidden}")
     order = torch.arange(dim)
-    orders = [order if i % 2 == 0 else order.flip(0) for i in range(steps)]
-    return nn.ModuleList(AffineAutoregressive(AutoRegressiveNN(dim, hidden, permutation=perm))
-                         for perm in orders)
+    return nn.ModuleList(AffineAutoregressive(AutoRegressiveNN(
+        dim, hidden, permutation=order.flip(0) if i % 2 else order)) for i in range(steps))
 
 
 def image_side(x_dim: int) -> int:
@@ -72,11 +66,9 @@ def image_side(x_dim: int) -> int:
 
 
 def image_hw(x_dim: int, image_shape: Sequence[int] | None = None) -> tuple[int, int]:
-    """(H, W) of a one-channel image of ``x_dim`` pixels: ``image_shape`` if it has two sides,
-    else the square of :func:`image_side`; ConfigError if H·W ≠ ``x_dim``."""
+    """(H, W): ``image_shape`` if it has two sides, else :func:`image_side`'s square."""
     if image_shape is None or len(image_shape) != 2:
-        side = image_side(x_dim)
-        return side, side
+        return (image_side(x_dim),) * 2
     h, w = (int(v) for v in image_shape)
     if h * w != int(x_dim):
         raise ConfigError(f"image_shape {tuple(image_shape)} holds {h * w} pixels, not x_dim="
@@ -85,9 +77,8 @@ def image_hw(x_dim: int, image_shape: Sequence[int] | None = None) -> tuple[int,
 
 
 class ConvEncoder(nn.Module):
-    """``(..., H·W)`` images, zero-padded at the bottom and right to sides divisible by 4 ->
-    two stride-2 4×4 convolutions (``channels``, then twice that; 28 -> 14 -> 7) -> an MLP
-    head -> ``(..., out_dim)``. ``image_shape`` (H, W) defaults to the square of ``x_dim``."""
+    """``(..., H·W)`` images, zero-padded to sides divisible by 4 -> two stride-2 4×4 convolutions
+    (``channels``, then twice that; 28 -> 14 -> 7) -> an MLP head -> ``(..., out_dim)``."""
 
     def __init__(self, x_dim: int, hidden_dims: Sequence[int], out_dim: int,
                  activation: str = "tanh", channels: int = 32,
@@ -109,8 +100,7 @@ class ConvEncoder(nn.Module):
 
 class ConvDecoder(nn.Module):
     """The mirror of :class:`ConvEncoder`: z -> an MLP -> ``2·channels`` maps of ⌈H/4⌉×⌈W/4⌉
-    -> two stride-2 transposed convolutions, cropped to H×W -> ``(..., H·W)`` unconstrained
-    values."""
+    -> two stride-2 transposed convolutions, cropped to H×W -> ``(..., H·W)`` real values."""
 
     def __init__(self, z_dim: int, hidden_dims: Sequence[int], x_dim: int,
                  activation: str = "tanh", channels: int = 32,

@@ -1,11 +1,9 @@
 """What a prior, a likelihood and a guide must provide, and how their options are routed.
 
-A part is an ``nn.Module`` class held in a registry (:data:`pvae.model.config.REGISTRIES`). Its
-constructor takes, by name, the shared sizes it needs (:data:`SHARED`) and then
-keyword-only *options*, each with a default: those keyword-only parameters are the part's
-declared options, and the type of each default is the type the option must have. Nothing
-else is accepted, so a misspelled option is an error, not a silent default; every declared
-option is a flag of the command line, made from this declaration.
+A part is an ``nn.Module`` class in a registry (:data:`pvae.model.config.REGISTRIES`) whose
+constructor takes the shared sizes it needs (:data:`SHARED`) by name, then keyword-only
+*options* with defaults: its declared options, each of its default's type. Nothing else is
+accepted (a misspelled option is an error, not a silent default); each is a command-line flag.
 """
 from __future__ import annotations
 
@@ -34,31 +32,24 @@ class Prior(Protocol):
 
 @runtime_checkable
 class Likelihood(Protocol):
-    """p(x|z): ``likelihood(z)`` returns a distribution whose event is one flattened example.
-
+    """p(x|z): ``likelihood(z)`` returns a distribution whose event is one flattened example;
     ``data_kind`` is ``"binary"`` (a discrete log-likelihood; the data are binarized) or
     ``"continuous"`` (a log-density); ``check(x)`` raises DataError outside the support;
-    ``mean(z)`` is E[x|z], the image a figure shows.
-    """
+    ``mean(z)`` is E[x|z], the image a figure shows."""
 
     data_kind: str
 
     def __call__(self, z: torch.Tensor) -> Distribution: ...
-
     def mean(self, z: torch.Tensor) -> torch.Tensor: ...
-
     def check(self, x: torch.Tensor) -> None: ...
 
 
 @runtime_checkable
 class Guide(Protocol):
-    """q(z|x): ``guide(x, idx)`` returns a distribution with batch ``(B,)``, event ``(z_dim,)``.
-
-    ``amortized`` is False for a guide that owns one q(z_n) per training example and reads
-    the dataset indices ``idx`` of the batch (it has no encoder for new data).
-    ``uses_model`` is True for a guide that runs the model's prior and likelihood (the
-    semi-amortized refinement): the VAE hands them over with ``bind(prior, likelihood)``.
-    """
+    """q(z|x): ``guide(x, idx)`` returns a distribution with batch ``(B,)``, event ``(z_dim,)``;
+    ``amortized`` is False for one q(z_n) per training example, read at the batch's dataset
+    indices ``idx`` (no encoder for new data); ``uses_model`` is True for a guide that runs the
+    model's prior and likelihood, which the VAE hands over with ``bind(prior, likelihood)``."""
 
     amortized: bool
     uses_model: bool
@@ -85,7 +76,7 @@ def split_options(parts: Mapping[str, tuple[str, type]],
     to its declared type; ConfigError naming an undeclared one and the closest valid one."""
     declared = {role: declared_options(cls) for role, (_, cls) in parts.items()}
     routed: dict[str, dict[str, Any]] = {role: {} for role in parts}
-    valid = sorted({name for opts in declared.values() for name in opts})
+    valid = sorted(options_taken(parts))
     for key, value in options.items():
         owners = [role for role, opts in declared.items() if key in opts]
         if not owners:

@@ -1,7 +1,5 @@
-"""Priors p(z) (the interface: :class:`pvae.model.parts.Prior`), picked by name from :data:`PRIORS`.
-
-Learned quantities are ``nn.Parameter`` s (the VAE turns them into Pyro params), constants
-buffers."""
+"""Priors p(z) (the interface: :class:`pvae.model.parts.Prior`), picked by name from
+:data:`PRIORS`; learned quantities are ``nn.Parameter`` s (Pyro params in the VAE)."""
 from __future__ import annotations
 
 import math
@@ -30,10 +28,8 @@ class StandardNormal(nn.Module):
 
 
 class LearnedNormal(nn.Module):
-    """p(z) = N(μ, diag exp(2·s)) with learned μ and log-scale s, both initialised at 0 (N(0, I)).
-
-    With a learned decoder μ and s are redundant with its first layer: the simplest learned prior.
-    """
+    """p(z) = N(μ, diag exp(2·s)), learned μ and log-scale s starting at 0 (N(0, I)); with a
+    learned decoder they are redundant with its first layer: the simplest learned prior."""
 
     def __init__(self, z_dim: int):
         super().__init__()
@@ -46,10 +42,8 @@ class LearnedNormal(nn.Module):
 
 
 class MixturePrior(nn.Module):
-    """p(z) = Σ_k π_k N(z; μ_k, diag σ_k²), a learned mixture of K = ``num_components`` Gaussians.
-
-    π = softmax(logits) (init uniform), μ_k ~ N(0, I) at initialisation so the components
-    start apart, σ_k = softplus(ρ_k) + 1e-5 (init 1)."""
+    """p(z) = Σ_k π_k N(z; μ_k, diag σ_k²), K = ``num_components``, π = softmax(logits) (init
+    uniform), μ_k ~ N(0, I) at first (the components start apart), σ_k = softplus(ρ_k) + 1e-5."""
 
     def __init__(self, z_dim: int, *, num_components: int = 10):
         super().__init__()
@@ -70,12 +64,10 @@ EDGE_MARGIN = 0.01
 
 
 class VampPrior(nn.Module):
-    """The VampPrior (Tomczak & Welling, 2018): p(z) = (1/K) Σ_k q(z | u_k).
-
-    The guide q at K = ``num_pseudo_inputs`` learned u_k; with ``bounded_pseudo_inputs``
-    u = hardtanh(a), a ~ N(0.05, 0.01²) at first, as in the paper (a sigmoid froze the u_k
-    near blank images: test ELBO −158 against −129 after 10 MNIST epochs), else u = a ~
-    N(0, 0.01²). ``encoder`` (the guide) is a reference, not a child: its parameters are ``q.*``."""
+    """The VampPrior (Tomczak & Welling, 2018): p(z) = (1/K) Σ_k q(z | u_k), the guide q at
+    K learned u_k = hardtanh(a), a ~ N(0.05, 0.01²) at first, as in the paper (a sigmoid froze
+    the u_k near blank images: test ELBO −158 against −129 after 10 MNIST epochs), or u = a ~
+    N(0, 0.01²) unless ``bounded_pseudo_inputs``; ``encoder`` is the guide, not a child."""
 
     def __init__(self, z_dim: int, x_dim: int, guide: nn.Module | None = None, *,
                  num_pseudo_inputs: int = 500, bounded_pseudo_inputs: bool = True):
@@ -91,26 +83,21 @@ class VampPrior(nn.Module):
         k = int(num_pseudo_inputs)
         if k < 1:
             raise ConfigError(f"num_pseudo_inputs must be >= 1, got {num_pseudo_inputs}")
-        self.z_dim = int(z_dim)
-        self.bounded = bool(bounded_pseudo_inputs)
+        self.z_dim, self.bounded = int(z_dim), bool(bounded_pseudo_inputs)
         object.__setattr__(self, "encoder", guide)
         init = (0.05 if self.bounded else 0.0) + 0.01 * torch.randn(k, int(x_dim))
         self.raw_pseudo_inputs = nn.Parameter(init)
 
     @torch.no_grad()
     def start_at(self, images: torch.Tensor, generator: torch.Generator | None = None) -> None:
-        """Set the K pseudo-inputs to K distinct rows of ``images`` (values in [0, 1]), drawn
-        with ``generator``: the VampPrior starts as a mixture over the encoder at real data.
-
-        Bounded pseudo-inputs start at the images clamped to [m, 1 − m], m = ``EDGE_MARGIN``:
-        hardtanh's gradient is zero at 0 and 1, so a pixel started exactly there (81 % of
-        MNIST's training pixels are 0) would never move."""
-        k = self.raw_pseudo_inputs.shape[0]
-        if images.dim() != 2 or images.shape[0] < k or images.shape[1] != \
-                self.raw_pseudo_inputs.shape[1]:
+        """Set the K pseudo-inputs to K distinct rows of ``images`` (values in [0, 1]) drawn with
+        ``generator``; bounded ones clamped to [m, 1 − m], m = ``EDGE_MARGIN``, as hardtanh's
+        gradient is zero at 0 and 1 (where 81 % of MNIST's training pixels are)."""
+        k, d = self.raw_pseudo_inputs.shape
+        if images.dim() != 2 or images.shape[0] < k or images.shape[1] != d:
             raise ConfigError(f"starting {k} pseudo-inputs at training images needs at least "
-                              f"{k} images of {self.raw_pseudo_inputs.shape[1]} values, got "
-                              f"shape {tuple(images.shape)}; use fewer pseudo-inputs")
+                              f"{k} images of {d} values, got shape {tuple(images.shape)}; use "
+                              "fewer pseudo-inputs")
         rows = torch.randperm(images.shape[0], generator=generator)[:k]
         start = images[rows].to(self.raw_pseudo_inputs)
         if self.bounded:
@@ -126,8 +113,7 @@ class VampPrior(nn.Module):
     def forward(self) -> dist.Distribution:
         components = self.encoder(self.pseudo_inputs)
         logits = self.raw_pseudo_inputs.new_zeros(self.raw_pseudo_inputs.shape[0])
-        flows = shared_flows(components)
-        if flows:
+        if flows := shared_flows(components):
             components = components.base_dist
         base = getattr(components, "base_dist", None)
         if isinstance(base, dist.Normal) and components.reinterpreted_batch_ndims == 1:
@@ -138,9 +124,8 @@ class VampPrior(nn.Module):
 
 
 class FlowPrior(StandardNormal):
-    """A MAF prior: u = f_S(⋯ f_1(z)) ~ N(0, I) for ``flow_steps`` affine autoregressive maps
-    (:func:`pvae.nets.autoregressive_flow`, widths ``flow_hidden``), so log p(z) =
-    log N(u; 0, I) + Σ_s log-det-Jacobian(f_s), one pass per step; sampling costs z_dim."""
+    """A MAF prior: u = f_S(⋯ f_1(z)) ~ N(0, I) for ``flow_steps`` affine autoregressive maps,
+    so log p(z) = log N(u; 0, I) + Σ_s log-det-Jacobian(f_s); sampling costs z_dim passes."""
 
     def __init__(self, z_dim: int, *, flow_steps: int = 2, flow_hidden: tuple[int, ...] = ()):
         super().__init__(z_dim)
@@ -152,9 +137,5 @@ class FlowPrior(StandardNormal):
 
 
 PRIORS: dict[str, type[nn.Module]] = {
-    "standard": StandardNormal,
-    "learned": LearnedNormal,
-    "mog": MixturePrior,
-    "vamp": VampPrior,
-    "flow": FlowPrior,
-}
+    "standard": StandardNormal, "learned": LearnedNormal, "mog": MixturePrior, "vamp": VampPrior,
+    "flow": FlowPrior}

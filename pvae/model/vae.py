@@ -1,9 +1,6 @@
-"""The VAE as a Pyro program: ``model(x)`` and ``guide(x)`` over the ``"data"`` plate.
-
-The only module that samples the sites ``"z"``, ``"z2"`` (the top latent of a two-layer VAE)
-and ``"x"``. A VAE carries its frozen :class:`~pvae.model.config.VAEConfig`, β included, and
-is the :class:`pvae.infer.host.Host` that inference is handed explicitly: its device, its
-data checks, its parameters and its encoder.
+"""The VAE as a Pyro program: ``model(x)`` and ``guide(x)`` over the ``"data"`` plate, the only
+module that samples ``"z"``, ``"z2"`` (a two-layer VAE's top latent) and ``"x"``; it carries its
+frozen :class:`~pvae.model.config.VAEConfig` and is the :class:`pvae.infer.host.Host` of inference.
 """
 from __future__ import annotations
 
@@ -37,16 +34,10 @@ def beta_handler(beta: float):
 class VAE(PyroModule):
     """A VAE with prior p(z), likelihood p(x|z) and guide q(z|x) (:mod:`pvae.model.parts`); with
     an ``upper`` layer (:class:`~pvae.model.hierarchy.UpperLayer`) two stochastic layers: z2 ~
-    p(z2) (the prior), z ~ p(z|z2), x ~ p(x|z), guided by q(z|x) q(z2|z).
-
-    The latent sites are scaled by :attr:`kl_weight` in model and guide, so ``Trace_ELBO``
-    minimises E_q[-log p(x|z)] + β·KL(q(z|x) || p(z)) (with two layers β·KL(q(z, z2|x) ||
-    p(z, z2))). The parts stay ``torch.nn`` modules whose parameters ``model`` and ``guide``
-    state with ``pyro.param``, so ``pyro.infer.SVI`` trains the VAE like any Pyro program.
-    :attr:`config` is its :class:`VAEConfig` (for one's own modules, one with their sizes and
-    β only). With a guide of per-example parameters the plate has the dataset size N
-    (``config.num_data``) and the batch's indices as ``subsample``.
-    """
+    p(z2) (the prior), z ~ p(z|z2), x ~ p(x|z), guided by q(z|x) q(z2|z). The latent sites are
+    scaled by :attr:`kl_weight`, so ``Trace_ELBO`` minimises E_q[-log p(x|z)] + β·KL(q(z|x) ||
+    p(z)) (two layers: β·KL(q(z, z2|x) || p(z, z2))); the parts' parameters are stated with
+    ``pyro.param``, so ``pyro.infer.SVI`` trains the VAE."""
 
     def __init__(self, prior: nn.Module, likelihood: nn.Module, guide: nn.Module,
                  x_dim: int | None = None, num_data: int | None = None, beta: float = 1.0,
@@ -60,12 +51,11 @@ class VAE(PyroModule):
             raise ConfigError(f"two stochastic layers need a prior p(z2) of the upper layer's "
                               f"size {upper.top_z_dim} (got {prior.z_dim}) and a guide that does "
                               "not run the model")
-        z_dim = int(prior.z_dim if upper is None else upper.z_dim)
+        self.z_dim = int(prior.z_dim if upper is None else upper.z_dim)
         if config is None:
-            config = VAEConfig(prior=None, guide=None, likelihood=None, z_dim=z_dim,
+            config = VAEConfig(prior=None, guide=None, likelihood=None, z_dim=self.z_dim,
                                x_dim=x_dim, num_data=num_data, beta=beta)
         self.prior, self.likelihood, self.q, self.upper = prior, likelihood, guide, upper
-        self.z_dim = z_dim
         self._direct, self._warmup = 0, 1.0
         object.__setattr__(self, "config", config)
         if guide.uses_model:
@@ -74,8 +64,7 @@ class VAE(PyroModule):
     @classmethod
     def from_config(cls, config: VAEConfig) -> "VAE":
         """A new VAE (fresh weights from the global torch RNG) built from ``config``."""
-        prior, likelihood, guide = config.build()
-        return cls(prior, likelihood, guide, config=config, upper=config.build_upper())
+        return cls(*config.build(), config=config, upper=config.build_upper())
 
     @property
     def x_dim(self) -> int:
@@ -130,8 +119,7 @@ class VAE(PyroModule):
 
     @contextlib.contextmanager
     def direct_params(self):
-        """Within this context ``model`` and ``guide`` issue no ``pyro.param`` statements, for
-        optimisers that hold ``vae.parameters()`` themselves (``pvae.training.loop``)."""
+        """Within this context ``model`` and ``guide`` issue no ``pyro.param`` statements."""
         self._direct += 1
         try:
             yield self
@@ -142,49 +130,40 @@ class VAE(PyroModule):
         """``pyro.param(name, p)`` for each trainable parameter of ``parts``, replacing a stale
         store entry of that name (an earlier VAE's), so ``pyro.optim`` updates this VAE's."""
         store = pyro.get_param_store()
-        for part in parts:
-            if getattr(self, part) is None:
-                continue
+        for part in (part for part in parts if getattr(self, part) is not None):
             for name, p in getattr(self, part).named_parameters(prefix=part):
-                if not p.requires_grad:
-                    continue
-                if name in store and store[name].unconstrained() is not p:
-                    del store[name]
-                pyro.param(name, p)
+                if p.requires_grad:
+                    if name in store and store[name].unconstrained() is not p:
+                        del store[name]
+                    pyro.param(name, p)
 
     def _plate(self, x: torch.Tensor, idx: torch.Tensor | None):
-        """The ``"data"`` plate of the batch ``x``: of size N with the batch's dataset indices
-        ``idx`` as its subsample (a guide of per-example parameters reads its rows), else of
-        the batch's size (the model of any VAE on new data)."""
+        """The ``"data"`` plate: of size N subsampled at the dataset indices ``idx`` if given."""
         if idx is None:
             return pyro.plate("data", x.shape[0])
         return pyro.plate("data", self.num_data or x.shape[0], subsample=idx)
 
     def model(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """z ~ p(z) (two layers: z2 ~ p(z2), z ~ p(z|z2)), x ~ p(x|z), each example in the
-        ``"data"`` plate; returns z."""
+        """z ~ p(z) (two layers: z2 ~ p(z2), z ~ p(z|z2)), x ~ p(x|z) in the plate; returns z."""
         if not self._direct:
             self._param_statements("prior", "likelihood", "upper")
         pz = self.prior()
         with self._plate(x, idx):
             with beta_handler(self.kl_weight):
-                if self.upper is None:
-                    z = pyro.sample("z", pz)
-                else:
-                    z = pyro.sample("z", self.upper.conditional(pyro.sample(TOP_SITE, pz)))
+                if self.upper is not None:
+                    pz = self.upper.conditional(pyro.sample(TOP_SITE, pz))
+                z = pyro.sample("z", pz)
             pyro.sample("x", self.likelihood(z), obs=x)
         return z
 
     def guide(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """z ~ q(z|x) (two layers: then z2 ~ q(z2|z)), each example in the ``"data"`` plate;
-        returns z."""
+        """z ~ q(z|x) (two layers: then z2 ~ q(z2|z)) in the ``"data"`` plate; returns z."""
         if not self._direct:
             self._param_statements("q", "upper")
-        with self._plate(x, idx):
-            with beta_handler(self.kl_weight):
-                z = pyro.sample("z", self.q(x, idx))
-                if self.upper is not None:
-                    pyro.sample(TOP_SITE, self.upper.posterior(z))
+        with self._plate(x, idx), beta_handler(self.kl_weight):
+            z = pyro.sample("z", self.q(x, idx))
+            if self.upper is not None:
+                pyro.sample(TOP_SITE, self.upper.posterior(z))
         return z
 
     def check_data(self, x: torch.Tensor, probabilities: bool = False) -> None:
@@ -211,21 +190,19 @@ class VAE(PyroModule):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
-        """The encoder's diagonal Gaussian for ``x``: ``(loc, scale, flows)``, where ``flows``
-        is the flow f shared by all x of a guide q(z|x) = f(N(loc, scale²)) (the IAF guide;
-        else []); for another family the mean and standard deviation of q(z|x) (of 256 of its
-        draws where it has none). ConfigError for a guide without an encoder."""
+        """``(loc, scale, flows)`` of the encoder: q(z|x) = f(N(loc, scale²)) with ``flows`` f
+        shared by all x (the IAF guide; else []), or another family's mean and standard deviation
+        (of 256 draws where it has none); ConfigError for a guide without an encoder."""
         if not self.amortized:
             raise ConfigError("this VAE's guide owns per-example parameters and has no encoder "
                               "for new data")
         own = getattr(self.q, "encode", None)
-        q = self.q(x) if own is None else None
-        flows = shared_flows(q) if q is not None else []
-        if flows:
-            base = q.base_dist.base_dist
-            return base.loc, base.scale, flows
         if own is not None:
             return (*own(x), [])
+        q = self.q(x)
+        if flows := shared_flows(q):
+            base = q.base_dist.base_dist
+            return base.loc, base.scale, flows
         try:
             return q.mean, q.stddev, []
         except NotImplementedError:
@@ -250,16 +227,7 @@ def build_vae(prior: str = "standard", guide: str = "mlp", likelihood: str = "be
               image_shape: Sequence[int] | None = None, stochastic_layers: int = 1,
               top_z_dim: int = 50, top_hidden_dims: Sequence[int] = (100, 100),
               **options: Any) -> VAE:
-    """Build a :class:`VAE` from registry names; the default is the IWAE paper's 1-layer VAE.
-
-    The arguments become ``vae.config``; ``options`` go to the parts that declare them
-    (e.g. ``num_components`` of the ``mog`` prior, ``conv_channels`` of a ``conv`` guide and
-    decoder). ``image_shape`` (H, W) with H·W = ``x_dim`` shapes the convolutional nets and
-    the figures of non-square images. ``stochastic_layers=2`` with ``z_dim=100`` is the
-    paper's 2-layer VAE.
-    """
-    return VAE.from_config(VAEConfig(
-        prior=prior, guide=guide, likelihood=likelihood, z_dim=z_dim, hidden_dims=hidden_dims,
-        x_dim=x_dim, activation=activation, num_data=num_data, beta=beta, options=options,
-        image_shape=image_shape, stochastic_layers=stochastic_layers, top_z_dim=top_z_dim,
-        top_hidden_dims=top_hidden_dims))
+    """A new :class:`VAE` whose ``config`` holds these arguments (defaults: the IWAE paper's
+    1-layer VAE; ``stochastic_layers=2`` with ``z_dim=100``: its 2-layer VAE); ``options`` go to
+    the parts that declare them (e.g. ``num_components`` of the ``mog`` prior)."""
+    return VAE.from_config(VAEConfig(**locals()))  # the arguments are VAEConfig's fields
