@@ -10,7 +10,6 @@ device and are checked by it first.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -90,12 +89,11 @@ def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args, num
     """Importance-sampled log p(x) per example, (B,) float64 on x's device; a pass holds at
     most ``chunk_size`` latent draws (particles × examples; default
     :func:`~pvae.infer.logweights.default_chunk_size` of the device)."""
-    device = x.device if isinstance(x, torch.Tensor) else None
     num_samples, _, batches = _batches(model, guide, x, args, kwargs, num_samples, chunk_size,
                                        None, host)
     with torch.no_grad(), pyro.validation_enabled(False):
         lse = torch.cat([torch.logsumexp(lw, dim=0) for lw in batches])
-    return (lse - math.log(num_samples)).to(device)
+    return (lse - math.log(num_samples)).to(x.device)
 
 
 def refined_proposal(model: Callable, x: torch.Tensor, host: Encoder, *,
@@ -104,7 +102,8 @@ def refined_proposal(model: Callable, x: torch.Tensor, host: Encoder, *,
     diagonal Gaussian fitted to each example's ELBO from the encoder's output with the model
     frozen (:func:`~pvae.infer.localfit.fit_local`, options ``fit_options``), mixed as
     ½q(z|x) + ½q* so that no weight exceeds twice q's (defensive importance sampling).
-    Returns ``(model, proposal, args)``: score with ``log_likelihood(model, proposal, x, *args)``."""
+    Returns ``(model, proposal, args)``: score them with
+    ``log_likelihood(model, proposal, x, *args)``."""
     if not isinstance(host, Encoder) or not host.amortized:
         raise ConfigError("proposal='refined' starts each fit from the encoder: pass host=vae "
                           "of a VAE with an amortized guide")
@@ -122,9 +121,8 @@ def importance_sampling(model: Callable, guide: Callable, x: torch.Tensor, *args
     """log p(x), ELBO, ESS and k-hat per example from the same K draws, ``batch_size``
     examples at a time (``chunk_size`` as in :func:`log_likelihood`); warns if k-hat > 0.7.
 
-    ``proposal="encoder"`` draws from the guide; ``"refined"`` from :func:`refined_proposal`'s
-    ½q + ½q* (``refine_options`` go to its local fits; it needs ``host``), whose weights are
-    tighter and lighter-tailed at the same K; ``elbo`` is then that proposal's."""
+    ``proposal="refined"`` draws from :func:`refined_proposal`'s ½q + ½q* instead
+    (``refine_options`` go to its local fits; it needs ``host``); ``elbo`` is then its own."""
     if proposal not in PROPOSALS:
         raise ConfigError(f"proposal must be one of {PROPOSALS}, got {proposal!r}", "proposal")
     start, cpu = time.perf_counter(), time.process_time()
@@ -134,14 +132,6 @@ def importance_sampling(model: Callable, guide: Callable, x: torch.Tensor, *args
         x = prepare_examples(host, x)[0]
         model, guide, args = refined_proposal(model, x, host, progress=progress,
                                               **(refine_options or {}))
-    result = _evaluate(model, guide, x, args, kwargs, num_samples, chunk_size, batch_size,
-                       progress, host)
-    return dataclasses.replace(result, proposal=proposal, seconds=time.perf_counter() - start,
-                               cpu_seconds=time.process_time() - cpu)
-
-
-def _evaluate(model, guide, x, args, kwargs, num_samples, chunk_size, batch_size, progress,
-              host) -> EvalResult:
     batch_size = check_count("batch_size", batch_size)
     num_samples, x, batches = _batches(model, guide, x, args, kwargs, num_samples, chunk_size,
                                        batch_size, host)
@@ -155,12 +145,14 @@ def _evaluate(model, guide, x, args, kwargs, num_samples, chunk_size, batch_size
             rows.append([t.cpu().numpy() for t in (lse - math.log(num_samples), lw.mean(0), ess)]
                         + [psis_khat(lw.T.cpu().numpy())])
             bar.update(lw.shape[1])
-    result = EvalResult(*map(np.concatenate, zip(*rows)), num_samples=num_samples)
-    bad = result.khat_frac_bad
-    if bad > 0:
+    result = EvalResult(*map(np.concatenate, zip(*rows)), num_samples=num_samples,
+                        proposal=proposal, seconds=time.perf_counter() - start,
+                        cpu_seconds=time.process_time() - cpu)
+    if result.khat_frac_bad > 0:
         logger.warning(
             "PSIS k-hat > %.1f for %d of %d examples (max %.2f): the log p(x) estimate for "
             "those examples is unreliable, because the guide's tails are too light for the "
             "posterior and a few huge importance weights dominate; raise K or improve the "
-            "guide", KHAT_BAD, int(round(bad * result.n)), result.n, result.khat_max)
+            "guide", KHAT_BAD, int(round(result.khat_frac_bad * result.n)), result.n,
+            result.khat_max)
     return result
