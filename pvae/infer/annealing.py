@@ -2,27 +2,21 @@
 the posterior, and bidirectional Monte Carlo (BDMC; Grosse et al. 2015, Wu et al. 2017).
 
 The path is geometric, f_τ(z) = q(z|x)^(1−τ) p(x, z)^τ with 0 = τ_0 < τ_1 < … < τ_T = 1
-(:func:`schedule`). Each of C chains starts at z_0 ~ q(z|x); step t adds
+(:func:`schedule`; τ, the annealing temperature, is not the β of a β-VAE: AIS scores the
+β = 1 model). Each of C chains starts at z_0 ~ q(z|x); step t adds
 (τ_t − τ_{t−1})·(log p(x, z_{t−1}) − log q(z_{t−1}|x)) to its log-weight (float64), then
 moves z by an HMC transition that leaves f_{τ_t} invariant. E[w] = p(x), so
 log p̂(x) = logsumexp_c log w_c − log C is a stochastic lower bound, exact as T → ∞;
 T = 1 is importance sampling with C draws from q.
 
 HMC (:mod:`pvae.infer.hmc`): L leapfrog steps, the mass matrix diag(1/s²) with s the guide's
-per-coordinate standard deviation for this example (64 draws of its own), and one step size
-ε(τ) per example, adapted toward ``target_accept`` by a *pilot*: C_p independent chains
-annealed over T/10 steps, log ε += κ·(mean acceptance − target) after each. The main run
-uses the pilot's ε at the nearest τ, frozen: neither s nor ε depends on the main chains, so
-every main transition is a fixed f_τ-invariant kernel and E[w] = p(x) holds.
+per-coordinate standard deviation (64 draws of its own), and a step size ε(τ) per example,
+adapted toward ``target_accept`` by a *pilot* (C_p chains of its own over T/10 steps,
+log ε += κ·(mean acceptance − target) after each) and frozen for the main run: every main
+transition is then a fixed f_τ-invariant kernel, and E[w] = p(x) holds.
 
-BDMC simulates (z, x′) ~ p(z, x) and runs AIS forward on x′ (a stochastic lower bound on
-log p(x′)) and in reverse, from the exact posterior draw z along τ = 1 → 0, whose weights
-have E[w] = 1/p(x′) (so −log of their mean is a stochastic upper bound). The gap bounds how
-far AIS at this budget, and IS below it, is from log p(x) for data like the model's own.
-
-(τ, the annealing temperature, is not the KL weight β of a β-VAE: AIS scores the β = 1
-model.) The pair contract is :mod:`pvae.infer.logweights`'; with a ``host``, x moves to its
-device, is checked by it, and its parameters are frozen for the run.
+The pair contract is :mod:`pvae.infer.logweights`'; with a ``host``, x moves to its device, is
+checked by it, and its parameters are frozen for the run.
 """
 from __future__ import annotations
 
@@ -235,9 +229,12 @@ def bdmc(model: Callable, guide: Callable, x: torch.Tensor, *args, num_steps: in
          num_chains: int = 16, num_leapfrog: int = 10, schedule: str = "sigmoid",
          target_accept: float = 0.65, chunk_size: int | None = None, progress: bool = False,
          host: Host | None = None, **kwargs) -> BDMCResult:
-    """Bidirectional Monte Carlo on data simulated from the model: (z, x′) ~ p(z) p(x|z) with
-    ``poutine.uncondition`` (``x`` gives only the number and shape of the examples), then
-    forward AIS on x′ and reverse AIS from z; options as in :func:`ais`."""
+    """BDMC on data simulated from the model, (z, x′) ~ p(z) p(x|z) by ``poutine.uncondition``
+    (``x`` gives only the number and shape of the examples): forward AIS on x′ is a stochastic
+    lower bound on log p(x′); reverse AIS, from the exact posterior draw z along τ = 1 → 0, has
+    weights with E[w] = 1/p(x′), so −log of their mean is a stochastic upper bound. The gap
+    bounds how far AIS at this budget, and IS below it, is from log p(x) for data like the
+    model's own. Options as in :func:`ais`."""
     x, args, kwargs = prepare_examples(host, x, *args, **kwargs)
     check_pair(model, guide, x, *args, **kwargs)
     with torch.no_grad(), pyro.validation_enabled(False):
