@@ -1,22 +1,17 @@
 """Annealed importance sampling (AIS; Neal 2001) of log p(x) per example, from the guide to
 the posterior, and bidirectional Monte Carlo (BDMC; Grosse et al. 2015, Wu et al. 2017).
 
-The path is geometric, f_τ(z) = q(z|x)^(1−τ) p(x, z)^τ with 0 = τ_0 < τ_1 < … < τ_T = 1
-(:func:`schedule`; τ, the annealing temperature, is not the β of a β-VAE: AIS scores the
-β = 1 model). Each of C chains starts at z_0 ~ q(z|x); step t adds
-(τ_t − τ_{t−1})·(log p(x, z_{t−1}) − log q(z_{t−1}|x)) to its log-weight (float64), then
-moves z by an HMC transition that leaves f_{τ_t} invariant. E[w] = p(x), so
-log p̂(x) = logsumexp_c log w_c − log C is a stochastic lower bound, exact as T → ∞;
-T = 1 is importance sampling with C draws from q.
-
-HMC (:mod:`pvae.infer.hmc`): L leapfrog steps, the mass matrix diag(1/s²) with s the guide's
-per-coordinate standard deviation (64 draws of its own), and a step size ε(τ) per example,
-adapted toward ``target_accept`` by a *pilot* (C_p chains of its own over T/10 steps,
-log ε += κ·(mean acceptance − target) after each) and frozen for the main run: every main
-transition is then a fixed f_τ-invariant kernel, and E[w] = p(x) holds.
-
-The pair contract is :mod:`pvae.infer.logweights`'; with a ``host``, x moves to its device, is
-checked by it, and its parameters are frozen for the run.
+Along f_τ(z) = q(z|x)^(1−τ) p(x, z)^τ, 0 = τ_0 < … < τ_T = 1 (:func:`schedule`; τ is not a
+β-VAE's β: AIS scores the β = 1 model), each of C chains starts at z_0 ~ q(z|x); step t adds
+(τ_t − τ_{t−1})·(log p(x, z_{t−1}) − log q(z_{t−1}|x)) to its float64 log-weight, then moves
+z by an HMC transition leaving f_{τ_t} invariant (:mod:`pvae.infer.hmc`). E[w] = p(x), so
+log p̂(x) = logsumexp_c log w_c − log C is a stochastic lower bound, exact as T → ∞; T = 1 is
+importance sampling with C draws from q. HMC takes L leapfrog steps with the mass matrix
+diag(1/s²), s the guide's per-coordinate standard deviation (64 draws of its own), and a step
+size ε(τ) per example adapted toward ``target_accept`` by a *pilot* (C_p chains of its own
+over T/10 steps, log ε += κ·(mean acceptance − target) after each), then frozen: every main
+transition is a fixed f_τ-invariant kernel, and E[w] = p(x) holds. With a ``host``, x moves
+to its device, is checked by it, and its parameters are frozen for the run.
 """
 from __future__ import annotations
 
@@ -62,9 +57,8 @@ def schedule(num_steps: int, kind: str = "sigmoid", *, delta: float = 4.0) -> to
 
 def _anneal(target: Target, z0: torch.Tensor, temperatures: torch.Tensor, step_size: Callable,
             scale: torch.Tensor, num_leapfrog: int, bar, adapt: Callable | None = None):
-    """Run the chains from z0 along ``temperatures``; return the (C, B) float64 log-weights and
-    the (B,) mean acceptance. ``step_size(t, τ)`` gives ε (B,); ``adapt(t, τ, acceptance)``,
-    if given, is told each step's (B,) mean acceptance (the pilot)."""
+    """The (C, B) float64 log-weights and (B,) mean acceptance of the chains from z0 along
+    ``temperatures``, ε (B,) from ``step_size(t, τ)``; ``adapt(t, τ, acceptance)``: the pilot's."""
     state = (z0, *target(z0))
     log_w = torch.zeros(z0.shape[:2], dtype=torch.float64, device=z0.device)
     accept = torch.zeros(z0.shape[1], dtype=torch.float64, device=z0.device)
@@ -170,9 +164,8 @@ def ais(model: Callable, guide: Callable, x: torch.Tensor, *args, num_steps: int
         num_chains: int = 16, num_leapfrog: int = 10, schedule: str = "sigmoid",
         target_accept: float = 0.65, chunk_size: int | None = None, progress: bool = False,
         host: Host | None = None, **kwargs) -> AISResult:
-    """AIS estimate of log p(x) per example (see the module text): T = ``num_steps``
-    intermediate distributions, C = ``num_chains`` chains per example from q(z|x), HMC with
-    L = ``num_leapfrog`` leapfrog steps; a pass holds ``chunk_size`` chains × examples."""
+    """AIS estimate of log p(x) per example (see the module text) with T = ``num_steps``,
+    C = ``num_chains`` and L = ``num_leapfrog``; a pass holds ``chunk_size`` chains × examples."""
     x, args, kwargs = prepare_examples(host, x, *args, **kwargs)
     return _run(model, guide, x, args, kwargs, num_steps=num_steps, num_chains=num_chains,
                 num_leapfrog=num_leapfrog, schedule_kind=schedule, target_accept=target_accept,

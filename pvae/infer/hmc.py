@@ -55,8 +55,8 @@ class Layout:
 
 
 def chain_trace(fn, call: tuple, particle_dim: int, chains: int, values: dict | None = None):
-    """Trace of ``fn(x, *args, **kwargs)`` under a vectorized plate of ``chains`` particles,
-    its latent sites conditioned on ``values`` when given."""
+    """Trace of ``fn(x, *args, **kwargs)`` under a plate of ``chains`` particles (conditioned
+    on ``values`` if given)."""
     x, args, kwargs = call
     fn = pyro.plate(PARTICLE_PLATE, chains, dim=particle_dim)(fn)
     if values is not None:
@@ -129,8 +129,7 @@ def transition(target: Target, state: tuple, tau: float, step: torch.Tensor,
 
 
 class StepSizePilot:
-    """Per-example step sizes ε(τ) adapted on chains of their own, so that the chains that use
-    them keep a fixed kernel (see :mod:`pvae.infer.annealing`)."""
+    """Per-example step sizes ε(τ), adapted on chains of their own (see the annealing module)."""
 
     def __init__(self, n: int, device, target_accept: float, init: float = 0.25,
                  rate: float = 0.5):

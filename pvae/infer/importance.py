@@ -5,9 +5,7 @@ From the K log-weights log w_k of each example (:mod:`pvae.infer.logweights`, un
 K toward log p(x) (Burda et al.), and ELBO(x) ≈ mean_k log w_k. PSIS k-hat (Vehtari et al.)
 above 0.7 says the estimate for that example cannot be trusted. The proposal is the guide, or
 (``proposal="refined"``) ½q + ½q* with q* fitted to each example, whose weights are tighter.
-Given a ``host`` (:mod:`pvae.infer.host`), ``x`` and the tensors cut with it move to its
-device and are checked by it first.
-"""
+A ``host`` moves and checks the data first (:mod:`pvae.infer.host`)."""
 from __future__ import annotations
 
 import logging
@@ -98,12 +96,10 @@ def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args, num
 
 def refined_proposal(model: Callable, x: torch.Tensor, host: Encoder, *,
                      progress: bool = False, **fit_options) -> tuple[Callable, Callable, tuple]:
-    """The refined IS proposal for the pair of ``host`` (a VAE) on ``x``: q*(z|x_n), the
-    diagonal Gaussian fitted to each example's ELBO from the encoder's output with the model
-    frozen (:func:`~pvae.infer.localfit.fit_local`, options ``fit_options``), mixed as
-    ½q(z|x) + ½q* so that no weight exceeds twice q's (defensive importance sampling).
-    Returns ``(model, proposal, args)``: score them with
-    ``log_likelihood(model, proposal, x, *args)``."""
+    """``(model, proposal, args)`` to score with ``log_likelihood(model, proposal, x, *args)``:
+    ½q(z|x) + ½q*, q* fitted to each example from the encoder of ``host`` (a VAE) by
+    :func:`~pvae.infer.localfit.fit_local` (options ``fit_options``), so that no weight
+    exceeds twice q's (defensive importance sampling)."""
     if not isinstance(host, Encoder) or not host.amortized:
         raise ConfigError("proposal='refined' starts each fit from the encoder: pass host=vae "
                           "of a VAE with an amortized guide")
