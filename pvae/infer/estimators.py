@@ -3,7 +3,6 @@ and ``pvae evaluate`` loop over: a new estimator is one module and one entry her
 evaluation section of a run's configuration (:class:`EvalConfig`) that sets their budgets."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -63,10 +62,6 @@ class EvalConfig:
         """The keyword arguments of :func:`~pvae.infer.annealing.ais` and ``bdmc``."""
         return dict(num_steps=self.ais_steps, num_chains=self.ais_chains,
                     num_leapfrog=self.ais_leapfrog, chunk_size=self.chunk_size)
-
-    def replace(self, **changes) -> "EvalConfig":
-        """A copy with ``changes``, checked again."""
-        return dataclasses.replace(self, **changes)
 
 
 def _importance(model, guide, x, config: EvalConfig, host, progress) -> Estimate:

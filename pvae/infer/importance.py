@@ -56,11 +56,6 @@ class EvalResult(Estimate):
         """Mean ELBO estimate over the examples."""
         return self.mean("elbo")
 
-    @property
-    def elbo_stderr(self) -> float:
-        """Standard error of :attr:`elbo_mean`."""
-        return self.stderr("elbo")
-
 
 def _batches(model, guide, x, args, kwargs, num_samples, chunk_size, batch_size, host):
     """Check the call once; return K and the (K, b) log-weights of each run of ``batch_size``
@@ -84,9 +79,8 @@ def _batches(model, guide, x, args, kwargs, num_samples, chunk_size, batch_size,
 def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args, num_samples: int,
                    chunk_size: int | None = None, host: Host | None = None,
                    **kwargs) -> torch.Tensor:
-    """Importance-sampled log p(x) per example, (B,) float64 on x's device; a pass holds at
-    most ``chunk_size`` latent draws (particles × examples; default
-    :func:`~pvae.infer.logweights.default_chunk_size` of the device)."""
+    """Importance-sampled log p(x) per example, (B,) float64 on x's device; ``chunk_size``
+    bounds the latent draws per pass, as in :func:`~pvae.infer.logweights.log_weights`."""
     num_samples, _, batches = _batches(model, guide, x, args, kwargs, num_samples, chunk_size,
                                        None, host)
     with torch.no_grad(), pyro.validation_enabled(False):
