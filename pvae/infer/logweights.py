@@ -29,7 +29,6 @@ DEFAULT_CHUNK_SIZE = 2**13
 VAE; smaller passes stay in cache, larger ones spend their time faulting pages in."""
 CUDA_CHUNK_SIZE = 2**17
 """Latent draws per pass on a GPU, which needs large passes to fill it (1.6 GB for MNIST)."""
-_SHAPE_ERROR = re.compile(r"shape|size|dimension|broadcast", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ def check_pair(model: Callable, guide: Callable, x: torch.Tensor, *args, **kwarg
         if isinstance(own, PvaeError):
             raise own from None
         if isinstance(own, (ValueError, RuntimeError, IndexError)) \
-                and _SHAPE_ERROR.search(str(own)):
+                and re.search("shape|size|dimension|broadcast", str(own), re.IGNORECASE):
             raise DataError(f"running the model and guide on x[:{n_try}] (x has shape "
                             f"{tuple(x.shape)}) failed with a shape error: {own}. x must hold "
                             "the examples along its leading dim, as the model and guide "
