@@ -103,9 +103,8 @@ def optimise_local(log_weight_fn: Callable, loc0: torch.Tensor, scale0: torch.Te
 
 @dataclass(frozen=True)
 class LocalFit:
-    """q*(z_n) = N(loc_n, diag scale_n²) (``family`` "flow": pushed through the guide's shared
-    flow ``flows``) and L[q*] for each of B examples, and the steps, convergence, window means
-    (:func:`optimise_local`) and wall time of the fit."""
+    """q*(z_n) = N(loc_n, diag scale_n²) (``family`` "flow": through the shared ``flows``) and
+    L[q*] of each example, with the fit's steps, convergence, window means and wall time."""
 
     loc: torch.Tensor
     scale: torch.Tensor
