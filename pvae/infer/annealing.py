@@ -98,7 +98,7 @@ class AISResult(Estimate):
 
     @property
     def chain_stderr(self) -> torch.Tensor:
-        """Per-example s.e. of log p̂(x) across chains (delta method): sd(w)/(√C·mean(w));
+        """Per-example s.e. of log p̂(x) across chains by the delta method, sd(w)/(√C·mean(w));
         NaN (unknown) for one chain."""
         w = torch.exp(self.log_weights - self.log_weights.max(1, keepdim=True).values)
         if self.num_chains < 2:
