@@ -111,13 +111,11 @@ def gap_report(vae: Autoencoder, x: torch.Tensor, *, n: int | None = None,
                num_samples: int = 5000, elbo_samples: int = 1000,
                log_px_proposal: str = "mixture", chunk_size: int | None = None,
                progress: bool = True, **fit_kwargs) -> GapReport:
-    """log p(x), L[q*] and L[q] for the first ``n`` examples of ``x`` (all by default).
-
-    log p(x) takes ``num_samples`` draws from ``log_px_proposal``: ``"amortized"`` q,
-    ``"local"`` q*, or ``"mixture"`` ½q + ½q*, whose weights are at most twice either one's
-    while E[p̂(x)] = p(x) (the larger of two estimates would be biased up); ``log_px_amortized``
-    is always q's. L[q*] and L[q] take ``elbo_samples`` draws; ``fit_kwargs`` go to
-    :func:`~pvae.infer.localfit.fit_local`."""
+    """log p(x), L[q*] and L[q] of the first ``n`` examples of ``x`` (default: all). log p(x)
+    takes ``num_samples`` draws from ``log_px_proposal``: ``"amortized"`` q, ``"local"`` q*, or
+    ``"mixture"`` ½q + ½q*, whose weights are at most twice either one's while E[p̂(x)] = p(x)
+    (the larger of two estimates would be biased up); ``log_px_amortized`` is always q's. L[q*]
+    and L[q] take ``elbo_samples`` draws; ``fit_kwargs`` go to :func:`fit_local`."""
     if not isinstance(vae, Autoencoder):
         raise ConfigError(f"gap_report needs a VAE, got {type(vae).__name__}")
     if not vae.amortized:

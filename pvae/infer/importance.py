@@ -108,11 +108,10 @@ def importance_sampling(model: Callable, guide: Callable, x: torch.Tensor, *args
                         batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
                         proposal: str = "encoder", refine_options: dict | None = None,
                         host: Host | None = None, **kwargs) -> EvalResult:
-    """log p(x), ELBO, ESS and k-hat per example from the same K draws, ``batch_size``
-    examples at a time (``chunk_size`` as in :func:`log_likelihood`); warns if k-hat > 0.7.
-
-    ``proposal="refined"`` draws from :func:`refined_proposal`'s ½q + ½q* instead
-    (``refine_options`` go to its local fits; it needs ``host``); ``elbo`` is then its own."""
+    """log p(x), ELBO, ESS and k-hat per example from the same K draws, ``batch_size`` examples
+    at a time (``chunk_size`` as in :func:`log_likelihood`); warns if k-hat > 0.7. With
+    ``proposal="refined"`` the draws come from :func:`refined_proposal`'s ½q + ½q* (it needs
+    ``host``; ``refine_options`` go to its local fits), and ``elbo`` is that proposal's."""
     if proposal not in PROPOSALS:
         raise ConfigError(f"proposal must be one of {PROPOSALS}, got {proposal!r}", "proposal")
     start, cpu = time.perf_counter(), time.process_time()
