@@ -1,10 +1,7 @@
 """Checks shared by every configuration: numbers that must be whole, finite or in range, and
-the settings of a frozen configuration dataclass, each declared once with :func:`setting`.
-
-A setting's metadata carries its help text (the command-line flag's), its bounds and its
-choices; :func:`validate` coerces every setting of a dataclass instance to its annotated type
-and checks those bounds, so a configuration is checked in one place, when it is made.
-"""
+the settings of a frozen configuration dataclass, each declared once with :func:`setting`
+(its flag's help text, bounds and choices) and coerced to its annotated type and checked by
+:func:`validate`, in one place, when the configuration is made."""
 from __future__ import annotations
 
 import dataclasses
@@ -32,12 +29,10 @@ def real_number(value: Any) -> float:
 
 def whole_number(name: str, value: Any) -> int:
     """``value`` as an int; ConfigError for 2.5, ``"abc"``, True or NaN."""
-    number = value
-    if isinstance(value, str):
-        try:
-            number = int(value.strip())
-        except ValueError:
-            number = None
+    try:
+        number = int(value.strip()) if isinstance(value, str) else value
+    except ValueError:
+        number = None
     if isinstance(number, (Real, np.integer)) and not isinstance(number, bool) \
             and math.isfinite(number) and float(number).is_integer():
         return int(number)
@@ -102,21 +97,10 @@ def setting(default: Any, help: str, *, low: float | None = None, high: float | 
 def value_type(annotation) -> tuple[type, bool]:
     """``(type, optional)`` of a field annotation such as ``int | None`` or ``tuple[int, ...]``
     (the type of a tuple is ``tuple``)."""
-    args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        return value_type(inner[0])[0], True
+        inner = next(a for a in typing.get_args(annotation) if a is not type(None))
+        return value_type(inner)[0], True
     return (typing.get_origin(annotation) or annotation), False
-
-
-def _coerce(name: str, value: Any, kind: type) -> Any:
-    if kind is tuple:
-        return coerce_option(name, value, ())
-    if kind in (bool, int, float):
-        return coerce_option(name, value, kind())
-    if kind is str and not isinstance(value, str):
-        raise ConfigError(f"{name} must be a name or text, got {value!r}", name)
-    return value
 
 
 def _bounds_error(f: dataclasses.Field, value: Any) -> str | None:
@@ -148,7 +132,10 @@ def validate(obj: Any) -> None:
         kind, optional = value_type(hints[f.name])
         if value is None and optional:
             continue
-        value = _coerce(f.name, value, kind)
+        if kind in (tuple, bool, int, float):
+            value = coerce_option(f.name, value, kind())
+        elif kind is str and not isinstance(value, str):
+            raise ConfigError(f"{f.name} must be a name or text, got {value!r}", f.name)
         problem = _bounds_error(f, value)
         if problem:
             raise ConfigError(problem, f.name)
@@ -157,11 +144,8 @@ def validate(obj: Any) -> None:
 
 def as_dict(obj: Any) -> dict[str, Any]:
     """The fields of the dataclass ``obj`` as plain JSON values (tuples become lists)."""
-    out = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        out[f.name] = list(value) if isinstance(value, tuple) else value
-    return out
+    values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def from_dict(cls: type, values: dict[str, Any], strict: bool = True) -> Any:

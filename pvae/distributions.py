@@ -1,7 +1,5 @@
-"""Distributions the parts and the estimators share, and the scale parameterisation.
-
-Every learned standard deviation in pvae is softplus(ρ) + :data:`MIN_SCALE`.
-"""
+"""Distributions the parts and the estimators share, and the scale parameterisation: every
+learned standard deviation in pvae is softplus(ρ) + :data:`MIN_SCALE`."""
 from __future__ import annotations
 
 import math
@@ -102,12 +100,10 @@ def shared_flows(q: dist.Distribution) -> list:
     """The transforms f of a guide's ``TransformedDistribution(q0(z0|x), f)`` when every one is
     a parameter-holding ``TransformModule`` (the same map for all x, as in the IAF guide), else [].
 
-    Then (1/K) Σ_k q(z|u_k) is the push-forward by f of the mixture (1/K) Σ_k q0(z0|u_k), since
-    each component's density is q0(f⁻¹(z)|u_k)·abs(det ∂f⁻¹/∂z) with one shared Jacobian. Its
-    ``log_prob`` at a guide sample z = f(z0) reuses the flows' cached z0; the mixture of
-    flows instead inverted f afresh, one latent coordinate after another (``z_dim`` passes
-    whose errors and gradients multiply by up to e⁵ per coordinate, see the VampPrior notes
-    of the docs)."""
+    Then (1/K) Σ_k q(z|u_k) is the push-forward by f of the mixture (1/K) Σ_k q0(z0|u_k), one
+    Jacobian shared by all components, whose ``log_prob`` at a guide sample z = f(z0) reuses
+    the flows' cached z0 instead of inverting f afresh, one coordinate after another (see the
+    VampPrior notes of the docs)."""
     if not isinstance(q, dist.TransformedDistribution):
         return []
     flows = list(q.transforms)

@@ -6,12 +6,11 @@ the ELBO L[q] = E_q[log p(x, z) − log q(z|x)] splits in two (Cremer, Li & Duve
     log p(x) − L[q] = (log p(x) − L[q*]) + (L[q*] − L[q])
                        approximation gap    amortization gap
 
-where q* is the best member of the guide's own family for this one x, fitted per example
-with the decoder frozen (:func:`~pvae.infer.localfit.fit_local`): a diagonal Gaussian, or for
-a guide whose flow f is shared by all x (the IAF guide) f applied to a diagonal Gaussian, the
-family q(z|x) itself chooses from, so that L[q] ≤ L[q*] up to the fit; :func:`refine` and the
-semi-amortized guide sit in between (Kim et al. 2018). Every ELBO here is the β = 1 bound;
-``x`` moves to the VAE's device and results live there."""
+where q* is the best member of the guide's own family for this one x (a diagonal Gaussian,
+pushed through the guide's flow where it is shared by all x, as in the IAF guide), fitted per
+example with the decoder frozen (:func:`~pvae.infer.localfit.fit_local`), so that
+L[q] ≤ L[q*] up to the fit; :func:`refine` and the semi-amortized guide sit in between (Kim et
+al. 2018). Every ELBO here is the β = 1 bound; results live on the VAE's device."""
 from __future__ import annotations
 
 import time
@@ -20,10 +19,10 @@ from typing import Callable, Protocol, runtime_checkable
 
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.util import site_is_subsample
 
 from ..checks import check_count
 from ..errors import ConfigError, DataError
+from .hmc import latent_names
 from .host import Encoder, prepare_examples
 from .importance import log_likelihood
 from .localfit import FAMILIES, fit_local
@@ -108,28 +107,15 @@ def refine(vae: Autoencoder, x: torch.Tensor, steps: int = 5, lr: float = 1e-2,
     return fit.loc, fit.scale
 
 
-def _one_layer(vae: Autoencoder, x: torch.Tensor) -> None:
-    with torch.no_grad(), poutine.block():
-        trace = poutine.trace(vae.guide).get_trace(x[:1])
-    latent = [n for n, s in trace.nodes.items() if s["type"] == "sample" and
-              not s["is_observed"] and not site_is_subsample(s)]
-    if latent != ["z"]:
-        raise ConfigError(f"the amortization gap is implemented for one stochastic layer; this "
-                          f"guide samples {latent} (with two layers the local q* would need "
-                          "q(z2|z) too)")
-
-
 def gap_report(vae: Autoencoder, x: torch.Tensor, *, n: int | None = None,
                num_samples: int = 5000, elbo_samples: int = 1000,
                log_px_proposal: str = "mixture", chunk_size: int | None = None,
                progress: bool = True, **fit_kwargs) -> GapReport:
-    """log p(x), L[q*] and L[q] for the first ``n`` examples of ``x`` (all by default).
-
-    log p(x) takes ``num_samples`` draws from ``log_px_proposal``: ``"amortized"`` q,
-    ``"local"`` q*, or ``"mixture"`` ½q + ½q*, whose weights are at most twice either one's
-    while E[p̂(x)] = p(x) (the larger of two estimates would be biased up); ``log_px_amortized``
-    is always q's. L[q*] and L[q] take ``elbo_samples`` draws; ``fit_kwargs`` go to
-    :func:`~pvae.infer.localfit.fit_local`."""
+    """log p(x), L[q*] and L[q] of the first ``n`` examples of ``x`` (default: all). log p(x)
+    takes ``num_samples`` draws from ``log_px_proposal``: ``"amortized"`` q, ``"local"`` q*, or
+    ``"mixture"`` ½q + ½q*, whose weights are at most twice either one's while E[p̂(x)] = p(x)
+    (the larger of two estimates would be biased up); ``log_px_amortized`` is always q's. L[q*]
+    and L[q] take ``elbo_samples`` draws; ``fit_kwargs`` go to :func:`fit_local`."""
     if not isinstance(vae, Autoencoder):
         raise ConfigError(f"gap_report needs a VAE, got {type(vae).__name__}")
     if not vae.amortized:
@@ -145,7 +131,12 @@ def gap_report(vae: Autoencoder, x: torch.Tensor, *, n: int | None = None,
         raise DataError(f"asked for {n} examples but the data have only {x.shape[0]}; "
                         f"use n <= {x.shape[0]}")
     x = x[:n]
-    _one_layer(vae, x)
+    with torch.no_grad(), poutine.block():
+        latent = latent_names(poutine.trace(vae.guide).get_trace(x[:1]))
+    if latent != ["z"]:
+        raise ConfigError(f"the amortization gap is implemented for one stochastic layer; this "
+                          f"guide samples {latent} (with two layers the local q* would need "
+                          "q(z2|z) too)")
     with torch.no_grad():
         start = time.perf_counter()
         vae.q(x)

@@ -1,31 +1,17 @@
 """Annealed importance sampling (AIS; Neal 2001) of log p(x) per example, from the guide to
 the posterior, and bidirectional Monte Carlo (BDMC; Grosse et al. 2015, Wu et al. 2017).
 
-The path is geometric, f_τ(z) = q(z|x)^(1−τ) p(x, z)^τ with 0 = τ_0 < τ_1 < … < τ_T = 1
-(:func:`schedule`). Each of C chains starts at z_0 ~ q(z|x); step t adds
-(τ_t − τ_{t−1})·(log p(x, z_{t−1}) − log q(z_{t−1}|x)) to its log-weight (float64), then
-moves z by an HMC transition that leaves f_{τ_t} invariant. E[w] = p(x), so
-log p̂(x) = logsumexp_c log w_c − log C is a stochastic lower bound, exact as T → ∞;
-T = 1 is importance sampling with C draws from q.
-
-HMC: L leapfrog steps with the diagonal mass matrix diag(1/s²), s the guide's per-dimension
-standard deviation for this example (64 draws of its own), and one step size ε(τ) per
-example, adapted toward an acceptance probability ``target_accept`` by a *pilot*: C_p
-independent chains annealed over T/10 steps, log ε += κ·(mean acceptance − target) after
-each step. The main run uses the pilot's ε at the nearest τ, frozen. Neither s nor ε depends
-on the main chains, so every main transition is a fixed f_τ-invariant kernel and the weights
-keep E[w] = p(x).
-
-BDMC simulates (z, x′) ~ p(z, x) and runs AIS forward on x′ (a stochastic lower bound on
-log p(x′)) and in reverse, from the exact posterior draw z along τ = 1 → 0, whose weights
-have E[w] = 1/p(x′) (so −log of their mean is a stochastic upper bound). The gap bounds how
-far AIS at this budget, and IS below it, is from log p(x) for data like the model's own.
-
-(τ, the annealing temperature, is not the KL weight β of a β-VAE: AIS scores the β = 1
-model.) The model/guide contract is :mod:`pvae.infer.logweights`': every latent site in the
-``"data"`` plate, the log densities from Pyro's traces (``poutine.condition``), the model's raw
-log-probs. Given a ``host``, x moves to its device, is checked by it, and its parameters are
-frozen for the run.
+Along f_τ(z) = q(z|x)^(1−τ) p(x, z)^τ, 0 = τ_0 < … < τ_T = 1 (:func:`schedule`; τ is not a
+β-VAE's β: AIS scores the β = 1 model), each of C chains starts at z_0 ~ q(z|x); step t adds
+(τ_t − τ_{t−1})·(log p(x, z_{t−1}) − log q(z_{t−1}|x)) to its float64 log-weight, then moves
+z by an HMC transition leaving f_{τ_t} invariant (:mod:`pvae.infer.hmc`). E[w] = p(x), so
+log p̂(x) = logsumexp_c log w_c − log C is a stochastic lower bound, exact as T → ∞; T = 1 is
+importance sampling with C draws from q. HMC takes L leapfrog steps with the mass matrix
+diag(1/s²), s the guide's per-coordinate standard deviation (64 draws of its own), and a step
+size ε(τ) per example adapted toward ``target_accept`` by a *pilot* (C_p chains of its own
+over T/10 steps, log ε += κ·(mean acceptance − target) after each), then frozen: every main
+transition is a fixed f_τ-invariant kernel, and E[w] = p(x) holds. With a ``host``, x moves
+to its device, is checked by it, and its parameters are frozen for the run.
 """
 from __future__ import annotations
 
@@ -71,28 +57,24 @@ def schedule(num_steps: int, kind: str = "sigmoid", *, delta: float = 4.0) -> to
 
 def _anneal(target: Target, z0: torch.Tensor, temperatures: torch.Tensor, step_size: Callable,
             scale: torch.Tensor, num_leapfrog: int, bar, adapt: Callable | None = None):
-    """Run the chains from z0 along ``temperatures``; return the (C, B) float64 log-weights and the
-    (B,) mean acceptance. ``step_size(t, τ)`` gives ε (B,); ``adapt(t, τ, acceptance)``,
-    if given, is told each step's (B,) mean acceptance (the pilot)."""
+    """The (C, B) float64 log-weights and (B,) mean acceptance of the chains from z0 along
+    ``temperatures``, ε (B,) from ``step_size(t, τ)``; ``adapt(t, τ, acceptance)``: the pilot's."""
     state = (z0, *target(z0))
     log_w = torch.zeros(z0.shape[:2], dtype=torch.float64, device=z0.device)
     accept = torch.zeros(z0.shape[1], dtype=torch.float64, device=z0.device)
     steps = len(temperatures) - 1
-    if steps == 1:
-        accept.fill_(math.nan)
     for t in range(1, steps + 1):
         log_w += (temperatures[t] - temperatures[t - 1]).item() * (state[1] - state[2])
         if t < steps:
             tau = float(temperatures[t])
-            eps = step_size(t, tau)
-            state, prob = transition(target, state, tau, (eps[:, None] * scale).to(z0),
-                                      num_leapfrog)
+            state, prob = transition(target, state, tau,
+                                     (step_size(t, tau)[:, None] * scale).to(z0), num_leapfrog)
             a = prob.mean(0)
             accept += a
             if adapt is not None:
                 adapt(t, tau, a)
         bar.update(1)
-    return log_w, accept / max(1, steps - 1)
+    return log_w, accept / (steps - 1)  # T = 1 makes no move: 0 / 0, NaN
 
 
 @dataclass(frozen=True)
@@ -116,7 +98,7 @@ class AISResult(Estimate):
 
     @property
     def chain_stderr(self) -> torch.Tensor:
-        """Per-example s.e. of log p̂(x) across chains (delta method): sd(w)/(√C·mean(w));
+        """Per-example s.e. of log p̂(x) across chains by the delta method, sd(w)/(√C·mean(w));
         NaN (unknown) for one chain."""
         w = torch.exp(self.log_weights - self.log_weights.max(1, keepdim=True).values)
         if self.num_chains < 2:
@@ -129,29 +111,23 @@ class AISResult(Estimate):
         return psis_khat(self.log_weights.numpy())
 
 
-def _check(num_steps, num_chains, num_leapfrog, target_accept, chunk_size):
-    check_count("num_steps (T)", num_steps)
+def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, schedule_kind,
+         target_accept, chunk_size, progress, desc, host, exact=None) -> AISResult:
+    """AIS over all examples in passes, timed; with ``exact``, a (B, ...) dict of exact latent
+    draws per site for all examples, the chains start there and anneal τ = 1 → 0 instead, and
+    ``log_px`` is the upper bound −(logsumexp_c log w_c − log C)."""
+    temperatures = schedule(num_steps, schedule_kind)
     check_count("num_chains (C)", num_chains)
     check_count("num_leapfrog (L)", num_leapfrog)
     check_count("chunk_size", chunk_size, allow_none=True)
     if not 0 < target_accept < 1:
         raise ConfigError(f"target_accept must lie in (0, 1), got {target_accept}")
-
-
-def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, schedule_kind,
-         target_accept, chunk_size, progress, desc, host, start=None):
-    """AIS over all examples in passes; with ``start``, a (B, ...) dict of exact latent draws
-    per site for all examples, the chains start there and anneal τ = 1 → 0 instead.
-    Returns the log-weights (n, C) and the mean acceptance (n,), float64 on the CPU."""
-    _check(num_steps, num_chains, num_leapfrog, target_accept, chunk_size)
+    start, cpu = time.perf_counter(), time.process_time()
     pdim = check_pair(model, guide, x, *args, **kwargs).particle_dim
     default = CUDA_AIS_CHUNK if x.device.type == "cuda" else DEFAULT_AIS_CHUNK
     per_pass = max(1, (chunk_size or default) // num_chains)
-    temperatures = schedule(num_steps, schedule_kind)
-    pilot_temperatures = schedule(max(10, num_steps // 10), schedule_kind) if num_steps > 1 else None
-    pilot_steps = 0 if pilot_temperatures is None else len(pilot_temperatures) - 1
-    n = x.shape[0]
-    passes = range(0, n, per_pass)
+    pilot_steps = max(10, num_steps // 10) if num_steps > 1 else 0
+    passes = range(0, x.shape[0], per_pass)
     weights, accepts = [], []
     bar = tqdm(total=len(passes) * (num_steps + pilot_steps), desc=desc, unit="step",
                disable=not progress)
@@ -163,40 +139,38 @@ def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, 
                 target = Target(model, guide, call, pdim, num_chains)
                 scale = guide_scale(guide, call, pdim, target.layout)
             pilot = StepSizePilot(b, x.device, target_accept)
-            if pilot_temperatures is not None:
+            if pilot_steps:
                 with torch.no_grad():
                     pilot_target = Target(model, guide, call, pdim,
                                           min(PILOT_CHAINS, num_chains))
-                _anneal(pilot_target, pilot_target.z0, pilot_temperatures, pilot.current, scale,
-                        num_leapfrog, bar, adapt=pilot.adapt)
+                _anneal(pilot_target, pilot_target.z0, schedule(pilot_steps, schedule_kind),
+                        pilot.current, scale, num_leapfrog, bar, adapt=pilot.adapt)
             z0, path = target.z0, temperatures
-            if start is not None:
+            if exact is not None:
                 rows = {k: v[b0:b0 + b].expand((num_chains, *v[b0:b0 + b].shape))
-                        for k, v in start.items()}
+                        for k, v in exact.items()}
                 z0, path = target.layout.flatten(rows), temperatures.flip(0)
             log_w, acc = _anneal(target, z0, path, pilot.frozen(), scale, num_leapfrog, bar)
             weights.append(log_w.T.cpu())
             accepts.append(acc.cpu())
-    return torch.cat(weights), torch.cat(accepts)
+    log_w = torch.cat(weights)
+    log_px = torch.logsumexp(log_w, dim=1) - math.log(num_chains)
+    return AISResult(log_px if exact is None else -log_px, log_w, torch.cat(accepts), num_steps,
+                     num_chains, num_leapfrog, schedule_kind,
+                     seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)
 
 
 def ais(model: Callable, guide: Callable, x: torch.Tensor, *args, num_steps: int = 500,
         num_chains: int = 16, num_leapfrog: int = 10, schedule: str = "sigmoid",
         target_accept: float = 0.65, chunk_size: int | None = None, progress: bool = False,
         host: Host | None = None, **kwargs) -> AISResult:
-    """AIS estimate of log p(x) per example (see the module text): T = ``num_steps``
-    intermediate distributions, C = ``num_chains`` chains per example from q(z|x), HMC with
-    L = ``num_leapfrog`` leapfrog steps; a pass holds ``chunk_size`` chains × examples."""
+    """AIS estimate of log p(x) per example (see the module text) with T = ``num_steps``,
+    C = ``num_chains`` and L = ``num_leapfrog``; a pass holds ``chunk_size`` chains × examples."""
     x, args, kwargs = prepare_examples(host, x, *args, **kwargs)
-    start, cpu = time.perf_counter(), time.process_time()
-    log_w, accept = _run(model, guide, x, args, kwargs, num_steps=num_steps,
-                         num_chains=num_chains, num_leapfrog=num_leapfrog,
-                         schedule_kind=schedule, target_accept=target_accept,
-                         chunk_size=chunk_size, progress=progress, host=host,
-                         desc=f"AIS T={num_steps}, C={num_chains}")
-    log_px = torch.logsumexp(log_w, dim=1) - math.log(num_chains)
-    return AISResult(log_px, log_w, accept, num_steps, num_chains, num_leapfrog, schedule,
-                     seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)
+    return _run(model, guide, x, args, kwargs, num_steps=num_steps, num_chains=num_chains,
+                num_leapfrog=num_leapfrog, schedule_kind=schedule, target_accept=target_accept,
+                chunk_size=chunk_size, progress=progress, host=host,
+                desc=f"AIS T={num_steps}, C={num_chains}")
 
 
 def ais_log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args,
@@ -248,9 +222,12 @@ def bdmc(model: Callable, guide: Callable, x: torch.Tensor, *args, num_steps: in
          num_chains: int = 16, num_leapfrog: int = 10, schedule: str = "sigmoid",
          target_accept: float = 0.65, chunk_size: int | None = None, progress: bool = False,
          host: Host | None = None, **kwargs) -> BDMCResult:
-    """Bidirectional Monte Carlo on data simulated from the model: (z, x′) ~ p(z) p(x|z) with
-    ``poutine.uncondition`` (``x`` gives only the number and shape of the examples), then
-    forward AIS on x′ and reverse AIS from z; options as in :func:`ais`."""
+    """BDMC on data simulated from the model, (z, x′) ~ p(z) p(x|z) by ``poutine.uncondition``
+    (``x`` gives only the number and shape of the examples): forward AIS on x′ is a stochastic
+    lower bound on log p(x′); reverse AIS, from the exact posterior draw z along τ = 1 → 0, has
+    weights with E[w] = 1/p(x′), so −log of their mean is a stochastic upper bound. The gap
+    bounds how far AIS at this budget, and IS below it, is from log p(x) for data like the
+    model's own. Options as in :func:`ais`."""
     x, args, kwargs = prepare_examples(host, x, *args, **kwargs)
     check_pair(model, guide, x, *args, **kwargs)
     with torch.no_grad(), pyro.validation_enabled(False):
@@ -263,16 +240,11 @@ def bdmc(model: Callable, guide: Callable, x: torch.Tensor, *args, num_steps: in
     x_sim = sim.nodes[observed[0]]["value"].detach().reshape(x.shape).to(x.dtype)
     exact = {n: sim.nodes[n]["value"].detach() for n in latent_names(sim) if n not in observed}
     options = dict(num_steps=num_steps, num_chains=num_chains, num_leapfrog=num_leapfrog,
-                   target_accept=target_accept, chunk_size=chunk_size, progress=progress)
-    forward = ais(model, guide, x_sim, *args, schedule=schedule, host=host, **options,
-                  **kwargs)
-    start, cpu = time.perf_counter(), time.process_time()
-    log_w, accept = _run(model, guide, x_sim, args, kwargs, schedule_kind=schedule, host=host,
-                         desc=f"BDMC reverse T={num_steps}, C={num_chains}", start=exact,
-                         **options)
-    upper = -(torch.logsumexp(log_w, dim=1) - math.log(num_chains))
-    reverse = AISResult(upper, log_w, accept, num_steps, num_chains, num_leapfrog, schedule,
-                        seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)
-    return BDMCResult(x_sim, forward.log_px, upper, forward, reverse,
+                   target_accept=target_accept, chunk_size=chunk_size, progress=progress,
+                   host=host)
+    forward = ais(model, guide, x_sim, *args, schedule=schedule, **options, **kwargs)
+    reverse = _run(model, guide, x_sim, args, kwargs, schedule_kind=schedule, exact=exact,
+                   desc=f"BDMC reverse T={num_steps}, C={num_chains}", **options)
+    return BDMCResult(x_sim, forward.log_px, reverse.log_px, forward, reverse,
                       seconds=forward.seconds + reverse.seconds,
                       cpu_seconds=forward.cpu_seconds + reverse.cpu_seconds)

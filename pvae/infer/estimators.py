@@ -1,14 +1,8 @@
-"""The estimators of log p(x), registered by name, and the evaluation section of a run's
-configuration (:class:`EvalConfig`) that sets their budgets.
-
-Every estimator is ``run(model, guide, x, config, host, progress) -> Estimate``
-(:class:`pvae.infer.results.Estimate`), registered once in :data:`ESTIMATORS` with the names of
-the files a run writes for it. The main job and ``pvae evaluate`` loop over this registry, so
-a new estimator is one module and one entry here.
-"""
+"""The estimators of log p(x), registered by name in :data:`ESTIMATORS` (which the main job
+and ``pvae evaluate`` loop over: a new estimator is one module and one entry here), and the
+evaluation section of a run's configuration (:class:`EvalConfig`) that sets their budgets."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -69,10 +63,6 @@ class EvalConfig:
         return dict(num_steps=self.ais_steps, num_chains=self.ais_chains,
                     num_leapfrog=self.ais_leapfrog, chunk_size=self.chunk_size)
 
-    def replace(self, **changes) -> "EvalConfig":
-        """A copy with ``changes``, checked again."""
-        return dataclasses.replace(self, **changes)
-
 
 def _importance(model, guide, x, config: EvalConfig, host, progress) -> Estimate:
     refine = {k: v for k, v in config.local_fit(x.shape[0]).items() if k != "init"}
@@ -81,19 +71,17 @@ def _importance(model, guide, x, config: EvalConfig, host, progress) -> Estimate
                                refine_options=refine, host=host, progress=progress)
 
 
-def _ais(model, guide, x, config: EvalConfig, host, progress) -> Estimate:
-    return ais(model, guide, x, **config.ais_budget(), host=host, progress=progress)
-
-
-def _bdmc(model, guide, x, config: EvalConfig, host, progress) -> Estimate:
-    return bdmc(model, guide, x, **config.ais_budget(), host=host, progress=progress)
+def _annealed(estimate: Callable[..., Estimate]) -> Callable[..., Estimate]:
+    return lambda model, guide, x, config, host, progress: estimate(
+        model, guide, x, **config.ais_budget(), host=host, progress=progress)
 
 
 @dataclass(frozen=True)
 class Estimator:
-    """A registered estimator: ``run`` (see the module text), what it estimates, the files a
-    run writes for it (``figure``; ``per_example``, its main per-example values as ``.npy``)
-    and the methods a training run adds with it (``also``, run first)."""
+    """A registered estimator: ``run(model, guide, x, config, host, progress) -> Estimate``,
+    what it estimates, the files a run writes for it (``figure``; ``per_example``, its main
+    per-example values as ``.npy``) and the methods a training run adds with it (``also``,
+    run first)."""
 
     name: str
     run: Callable[[Callable, Callable, torch.Tensor, EvalConfig, Host | None, bool], Estimate]
@@ -106,8 +94,8 @@ class Estimator:
 ESTIMATORS: dict[str, Estimator] = {
     "is": Estimator("is", _importance, "importance sampling with PSIS k-hat", "evaluation.png",
                     "test_log_px.npy"),
-    "ais": Estimator("ais", _ais, "annealed importance sampling (HMC)", "ais.png",
+    "ais": Estimator("ais", _annealed(ais), "annealed importance sampling (HMC)", "ais.png",
                      "test_log_px_ais.npy"),
-    "bdmc": Estimator("bdmc", _bdmc, "BDMC bounds on images simulated from the model",
+    "bdmc": Estimator("bdmc", _annealed(bdmc), "BDMC bounds on images simulated from the model",
                       "bdmc.png", "bdmc_lower.npy", also=("ais",)),
 }

@@ -1,19 +1,13 @@
 """Hamiltonian Monte Carlo on the latent sites of a Pyro model/guide pair, for
-:mod:`pvae.infer.annealing`.
-
-The latent sites of B examples at C chains are one (C, B, D) tensor (:class:`Layout`);
-:class:`Target` gives log p(x, z) and log q(z|x) with their z-gradients from Pyro's traces
-(``poutine.condition`` under a vectorized plate of C chains); :func:`transition` is one HMC
-move leaving f_τ = q^(1−τ) p^τ invariant, with L leapfrog steps and a diagonal mass matrix
-(per-coordinate steps ε·s, s = :func:`guide_scale`); :class:`StepSizePilot` adapts ε(τ)
-on chains of its own, so the chains that use it keep a fixed kernel.
-"""
+:mod:`pvae.infer.annealing` (whose text gives the kernel and its step-size pilot): the latents
+of B examples at C chains as one (C, B, D) tensor, log p(x, z) and log q(z|x) with their
+z-gradients from Pyro's traces (``poutine.condition`` under a vectorized plate of C chains),
+and one move leaving f_τ = q^(1−τ) p^τ invariant."""
 from __future__ import annotations
 
 import math
 from typing import Callable
 
-import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
@@ -44,7 +38,7 @@ class Layout:
             moved = value.movedim(batch + frame.dim, 1)
             self.pos.append(batch + frame.dim)
             self.shapes.append(moved.shape[2:])
-            self.sizes.append(int(np.prod(moved.shape[2:], dtype=np.int64)))
+            self.sizes.append(moved.shape[2:].numel())
 
     def flatten(self, values: dict) -> torch.Tensor:
         """{site: value} -> (C, B, D)."""
@@ -61,8 +55,8 @@ class Layout:
 
 
 def chain_trace(fn, call: tuple, particle_dim: int, chains: int, values: dict | None = None):
-    """Trace of ``fn(x, *args, **kwargs)`` under a vectorized plate of ``chains`` particles,
-    its latent sites conditioned on ``values`` when given."""
+    """Trace of ``fn(x, *args, **kwargs)`` under a plate of ``chains`` particles (conditioned
+    on ``values`` if given)."""
     x, args, kwargs = call
     fn = pyro.plate(PARTICLE_PLATE, chains, dim=particle_dim)(fn)
     if values is not None:
@@ -98,13 +92,10 @@ class Target:
             values = self.layout.unflatten(z)
             log_p = trace_log_density(
                 chain_trace(self.model, self.call, self.pdim, self.chains, values), self.pdim)
-            if self.q_sites is None:
-                log_q = trace_log_density(
-                    chain_trace(self.guide, self.call, self.pdim, self.chains, values),
-                    self.pdim)
-            else:
-                log_q = trace_log_density(
-                    {n: dict(s, value=values[n]) for n, s in self.q_sites.items()}, self.pdim)
+            q_trace = (chain_trace(self.guide, self.call, self.pdim, self.chains, values)
+                       if self.q_sites is None else
+                       {n: dict(s, value=values[n]) for n, s in self.q_sites.items()})
+            log_q = trace_log_density(q_trace, self.pdim)
             grad_p, = torch.autograd.grad(log_p.sum(), z, retain_graph=self.q_sites is None)
             grad_q, = torch.autograd.grad(log_q.sum(), z)
         return log_p.detach(), log_q.detach(), grad_p, grad_q
@@ -138,7 +129,7 @@ def transition(target: Target, state: tuple, tau: float, step: torch.Tensor,
 
 
 class StepSizePilot:
-    """Per-example step sizes ε(τ) adapted on independent chains (see the module text)."""
+    """Per-example step sizes ε(τ), adapted on chains of their own (see the annealing module)."""
 
     def __init__(self, n: int, device, target_accept: float, init: float = 0.25,
                  rate: float = 0.5):
@@ -163,8 +154,7 @@ class StepSizePilot:
         table = torch.stack(self.table)
 
         def step_size(t: int, tau: float) -> torch.Tensor:
-            i = int(torch.argmin((temperatures - tau).abs()))
-            return table[i].exp()
+            return table[int(torch.argmin((temperatures - tau).abs()))].exp()
 
         return step_size
 

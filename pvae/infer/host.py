@@ -1,11 +1,8 @@
-"""What inference may ask of the object that owns a model/guide pair, declared, and passed
-explicitly (``host=vae``): never found by looking inside the model function.
-
-Every estimator works on any Pyro model/guide pair; with a :class:`Host` it also moves the
-data to the host's device, checks them with the host's own rules and freezes the host's
-parameters while it runs. Local fits started from an encoder ask an :class:`Encoder`.
-A :class:`pvae.model.vae.VAE` is both.
-"""
+"""What inference may ask of the object that owns a model/guide pair (a
+:class:`pvae.model.vae.VAE`), declared, and passed explicitly (``host=vae``): given a
+:class:`Host`, an estimator moves the data to its device, checks them by its rules and
+freezes its parameters while it runs; local fits started from an encoder ask an
+:class:`Encoder`."""
 from __future__ import annotations
 
 import contextlib

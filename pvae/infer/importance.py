@@ -5,12 +5,9 @@ From the K log-weights log w_k of each example (:mod:`pvae.infer.logweights`, un
 K toward log p(x) (Burda et al.), and ELBO(x) ≈ mean_k log w_k. PSIS k-hat (Vehtari et al.)
 above 0.7 says the estimate for that example cannot be trusted. The proposal is the guide, or
 (``proposal="refined"``) ½q + ½q* with q* fitted to each example, whose weights are tighter.
-Given a ``host`` (:mod:`pvae.infer.host`), ``x`` and the tensors cut with it move to its
-device and are checked by it first.
-"""
+A ``host`` moves and checks the data first (:mod:`pvae.infer.host`)."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -59,11 +56,6 @@ class EvalResult(Estimate):
         """Mean ELBO estimate over the examples."""
         return self.mean("elbo")
 
-    @property
-    def elbo_stderr(self) -> float:
-        """Standard error of :attr:`elbo_mean`."""
-        return self.stderr("elbo")
-
 
 def _batches(model, guide, x, args, kwargs, num_samples, chunk_size, batch_size, host):
     """Check the call once; return K and the (K, b) log-weights of each run of ``batch_size``
@@ -87,24 +79,21 @@ def _batches(model, guide, x, args, kwargs, num_samples, chunk_size, batch_size,
 def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args, num_samples: int,
                    chunk_size: int | None = None, host: Host | None = None,
                    **kwargs) -> torch.Tensor:
-    """Importance-sampled log p(x) per example, (B,) float64 on x's device; a pass holds at
-    most ``chunk_size`` latent draws (particles × examples; default
-    :func:`~pvae.infer.logweights.default_chunk_size` of the device)."""
-    device = x.device if isinstance(x, torch.Tensor) else None
+    """Importance-sampled log p(x) per example, (B,) float64 on x's device; ``chunk_size``
+    bounds the latent draws per pass, as in :func:`~pvae.infer.logweights.log_weights`."""
     num_samples, _, batches = _batches(model, guide, x, args, kwargs, num_samples, chunk_size,
                                        None, host)
     with torch.no_grad(), pyro.validation_enabled(False):
         lse = torch.cat([torch.logsumexp(lw, dim=0) for lw in batches])
-    return (lse - math.log(num_samples)).to(device)
+    return (lse - math.log(num_samples)).to(x.device)
 
 
 def refined_proposal(model: Callable, x: torch.Tensor, host: Encoder, *,
                      progress: bool = False, **fit_options) -> tuple[Callable, Callable, tuple]:
-    """The refined IS proposal for the pair of ``host`` (a VAE) on ``x``: q*(z|x_n), the
-    diagonal Gaussian fitted to each example's ELBO from the encoder's output with the model
-    frozen (:func:`~pvae.infer.localfit.fit_local`, options ``fit_options``), mixed as
-    ½q(z|x) + ½q* so that no weight exceeds twice q's (defensive importance sampling).
-    Returns ``(model, proposal, args)``: score with ``log_likelihood(model, proposal, x, *args)``."""
+    """``(model, proposal, args)`` to score with ``log_likelihood(model, proposal, x, *args)``:
+    ½q(z|x) + ½q*, q* fitted to each example from the encoder of ``host`` (a VAE) by
+    :func:`~pvae.infer.localfit.fit_local` (options ``fit_options``), so that no weight
+    exceeds twice q's (defensive importance sampling)."""
     if not isinstance(host, Encoder) or not host.amortized:
         raise ConfigError("proposal='refined' starts each fit from the encoder: pass host=vae "
                           "of a VAE with an amortized guide")
@@ -119,12 +108,10 @@ def importance_sampling(model: Callable, guide: Callable, x: torch.Tensor, *args
                         batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
                         proposal: str = "encoder", refine_options: dict | None = None,
                         host: Host | None = None, **kwargs) -> EvalResult:
-    """log p(x), ELBO, ESS and k-hat per example from the same K draws, ``batch_size``
-    examples at a time (``chunk_size`` as in :func:`log_likelihood`); warns if k-hat > 0.7.
-
-    ``proposal="encoder"`` draws from the guide; ``"refined"`` from :func:`refined_proposal`'s
-    ½q + ½q* (``refine_options`` go to its local fits; it needs ``host``), whose weights are
-    tighter and lighter-tailed at the same K; ``elbo`` is then that proposal's."""
+    """log p(x), ELBO, ESS and k-hat per example from the same K draws, ``batch_size`` examples
+    at a time (``chunk_size`` as in :func:`log_likelihood`); warns if k-hat > 0.7. With
+    ``proposal="refined"`` the draws come from :func:`refined_proposal`'s ½q + ½q* (it needs
+    ``host``; ``refine_options`` go to its local fits), and ``elbo`` is that proposal's."""
     if proposal not in PROPOSALS:
         raise ConfigError(f"proposal must be one of {PROPOSALS}, got {proposal!r}", "proposal")
     start, cpu = time.perf_counter(), time.process_time()
@@ -134,14 +121,6 @@ def importance_sampling(model: Callable, guide: Callable, x: torch.Tensor, *args
         x = prepare_examples(host, x)[0]
         model, guide, args = refined_proposal(model, x, host, progress=progress,
                                               **(refine_options or {}))
-    result = _evaluate(model, guide, x, args, kwargs, num_samples, chunk_size, batch_size,
-                       progress, host)
-    return dataclasses.replace(result, proposal=proposal, seconds=time.perf_counter() - start,
-                               cpu_seconds=time.process_time() - cpu)
-
-
-def _evaluate(model, guide, x, args, kwargs, num_samples, chunk_size, batch_size, progress,
-              host) -> EvalResult:
     batch_size = check_count("batch_size", batch_size)
     num_samples, x, batches = _batches(model, guide, x, args, kwargs, num_samples, chunk_size,
                                        batch_size, host)
@@ -155,12 +134,14 @@ def _evaluate(model, guide, x, args, kwargs, num_samples, chunk_size, batch_size
             rows.append([t.cpu().numpy() for t in (lse - math.log(num_samples), lw.mean(0), ess)]
                         + [psis_khat(lw.T.cpu().numpy())])
             bar.update(lw.shape[1])
-    result = EvalResult(*map(np.concatenate, zip(*rows)), num_samples=num_samples)
-    bad = result.khat_frac_bad
-    if bad > 0:
+    result = EvalResult(*map(np.concatenate, zip(*rows)), num_samples=num_samples,
+                        proposal=proposal, seconds=time.perf_counter() - start,
+                        cpu_seconds=time.process_time() - cpu)
+    if result.khat_frac_bad > 0:
         logger.warning(
             "PSIS k-hat > %.1f for %d of %d examples (max %.2f): the log p(x) estimate for "
             "those examples is unreliable, because the guide's tails are too light for the "
             "posterior and a few huge importance weights dominate; raise K or improve the "
-            "guide", KHAT_BAD, int(round(bad * result.n)), result.n, result.khat_max)
+            "guide", KHAT_BAD, int(round(result.khat_frac_bad * result.n)), result.n,
+            result.khat_max)
     return result

@@ -47,14 +47,12 @@ def optimise_local(log_weight_fn: Callable, loc0: torch.Tensor, scale0: torch.Te
                    patience: int | None = 5, window: int = 50, progress: bool = False,
                    desc: str = "local fit", max_seconds: float | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, int, bool, list]:
-    """Maximise Σ_n L_n over per-example (m_n, s_n = softplus(ρ_n) + MIN_SCALE) with one Adam.
-
-    ``log_weight_fn(loc, scale, S)``: ``(S, B)`` differentiable log p(x_n, z) − log q(z),
-    z ~ q; only (m, ρ) get gradients. Stops (Cremer et al.) when ``patience`` windows of
-    ``window`` steps bring no better mean ELBO, returning the last window's mean iterate, or
-    after ``max_steps`` (``patience=None``: exactly, the last iterate) or once ``max_seconds``
-    of wall time have passed (not converged; the last window's mean if one ended, else the
-    last iterate). Returns detached ``(loc, scale, steps, converged, window_means)``."""
+    """Maximise Σ_n L_n over per-example (m_n, s_n = softplus(ρ_n) + MIN_SCALE) with one Adam,
+    ``log_weight_fn(loc, scale, S)`` giving the ``(S, B)`` log p(x_n, z) − log q(z), z ~ q;
+    return detached ``(loc, scale, steps, converged, window_means)``. Stops (Cremer et al.)
+    when ``patience`` windows of ``window`` steps bring no better mean ELBO (converged: the
+    last window's mean iterate), after ``max_steps`` (``patience=None``: exactly; the last
+    iterate) or ``max_seconds`` (the last window's mean if one ended, else the last iterate)."""
     for name, count in dict(max_steps=max_steps, window=window,
                             num_particles=num_particles).items():
         check_count(name, count)
@@ -105,9 +103,8 @@ def optimise_local(log_weight_fn: Callable, loc0: torch.Tensor, scale0: torch.Te
 
 @dataclass(frozen=True)
 class LocalFit:
-    """q*(z_n) = N(loc_n, diag scale_n²) (``family`` "flow": pushed through the guide's shared
-    flow ``flows``) and L[q*] for each of B examples, and the steps, convergence, window means
-    (:func:`optimise_local`) and wall time of the fit."""
+    """q*(z_n) = N(loc_n, diag scale_n²) (``family`` "flow": through the shared ``flows``) and
+    L[q*] of each example, with the fit's steps, convergence, window means and wall time."""
 
     loc: torch.Tensor
     scale: torch.Tensor
@@ -156,14 +153,11 @@ def fit_local(model: Callable, x: torch.Tensor, *, host: Host | None = None, ini
               patience: int | None = 5, window: int = 50, elbo_samples: int = 1000,
               chunk_size: int | None = None, model_args: Sequence = (), progress: bool = True,
               max_seconds: float | None = None, desc: str = "local fit") -> LocalFit:
-    """Fit q*(z_n) = N(m_n, diag s_n²) = argmax L[q] for every example of ``x``, the model
-    (``model(x, *model_args)``, latent ``"z"`` in the ``"data"`` plate) frozen; for a host
-    whose guide has a flow f shared by all x, q*(z_n) = f(N(m_n, diag s_n²)).
-
-    ``init``: ``"encoder"`` (the host's encoder output; the default with an amortized host),
-    ``"prior"`` (N(0, I); the default otherwise) or ``(loc, scale)``. ``max_seconds`` bounds
-    the fit's wall time; the other options are :func:`optimise_local`'s. L[q*] is estimated
-    with ``elbo_samples`` draws."""
+    """The fit q*(z_n) = N(m_n, diag s_n²) = argmax L[q] of every example of ``x`` (f(N(m_n,
+    diag s_n²)) for a host whose guide has a flow f shared by all x), the model
+    ``model(x, *model_args)`` (latent ``"z"`` in the ``"data"`` plate) frozen. ``init``:
+    ``"encoder"`` (the default with an amortized host), ``"prior"`` (N(0, I)) or
+    ``(loc, scale)``; L[q*] takes ``elbo_samples`` draws; the rest is :func:`optimise_local`'s."""
     check_count("elbo_samples", elbo_samples)
     check_count("chunk_size", chunk_size, allow_none=True)
     x, args, _ = prepare_examples(host, x, *model_args)

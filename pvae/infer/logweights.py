@@ -1,13 +1,12 @@
 """Importance log-weights log w_bk = log p(x_b, z_bk) − log q(z_bk|x_b), z_bk ~ q(z|x_b), a
-``(K, B)`` matrix for K draws of each of B examples: the one quantity the importance-sampled
-log p(x) (:mod:`pvae.infer.importance`), the ELBO (:mod:`pvae.infer.amortization`) and the
-IWAE loss share. (Not to be confused with a network's weights: those are its parameters.)
+``(K, B)`` matrix for K draws of each of B examples: what the importance-sampled log p(x),
+the ELBO and the IWAE loss share (not a network's weights, which are its parameters).
 
 The pair contract: ``model(x, *args, **kwargs)`` and ``guide(x, *args, **kwargs)`` are Pyro
 programs whose every latent and observed site lies in a vectorized ``pyro.plate("data")``
-sized by the leading dim of ``x``; the guide samples exactly the model's latent sites.
-Every tensor in ``args``/``kwargs`` whose leading dim is ``len(x)`` (dataset indices
-``idx``, say) is cut along with ``x`` when the examples are split."""
+sized by the leading dim of ``x``; the guide samples exactly the model's latent sites. Every
+tensor in ``args``/``kwargs`` whose leading dim is ``len(x)`` (dataset indices ``idx``, say)
+is cut along with ``x`` when the examples are split."""
 from __future__ import annotations
 
 import re
@@ -30,7 +29,6 @@ DEFAULT_CHUNK_SIZE = 2**13
 VAE; smaller passes stay in cache, larger ones spend their time faulting pages in."""
 CUDA_CHUNK_SIZE = 2**17
 """Latent draws per pass on a GPU, which needs large passes to fill it (1.6 GB for MNIST)."""
-_SHAPE_ERROR = re.compile(r"shape|size|dimension|broadcast", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -56,10 +54,8 @@ def _data_frame(name: str, site: dict):
 
 
 def check_pair(model: Callable, guide: Callable, x: torch.Tensor, *args, **kwargs) -> Structure:
-    """Check the pair contract by running the guide and the replayed model on x[:2]; the
-    pair's own exceptions propagate as themselves (with a note), except one about shapes,
-    which becomes a DataError about x's leading dim. Also refused: a missing latent or
-    observed site, and enumeration."""
+    """The :class:`Structure` of a pair that keeps the contract on x[:2], else a ConfigError or
+    DataError (a shape error: about x's leading dim); the pair's own exceptions propagate."""
     n_try = min(2, x.shape[0])
     xt, t_args, t_kwargs = map_examples(lambda a: a[:n_try], x, *args, **kwargs)
     try:
@@ -74,7 +70,7 @@ def check_pair(model: Callable, guide: Callable, x: torch.Tensor, *args, **kwarg
         if isinstance(own, PvaeError):
             raise own from None
         if isinstance(own, (ValueError, RuntimeError, IndexError)) \
-                and _SHAPE_ERROR.search(str(own)):
+                and re.search("shape|size|dimension|broadcast", str(own), re.IGNORECASE):
             raise DataError(f"running the model and guide on x[:{n_try}] (x has shape "
                             f"{tuple(x.shape)}) failed with a shape error: {own}. x must hold "
                             "the examples along its leading dim, as the model and guide "
@@ -118,8 +114,8 @@ def check_pair(model: Callable, guide: Callable, x: torch.Tensor, *args, **kwarg
 
 def particle_traces(model: Callable, guide: Callable, k: int, particle_dim: int, *args,
                     **kwargs) -> tuple:
-    """(model trace, guide trace): the guide run under a vectorized plate of ``k`` particles at
-    ``particle_dim``, and the model replayed on it under the same plate."""
+    """(model trace, guide trace) under a vectorized plate of ``k`` particles at
+    ``particle_dim``, the model replayed on the guide."""
     particles = pyro.plate(PARTICLE_PLATE, k, dim=particle_dim)
     guide_tr = poutine.trace(particles(guide)).get_trace(*args, **kwargs)
     model_tr = poutine.trace(poutine.replay(particles(model), trace=guide_tr)).get_trace(
@@ -128,9 +124,9 @@ def particle_traces(model: Callable, guide: Callable, k: int, particle_dim: int,
 
 
 def trace_log_density(trace, particle_dim: int, scaled: bool = False) -> torch.Tensor | None:
-    """Σ over a trace's sample sites of log fn(value), summed over all dims but the particle and
-    ``"data"`` ones (``scaled``: as in :func:`log_weights`); None if it has no sample site.
-    ``trace`` may also be a mapping of site names to site dicts."""
+    """Σ over the sample sites of a trace (or {name: site}) of log fn(value), summed over all
+    dims but the particle and ``"data"`` ones (``scaled``: as in :func:`log_weights`); None
+    without sample sites."""
     total = None
     for name, site in getattr(trace, "nodes", trace).items():
         if site["type"] != "sample" or site_is_subsample(site):
@@ -150,8 +146,7 @@ def trace_log_density(trace, particle_dim: int, scaled: bool = False) -> torch.T
 
 
 def trace_log_weights(model_trace, guide_trace, particle_dim: int, scaled: bool) -> torch.Tensor:
-    """The log-weights of a model trace replayed on a vectorized guide trace:
-    :func:`trace_log_density` of the model minus that of the guide."""
+    """log p − log q (:func:`trace_log_density`) of a model trace replayed on a guide trace."""
     log_p = trace_log_density(model_trace, particle_dim, scaled)
     log_q = trace_log_density(guide_trace, particle_dim, scaled)
     if log_p is None or log_q is None:
@@ -167,14 +162,14 @@ def log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_samples: 
     ``scaled=False``: each site's raw ``fn.log_prob`` in float64, ignoring ``poutine.scale``
     (β), masks and the subsample scale N/B (the β = 1 model). ``scaled=True``:
     ``scale_and_mask(fn.log_prob, scale / (N/B), mask)``, i.e. log p(x|z) + β·(log p(z) −
-    log q(z|x)), N/B left to the caller. A pass holds at most ``chunk_size`` draws
-    (particles × examples; None: :func:`default_chunk_size` of x's device). ``structure``: :func:`check_pair`'s, else made here."""
+    log q(z|x)), N/B left to the caller. A pass holds at most ``chunk_size`` draws (particles
+    × examples; None: :func:`default_chunk_size`); ``structure``: :func:`check_pair`'s."""
     structure = structure or check_pair(model, guide, x, *args, **kwargs)
-    n, pdim = x.shape[0], structure.particle_dim
+    pdim = structure.particle_dim
     chunk = chunk_size or default_chunk_size(x.device)
     per_pass, k_pass = max(1, chunk // num_samples), min(num_samples, chunk)
     columns = []
-    for b0 in range(0, n, per_pass):
+    for b0 in range(0, x.shape[0], per_pass):
         xb, a, kw = map_examples(lambda t: t[b0:b0 + per_pass], x, *args, **kwargs)
         rows = []
         for k0 in range(0, num_samples, k_pass):

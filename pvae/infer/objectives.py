@@ -1,8 +1,6 @@
-"""Objectives, picked by name from :data:`OBJECTIVES`, and the β warm-up schedule.
-
-β is not part of a loss: :class:`pvae.model.vae.VAE` scales the ``"z"`` site with ``poutine.scale``,
-so an ELBO here minimises E_q[-log p(x|z)] + β·KL(q(z|x) || p(z)) (the IWAE bound: :class:`IWAE`).
-"""
+"""Objectives, picked by name from :data:`OBJECTIVES`, and the β warm-up schedule. β is not
+part of a loss: :class:`pvae.model.vae.VAE` scales the ``"z"`` site with ``poutine.scale``, so
+an ELBO here minimises E_q[−log p(x|z)] + β·KL(q(z|x) || p(z))."""
 from __future__ import annotations
 
 import math
@@ -32,15 +30,13 @@ def meanfield(num_particles: int = 1) -> pyro.infer.ELBO:
 class IWAE(pyro.infer.ELBO):
     """The importance-weighted bound of Burda et al. (2016), per example.
 
-    With K = ``num_particles`` draws z_bk ~ q(z|x_b) and log-weights w_bk (:mod:`pvae.infer.logweights`),
-    L_K = Σ_b [logsumexp_k w_bk − log K] and loss = −(N/B)·L_K: N/B, the ``"data"`` plate's
-    subsample scale, applies *after* the logsumexp; E[L_1] is the ELBO, E[L_K] ≤ Σ_b log p(x_b)
-    rises towards it with K. Pyro's ``RenyiELBO(alpha=0)`` applies N/B inside, and with a site
-    outside the plate sums over the batch first (a joint, looser bound); here every site must sit
-    in ``"data"`` at dim −1 alone, the guide with ``rsample``. With ``"z"`` scaled by β, w =
+    With K = ``num_particles`` draws z_bk ~ q(z|x_b) and log-weights w_bk, L_K = Σ_b
+    [logsumexp_k w_bk − log K] and loss = −(N/B)·L_K: N/B, the ``"data"`` plate's subsample
+    scale, applies *after* the logsumexp (Pyro's ``RenyiELBO(alpha=0)`` applies it inside);
+    E[L_1] is the ELBO, E[L_K] ≤ Σ_b log p(x_b) rises towards it with K. Every site must sit in
+    ``"data"`` at dim −1 alone, the guide with ``rsample``. With ``"z"`` scaled by β, w =
     log p(x|z) + β·(log p(z) − log q(z|x)): the β-ELBO for K = 1; for K > 1 the IWAE bound at
-    β = 1, else a bound on log ∫ p(x|z) p(z)^β q(z|x)^(1−β) dz (log E_q p(x|z) at β = 0), not on
-    log p(x)."""
+    β = 1, else a bound on log ∫ p(x|z) p(z)^β q(z|x)^(1−β) dz, not on log p(x)."""
 
     def __init__(self, num_particles: int = 1):
         super().__init__(num_particles=check_count("num_particles", int(num_particles)),
@@ -68,8 +64,7 @@ class IWAE(pyro.infer.ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """−(N/B)·Σ_b [logsumexp_k w_bk − log K], differentiable in the parameters."""
         lw, data_scale = self.log_weights(model, guide, *args, **kwargs)
-        bound = (torch.logsumexp(lw, dim=0) - math.log(self.num_particles)).sum()
-        loss = -data_scale * bound
+        loss = -data_scale * (torch.logsumexp(lw, dim=0) - math.log(self.num_particles)).sum()
         warn_if_nan(loss, "loss")
         return loss
 
@@ -91,9 +86,10 @@ OBJECTIVES: dict[str, Callable[..., pyro.infer.ELBO]] = {
 
 
 def make_loss(name: str = "elbo", num_particles: int = 1) -> pyro.infer.ELBO:
-    """Return the objective ``name`` with ``num_particles`` samples per example."""
+    """The objective ``name`` with ``num_particles`` samples per example."""
     if name not in OBJECTIVES:
-        raise ConfigError(f"unknown loss {name!r}; choose one of: {', '.join(sorted(OBJECTIVES))}")
+        raise ConfigError(
+            f"unknown loss {name!r}; choose one of: {', '.join(sorted(OBJECTIVES))}")
     if int(num_particles) < 1:
         raise ConfigError(f"--num-particles must be >= 1, got {num_particles}")
     return OBJECTIVES[name](num_particles=int(num_particles))
@@ -101,6 +97,4 @@ def make_loss(name: str = "elbo", num_particles: int = 1) -> pyro.infer.ELBO:
 
 def beta_at(step: int, beta: float, warmup_steps: int) -> float:
     """β at optimisation step (not epoch) ``step``: β·min(1, step / warmup_steps); β without one."""
-    if warmup_steps <= 0:
-        return float(beta)
-    return float(beta) * min(1.0, step / warmup_steps)
+    return float(beta) * (min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0)

@@ -1,14 +1,8 @@
 """The one base of every estimator's result: per-example estimates in nats, their mean and
-standard error over the examples, PSIS k-hat, the cost, and one serializer.
-
-A result class lists its ``metrics.json`` entries in :attr:`Estimate.METRICS`, as
-``(key, attribute, with_stderr)``: a per-example attribute is written as its mean (and, with
-``with_stderr``, ``key_stderr``, the standard error of that mean), anything else as it is;
-NaN (unknown) becomes ``None``.
-"""
+standard error over the examples, PSIS k-hat, the cost, and one serializer of the
+``metrics.json`` entries that a result class lists in :attr:`Estimate.METRICS`."""
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -36,7 +30,8 @@ def _plain(value: Any) -> Any:
 class Estimate:
     """Per-example estimates and what they cost: ``seconds`` of wall time and ``cpu_seconds``
     of this process's CPU time. :attr:`MAIN` names the per-example attribute that :attr:`n`,
-    :meth:`mean` and :meth:`stderr` default to. An estimator with importance weights has a
+    :meth:`mean` and :meth:`stderr` default to; :attr:`METRICS` lists the ``metrics.json``
+    entries as ``(key, attribute, with_stderr)``. An estimator with importance weights has a
     per-example ``khat`` (PSIS k-hat; NaN where no tail could be fitted)."""
 
     seconds: float = math.nan
@@ -62,20 +57,16 @@ class Estimate:
         v = self.values(name)
         return stderr(v) if v.shape[0] > 1 else math.nan
 
-    def _khat(self) -> np.ndarray:
-        k = getattr(self, "khat", None)  # a field or property of the estimators that have one
-        return np.full(self.n, np.nan) if k is None else np.asarray(k, dtype=np.float64)
-
     @property
     def khat_max(self) -> float:
         """Largest PSIS k-hat over the examples (NaN when none could be fitted)."""
-        k = self._khat()
+        k = np.asarray(getattr(self, "khat", math.nan), dtype=np.float64)
         return float(np.nanmax(k)) if np.isfinite(k).any() else math.nan
 
     @property
     def khat_frac_bad(self) -> float:
         """Fraction of examples with k-hat > 0.7 (unreliable); NaN when none was fitted."""
-        k = self._khat()
+        k = np.asarray(getattr(self, "khat", math.nan), dtype=np.float64)
         return float(np.mean(k > KHAT_BAD)) if np.isfinite(k).any() else math.nan
 
     @property
@@ -89,7 +80,9 @@ class Estimate:
         return self.stderr("log_px")
 
     def to_metrics(self) -> dict[str, Any]:
-        """The ``metrics.json`` entries of :attr:`METRICS` (NaN becomes None)."""
+        """The ``metrics.json`` entries of :attr:`METRICS`: a per-example attribute as its mean
+        (and, ``with_stderr``, ``key_stderr``: the standard error of that mean), anything else
+        as it is; NaN (unknown) becomes None."""
         out: dict[str, Any] = {}
         for key, name, with_stderr in self.METRICS:
             value = getattr(self, name)
@@ -107,8 +100,3 @@ class Estimate:
         keys = [k for key, _, with_stderr in cls.METRICS
                 for k in ((key, f"{key}_stderr") if with_stderr else (key,))]
         return dict.fromkeys(keys)
-
-    def per_example_fields(self) -> list[str]:
-        """The fields holding one value per example (what a data-parallel run gathers)."""
-        return [f.name for f in dataclasses.fields(self)
-                if isinstance(getattr(self, f.name), (np.ndarray, torch.Tensor))]
