@@ -63,8 +63,8 @@ class RunConfig:
     def from_dict(cls, values: Mapping[str, Any], strict: bool = True) -> "RunConfig":
         """The inverse of :meth:`to_dict`; missing settings take their defaults. With
         ``strict`` a key that is no setting is a ConfigError."""
-        return cls().replace(**dict(values)) if strict else cls().replace(
-            **{k: v for k, v in values.items() if k in setting_names()})
+        known = section_of()
+        return cls().replace(**{k: v for k, v in values.items() if strict or k in known})
 
     def replace(self, **changes) -> "RunConfig":
         """A copy with ``changes``: setting names of any section, or part options (which join
@@ -103,16 +103,8 @@ def section_of() -> dict[str, str | None]:
     return out
 
 
-def setting_names() -> set[str]:
-    """Every setting name of a run."""
-    return set(section_of())
-
-
 def flag_fields() -> Iterator[tuple[str | None, dataclasses.Field]]:
     """``(section, field)`` of every setting that is a command-line flag, in order."""
-    for f in own_settings():
-        yield None, f
+    yield from ((None, f) for f in own_settings())
     for name, cls in SECTIONS.items():
-        for f in dataclasses.fields(cls):
-            if f.metadata.get("flag"):
-                yield name, f
+        yield from ((name, f) for f in dataclasses.fields(cls) if f.metadata.get("flag"))
