@@ -2,8 +2,6 @@
 the settings of a frozen configuration dataclass, each declared once with :func:`setting`
 (its flag's help text, bounds and choices) and coerced to its annotated type and checked by
 :func:`validate`, in one place, when the configuration is made."""
-from __future__ import annotations
-
 import dataclasses
 import math
 import os

@@ -1,7 +1,5 @@
 """Distributions the parts and the estimators share, and the scale parameterisation: every
 learned standard deviation in pvae is softplus(ρ) + :data:`MIN_SCALE`."""
-from __future__ import annotations
-
 import math
 
 import pyro.distributions as dist

@@ -3,8 +3,6 @@
 :func:`run_lock` holds an exclusive ``fcntl.flock`` on ``OUT/.pvae.lock``, which the kernel drops
 when its process dies, however it dies: the next run takes a killed run's lock over.
 """
-from __future__ import annotations
-
 import contextlib
 import errno
 import os

@@ -1,6 +1,4 @@
 """Minibatches of one shuffled epoch (binarized afresh per batch), and synthetic data."""
-from __future__ import annotations
-
 import math
 from typing import Iterator
 

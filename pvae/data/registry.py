@@ -5,8 +5,6 @@ test_y, image_shape)`` of the full splits, images flattened and in [0, 1]: ``mni
 :func:`pvae.data.mnist.read_mnist`'s offline route, ``fashion-mnist`` and ``kmnist``
 torchvision's download. Anything else is a path to one's own images (:mod:`pvae.data.own`).
 """
-from __future__ import annotations
-
 import dataclasses
 import socket
 from dataclasses import dataclass

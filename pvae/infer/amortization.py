@@ -11,8 +11,6 @@ pushed through the guide's flow where it is shared by all x, as in the IAF guide
 example with the decoder frozen (:func:`~pvae.infer.localfit.fit_local`), so that
 L[q] ≤ L[q*] up to the fit; :func:`refine` and the semi-amortized guide sit in between (Kim et
 al. 2018). Every ELBO here is the β = 1 bound; results live on the VAE's device."""
-from __future__ import annotations
-
 import time
 from dataclasses import dataclass
 from typing import Callable, Protocol, runtime_checkable

@@ -13,8 +13,6 @@ over T/10 steps, log ε += κ·(mean acceptance − target) after each), then fr
 transition is a fixed f_τ-invariant kernel, and E[w] = p(x) holds. With a ``host``, x moves
 to its device, is checked by it, and its parameters are frozen for the run.
 """
-from __future__ import annotations
-
 import functools
 import math
 import time

@@ -1,7 +1,5 @@
 """Diagnostics of a set of log-weights: PSIS k-hat (Vehtari et al., via arviz) and the
 standard error of a mean over examples."""
-from __future__ import annotations
-
 import logging
 import math
 import warnings

@@ -1,8 +1,6 @@
 """The estimators of log p(x), registered by name in :data:`ESTIMATORS` (which the main job
 and ``pvae evaluate`` loop over: a new estimator is one module and one entry here), and the
 evaluation section of a run's configuration (:class:`EvalConfig`) that sets their budgets."""
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import Callable
 

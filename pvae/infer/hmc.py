@@ -3,8 +3,6 @@
 of B examples at C chains as one (C, B, D) tensor, log p(x, z) and log q(z|x) with their
 z-gradients from Pyro's traces (``poutine.condition`` under a vectorized plate of C chains),
 and one move leaving f_τ = q^(1−τ) p^τ invariant."""
-from __future__ import annotations
-
 import math
 from typing import Callable
 

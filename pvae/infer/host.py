@@ -3,8 +3,6 @@
 :class:`Host`, an estimator moves the data to its device, checks them by its rules and
 freezes its parameters while it runs; local fits started from an encoder ask an
 :class:`Encoder`."""
-from __future__ import annotations
-
 import contextlib
 from typing import Callable, Iterator, Protocol, runtime_checkable
 

@@ -6,8 +6,6 @@ K toward log p(x) (Burda et al.), and ELBO(x) ≈ mean_k log w_k. PSIS k-hat (Ve
 above 0.7 says the estimate for that example cannot be trusted. The proposal is the guide, or
 (``proposal="refined"``) ½q + ½q* with q* fitted to each example, whose weights are tighter.
 A ``host`` moves and checks the data first (:mod:`pvae.infer.host`)."""
-from __future__ import annotations
-
 import logging
 import math
 import time

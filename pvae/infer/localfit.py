@@ -2,8 +2,6 @@
 L_n = E_q[log p(x_n, z) − log q(z)] with the model frozen (:func:`fit_local`, for the
 amortization gap, the refined IS proposal and the semi-amortized guide), and the fitted q as
 a Pyro guide, alone or mixed with q(z|x) (:func:`local_guide`)."""
-from __future__ import annotations
-
 import math
 import time
 from dataclasses import dataclass

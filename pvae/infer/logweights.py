@@ -7,8 +7,6 @@ programs whose every latent and observed site lies in a vectorized ``pyro.plate(
 sized by the leading dim of ``x``; the guide samples exactly the model's latent sites. Every
 tensor in ``args``/``kwargs`` whose leading dim is ``len(x)`` (dataset indices ``idx``, say)
 is cut along with ``x`` when the examples are split."""
-from __future__ import annotations
-
 import re
 from dataclasses import dataclass
 from typing import Callable

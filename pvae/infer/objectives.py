@@ -1,8 +1,6 @@
 """Objectives, picked by name from :data:`OBJECTIVES`, and the β warm-up schedule. β is not
 part of a loss: :class:`pvae.model.vae.VAE` scales the ``"z"`` site with ``poutine.scale``, so
 an ELBO here minimises E_q[−log p(x|z)] + β·KL(q(z|x) || p(z))."""
-from __future__ import annotations
-
 import math
 from typing import Callable
 

@@ -1,8 +1,6 @@
 """The one base of every estimator's result: per-example estimates in nats, their mean and
 standard error over the examples, PSIS k-hat, the cost, and one serializer of the
 ``metrics.json`` entries that a result class lists in :attr:`Estimate.METRICS`."""
-from __future__ import annotations
-
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar

@@ -3,8 +3,6 @@
 :class:`VAEConfig`, the ``model`` section of a run's configuration, is all a checkpoint needs
 to rebuild a VAE from :data:`REGISTRIES`; a run reads its ``flag=False`` fields off the data.
 """
-from __future__ import annotations
-
 import dataclasses
 import math
 from dataclasses import dataclass, field

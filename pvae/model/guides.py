@@ -1,7 +1,5 @@
 """Guides q(z|x) (the interface: :class:`pvae.model.parts.Guide`), picked by name from
 :data:`GUIDES`; every scale is softplus(·) + 1e-5."""
-from __future__ import annotations
-
 from typing import Sequence
 
 import pyro.distributions as dist

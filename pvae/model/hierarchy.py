@@ -1,8 +1,6 @@
 """The upper stochastic layer of a two-layer VAE (Burda, Grosse & Salakhutdinov, 2016): the
 model z2 ~ p(z2), z ~ p(z|z2), x ~ p(x|z), the guide q(z|x) q(z2|z); the bottom latent keeps
 the site ``"z"`` (a one-layer VAE's guide and likelihood fit unchanged), the top one is ``"z2"``."""
-from __future__ import annotations
-
 from typing import Sequence
 
 import pyro.distributions as dist

@@ -4,8 +4,6 @@ interface: :class:`pvae.model.parts.Likelihood`), picked by name from :data:`LIK
 Only the Bernoulli gives a discrete log-probability (log p(x) ≤ 0 nats); the continuous
 likelihoods give a log-*density*, which depends on the units of x, can be positive and is not
 comparable with Bernoulli numbers (nor across continuous likelihoods on differently scaled data)."""
-from __future__ import annotations
-
 import math
 from typing import Sequence
 

@@ -1,6 +1,4 @@
 """Plain ``nn.Module`` builders the parts wrap: MLPs, the convolutional encoder/decoder, flows."""
-from __future__ import annotations
-
 from typing import Sequence
 
 import torch

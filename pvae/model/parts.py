@@ -5,8 +5,6 @@ constructor takes the shared sizes it needs (:data:`SHARED`) by name, then keywo
 *options* with defaults: its declared options, each of its default's type. Nothing else is
 accepted (a misspelled option is an error, not a silent default); each is a command-line flag.
 """
-from __future__ import annotations
-
 import difflib
 import inspect
 from typing import Any, Mapping, Protocol, runtime_checkable

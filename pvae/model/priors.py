@@ -1,7 +1,5 @@
 """Priors p(z) (the interface: :class:`pvae.model.parts.Prior`), picked by name from
 :data:`PRIORS`; learned quantities are ``nn.Parameter`` s (Pyro params in the VAE)."""
-from __future__ import annotations
-
 import math
 
 import pyro.distributions as dist

@@ -2,8 +2,6 @@
 module that samples ``"z"``, ``"z2"`` (a two-layer VAE's top latent) and ``"x"``; it carries its
 frozen :class:`~pvae.model.config.VAEConfig` and is the :class:`pvae.infer.host.Host` of inference.
 """
-from __future__ import annotations
-
 import contextlib
 from typing import Any, Sequence
 

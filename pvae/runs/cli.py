@@ -5,8 +5,6 @@ the registered parts declare. :data:`COMMANDS` maps each subcommand to ``(add_ar
 run(args) -> int)``; the first paragraph of ``run``'s docstring is its help. Usage errors and
 errors a user can fix (:class:`pvae.errors.PvaeError`) are one line on stderr, exit status 2.
 """
-from __future__ import annotations
-
 import argparse
 import logging
 import sys

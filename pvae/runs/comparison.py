@@ -6,8 +6,6 @@ runs saved per-example estimates (``test_log_px.npy``) of the same test images, 
 sqrt(se₁² + se₂²), which overstates the s.e. of runs on the same images (a conservative
 test). Runs whose likelihoods are of different kinds (discrete vs density) are not compared.
 """
-from __future__ import annotations
-
 import contextlib
 import csv
 import dataclasses

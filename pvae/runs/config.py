@@ -10,8 +10,6 @@ sections, so the configuration is also one flat dict of settings (:meth:`RunConf
 the command line's flags, ``pvae compare``'s keys, ``metrics.json["config"]`` and the
 checkpoint's record are that dict.
 """
-from __future__ import annotations
-
 import dataclasses
 import difflib
 from dataclasses import dataclass, field

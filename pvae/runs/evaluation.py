@@ -5,8 +5,6 @@ Under torchrun each rank scores its share of the images and the per-example resu
 gathered in order (:func:`gather_result`). Results are written before figures, and a figure
 that cannot be drawn is a warning that names it, never a lost result.
 """
-from __future__ import annotations
-
 import dataclasses
 import logging
 from pathlib import Path

@@ -5,8 +5,6 @@ out): :func:`workspace` (the run folder, locked, the device and torchrun's proce
 :func:`load_data`, :func:`build_model`, :func:`~pvae.training.loop.fit`, :func:`evaluate_model`
 and :func:`finish` (``metrics.json``, then the figures).
 """
-from __future__ import annotations
-
 import contextlib
 import dataclasses
 import logging

@@ -8,8 +8,6 @@ a registered prior, guide or likelihood) becomes a flag whose default, None, lea
 own default. Values are only parsed here; they are checked once, when the configuration is
 made, and a :class:`~pvae.errors.ConfigError` is one line naming the flags.
 """
-from __future__ import annotations
-
 import argparse
 import math
 import re

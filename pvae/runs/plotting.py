@@ -1,6 +1,4 @@
 """Matplotlib figures; matplotlib (Agg backend) is imported only when one is drawn."""
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Sequence
 

@@ -1,6 +1,4 @@
 """What a run reports: the summary table it prints, and the JSON files it writes."""
-from __future__ import annotations
-
 import json
 import math
 import platform

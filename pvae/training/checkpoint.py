@@ -15,8 +15,6 @@ can fail to be a checkpoint is one :class:`~pvae.errors.CheckpointError`. Files 
 (pvae 0.2: ``{"vae", "beta", "weights", "train"}``) load for evaluation and figures; they
 cannot be resumed, since their training settings are not in this version's form.
 """
-from __future__ import annotations
-
 import hashlib
 import io
 import json

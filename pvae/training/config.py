@@ -2,8 +2,6 @@
 model. ``fit`` takes it as one value; a resumed run must agree with it (:meth:`TrainConfig.
 differences`). The recipe (:mod:`pvae.training.recipes`) is one of its settings; the rate,
 Adam's ε, the schedule and the warm-up it implies are read from it, never copied."""
-from __future__ import annotations
-
 import dataclasses
 import math
 from dataclasses import dataclass

@@ -9,8 +9,6 @@ hanging. Without those variables (or with ``WORLD_SIZE=1``) nothing is initialis
 every function here is the identity of a single process: :func:`world_size` is 1,
 :func:`shard` returns all examples and :func:`gather` returns its argument.
 """
-from __future__ import annotations
-
 import contextlib
 import datetime
 import os

@@ -6,8 +6,6 @@ checks the data, builds the optimiser and resumes a checkpoint into a :class:`Se
 atomic checkpoint; :func:`fit` loops. An interrupted run loses at most one epoch and
 ``resume=True`` reaches the parameters of an uninterrupted run.
 """
-from __future__ import annotations
-
 import contextlib
 import dataclasses
 import logging

@@ -6,8 +6,6 @@ Tomczak & Welling 2018: 2,000). A budget of E epochs compresses its time axis by
 stage of the learning-rate decay and the warm-up keep their share of the run, measured in
 optimisation steps, so a shorter run is the same schedule at a coarser grain, not its head.
 """
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 import torch

@@ -1,7 +1,5 @@
 """Training state as one immutable value, what :func:`pvae.training.loop.fit` resumes from;
 only :mod:`pvae.training.checkpoint` turns it into bytes and back."""
-from __future__ import annotations
-
 import dataclasses
 import hashlib
 import random

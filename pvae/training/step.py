@@ -1,7 +1,5 @@
 """One optimisation step of SVI on a VAE: the loss and gradients of ``pyro.infer.SVI(...).step``
 with one fused ``torch.optim.Adam`` over the VAE's parameters."""
-from __future__ import annotations
-
 from typing import Callable
 
 import pyro
