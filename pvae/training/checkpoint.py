@@ -7,13 +7,10 @@ A checkpoint file is three parts::
     <N bytes: torch.save of {"config": the run's configuration, flat, as in metrics.json,
                              "weights": state dict, "state": TrainState dict or None}>
 
-The payload holds only tensors, numbers, strings, lists and dicts, and is read with
-``torch.load(weights_only=True)``, which refuses to build any other object: a file that
-someone shares cannot run code. Before that, its length and SHA-256 are checked, so a
-truncated or damaged file is refused instead of loading garbage weights. Every way a file
-can fail to be a checkpoint is one :class:`~pvae.errors.CheckpointError`. Files of format 2
-(pvae 0.2: ``{"vae", "beta", "weights", "train"}``) load for evaluation and figures; they
-cannot be resumed, since their training settings are not in this version's form.
+The payload (tensors, numbers, strings, lists, dicts) is read with
+``torch.load(weights_only=True)`` after its length and SHA-256 are checked: a shared file
+cannot run code and a damaged one is refused, always as one
+:class:`~pvae.errors.CheckpointError`. Format 2 (pvae 0.2) loads for evaluation, not resume.
 """
 import hashlib
 import io
@@ -41,10 +38,9 @@ HEADER_LIMIT = 4096
 
 
 class Checkpoint(NamedTuple):
-    """What a checkpoint holds: the run's configuration as written (``config``, flat, the form
-    of ``metrics.json["config"]``), read into the VAE's (``model``; None for a format-2 file of
-    one's own modules) and the training settings (``train``; None when not written by ``fit``
-    or of format 2), the weights, and the training state (None if not from ``fit``)."""
+    """A checkpoint: the run's flat configuration as written, its ``model`` and ``train``
+    sections read from it (None where absent: not from ``fit``, or format 2), the weights and
+    the training state."""
 
     config: dict[str, Any]
     model: VAEConfig | None
@@ -56,8 +52,7 @@ class Checkpoint(NamedTuple):
 def save(path: str | Path, vae: VAE, state: TrainState | None = None,
          settings: TrainConfig | None = None, record: Mapping[str, Any] | None = None) -> None:
     """Write the checkpoint of ``vae``, its training ``settings`` and ``state`` to ``path``
-    atomically; ``record`` holds the rest of the run's configuration (its data and evaluation
-    sections, flat), stored beside them."""
+    atomically, with ``record``, the rest of the run's flat configuration."""
     config = {**(record or {}), **vae.config.to_dict(),
               **(as_dict(settings) if settings is not None else {})}
     payload = {"config": config, "weights": vae.state_dict(),
@@ -71,8 +66,7 @@ def save(path: str | Path, vae: VAE, state: TrainState | None = None,
 
 
 def _parse(payload: Any, fmt: int) -> Checkpoint:
-    """The :class:`Checkpoint` of a payload of format ``fmt``; KeyError/TypeError/ValueError or
-    a PvaeError when it is not one."""
+    """The :class:`Checkpoint` of a payload of format ``fmt`` (KeyError, TypeError... if not)."""
     if not isinstance(payload, dict):
         raise TypeError(f"the payload is a {type(payload).__name__}, not a dict")
     keys = ("config", "weights", "state") if fmt == FORMAT else ("vae", "beta", "weights", "train")
@@ -179,8 +173,8 @@ def restore_weights(vae: VAE, weights: dict[str, torch.Tensor], path: str | Path
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", vae: VAE | None = None) -> VAE:
-    """The VAE stored in checkpoint ``path``, on ``device``, with its β, rebuilt from its
-    configuration or, given ``vae`` (needed for one of custom modules), loaded into it."""
+    """The VAE of checkpoint ``path`` on ``device``, rebuilt from its configuration or loaded
+    into ``vae`` (needed for a VAE of one's own modules)."""
     return to_vae(read(path), path, device, vae)
 
 

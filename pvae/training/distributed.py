@@ -1,14 +1,7 @@
-"""Data-parallel runs with ``torch.distributed``: the process group, this process's place
-in it, and the :func:`shard` / :func:`gather` pair that splits per-example work across the
-ranks and puts the results back in the original order.
-
-``torchrun --nproc_per_node W ...`` starts W processes and tells each its ``RANK``,
-``WORLD_SIZE`` and ``LOCAL_RANK``; :func:`process_group` joins them (NCCL on CUDA, gloo
-on CPU) with a timeout, so a collective that waits for a dead rank fails instead of
-hanging. Without those variables (or with ``WORLD_SIZE=1``) nothing is initialised and
-every function here is the identity of a single process: :func:`world_size` is 1,
-:func:`shard` returns all examples and :func:`gather` returns its argument.
-"""
+"""Data-parallel runs with ``torch.distributed`` (docs/scaling.rst): the process group that
+torchrun's environment describes, this process's place in it, and :func:`shard` /
+:func:`gather`, which split per-example work across the ranks and put it back in order.
+Without torchrun every function here is the identity of one process."""
 import contextlib
 import datetime
 import os
@@ -61,10 +54,8 @@ def env_local_rank() -> int:
 
 @contextlib.contextmanager
 def process_group(device_type: str = "cpu") -> Iterator[int]:
-    """Join the process group that torchrun's environment describes, if it has more than one
-    rank and none is joined yet; leave it on exit, after a barrier when the block ended without
-    an error. Yields the world size. The backend is NCCL for ``device_type == "cuda"`` (each
-    rank on GPU ``LOCAL_RANK``), else gloo."""
+    """Join torchrun's process group (NCCL for CUDA, each rank on GPU ``LOCAL_RANK``, else
+    gloo) if it has several ranks and none is joined; leave it on exit. Yields the world size."""
     if env_world_size() == 1 or (dist.is_available() and dist.is_initialized()):
         yield world_size()
         return
@@ -154,8 +145,7 @@ def barrier() -> None:
 @contextlib.contextmanager
 def together(what: str) -> Iterator[None]:
     """Run the block on every rank and agree on its outcome: if it raised on any rank, it
-    raises on all (its own error where it happened, :class:`RankFailed` elsewhere), so no
-    rank goes on to wait in a collective for one that has given up."""
+    raises on all (:class:`RankFailed` elsewhere), so no rank waits for one that gave up."""
     failed: BaseException | None = None
     try:
         yield
@@ -179,9 +169,7 @@ def bounds(n: int, ranks: int | None = None) -> list[int]:
 
 
 def shard(x: T) -> T:
-    """This rank's contiguous share of the examples along dim 0 of ``x`` (a tensor, array or
-    sequence): rows ``bounds(len(x))[rank]`` up to the next rank's start. ``gather`` of a
-    per-example result of every rank's share is the result for all of ``x`` in order.
+    """This rank's contiguous share (:func:`bounds`) of the examples along dim 0 of ``x``;
     ConfigError (on every rank) if ``x`` has fewer examples than there are ranks."""
     if world_size() == 1:
         return x
@@ -193,9 +181,8 @@ def shard(x: T) -> T:
 
 
 def gather(piece: T) -> T:
-    """Every rank's ``piece`` (a tensor or NumPy array of per-example results along dim 0,
-    from its :func:`shard`) concatenated in rank order, on every rank: the per-example result
-    for the whole of the sharded input, in its original order. Same type, dtype and device."""
+    """Every rank's ``piece`` (per-example results of its :func:`shard`, a tensor or NumPy
+    array) concatenated in rank order on every rank: the result for the whole input, in order."""
     if world_size() == 1:
         return piece
     as_numpy = isinstance(piece, np.ndarray)

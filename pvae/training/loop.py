@@ -1,11 +1,6 @@
-"""``fit()``: stochastic variational inference for a VAE, with checkpoints and a NaN guard.
-
-Three pieces, NumPyro's ``init``/``update`` split at the grain of an epoch: :func:`init`
-checks the data, builds the optimiser and resumes a checkpoint into a :class:`Session` and a
-:class:`~pvae.training.state.TrainState`; :func:`run_epoch` trains one epoch and writes an
-atomic checkpoint; :func:`fit` loops. An interrupted run loses at most one epoch and
-``resume=True`` reaches the parameters of an uninterrupted run.
-"""
+"""``fit()``: SVI for a VAE with checkpoints and a NaN guard, in NumPyro's ``init``/``update``
+split at the grain of an epoch: :func:`init` (a :class:`Session` and the state to start
+from), :func:`run_epoch` (one epoch, one atomic checkpoint) and the loop, :func:`fit`."""
 import contextlib
 import dataclasses
 import logging
@@ -41,12 +36,8 @@ CHECKPOINT = "checkpoint.pt"
 
 @torch.no_grad()
 def mean_elbo(vae: VAE, x: torch.Tensor) -> float:
-    """The mean over ``x`` of a one-sample estimate of the ELBO at β = 1 (nats per image).
-
-    Its draws come from forked RNGs, so evaluating during training leaves the training
-    run's random stream, and hence its parameters, exactly as they would be without it.
-    In a data-parallel run each rank scores its :func:`~pvae.training.distributed.shard`.
-    """
+    """The mean over ``x`` of a one-sample ELBO at β = 1 (nats per image), each rank scoring
+    its shard, from forked RNGs: the training run's random stream is left as it was."""
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         mine = log_likelihood(vae.model, vae.guide, distributed.shard(x), num_samples=1)
@@ -257,23 +248,15 @@ def fit(vae: VAE, train_x: torch.Tensor, settings: TrainConfig | None = None, *,
         resume: bool = False, overwrite: bool = False, device: str = "auto",
         progress: bool = True, record: Mapping[str, Any] | None = None,
         **changes) -> TrainState:
-    """Maximise the ELBO of ``vae`` on ``train_x`` by SVI with Adam, at the VAE's own β.
-
-    Loss per step = −ELBO of the batch = Σ_i E_q[−log p(x_i|z)] + β_t·KL(q(z|x_i) || p(z)),
-    with β_t = ``vae.beta``·min(1, t / (warm-up epochs · steps per epoch)). ``settings`` is a
-    :class:`~pvae.training.config.TrainConfig` (default: its defaults), ``changes`` replace its
-    fields (``fit(vae, x, epochs=5, lr=1e-3)``). ``train_x`` is ``(N, x_dim)``, converted to
-    the VAE's dtype; with ``binarize`` (default: for a binary likelihood) it holds
-    probabilities in [0, 1], each batch binarized afresh.
-
-    ``out_dir``: a locked folder with ``checkpoint.pt`` after every epoch (``record``, the
-    run's other settings, stored with it); one that holds a run is refused unless ``resume``
-    (its settings must match) or ``overwrite``. Pyro's param store is not touched; the RNGs
-    only when ``settings.seed`` is given. Under torchrun (:mod:`pvae.training.distributed`)
-    the run is data-parallel: ``batch_size`` is the global batch, rank 0 writes the files.
-    Returns the final :class:`~pvae.training.state.TrainState`; DivergenceError (keeping the
-    last good checkpoint) if the loss or a parameter becomes NaN/Inf.
-    """
+    """Maximise the ELBO of ``vae`` on ``train_x`` (N, x_dim) by SVI with Adam, at its β: the
+    loss per step is Σ_i E_q[−log p(x_i|z)] + β_t·KL(q(z|x_i) || p(z)), β_t rising to β over
+    the warm-up. ``settings`` is a :class:`~pvae.training.config.TrainConfig`; ``changes``
+    replace its fields (``fit(vae, x, epochs=5, lr=1e-3)``). ``out_dir``: a locked folder with
+    an atomic ``checkpoint.pt`` (and ``record``, the run's other settings) after every epoch;
+    one that holds a run is refused unless ``resume`` (same settings and data) or
+    ``overwrite``. Under torchrun the run is data-parallel (docs/scaling.rst). Returns the
+    final :class:`~pvae.training.state.TrainState`; DivergenceError, the last good checkpoint
+    kept, if the loss or a parameter becomes NaN/Inf."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(changes) - known)
     if unknown:

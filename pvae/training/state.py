@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 
-
 @dataclass(frozen=True)
 class EpochRecord:
     """One epoch's numbers, per image in nats. ``beta`` is the KL weight at the epoch's
