@@ -1,7 +1,5 @@
-"""Checks shared by every configuration: numbers that must be whole, finite or in range, and
-the settings of a frozen configuration dataclass, each declared once with :func:`setting`
-(its flag's help text, bounds and choices) and coerced to its annotated type and checked by
-:func:`validate`, in one place, when the configuration is made."""
+"""Checks shared by every configuration: whole, finite or bounded numbers, and the settings of a
+frozen dataclass, declared with :func:`setting` and checked by :func:`validate` when made."""
 import dataclasses
 import math
 import os
@@ -93,8 +91,7 @@ def setting(default: Any, help: str, *, low: float | None = None, high: float | 
 
 
 def value_type(annotation) -> tuple[type, bool]:
-    """``(type, optional)`` of a field annotation such as ``int | None`` or ``tuple[int, ...]``
-    (the type of a tuple is ``tuple``)."""
+    """``(type, optional)`` of an annotation: ``(tuple, True)`` for ``tuple[int, ...] | None``."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         inner = next(a for a in typing.get_args(annotation) if a is not type(None))
         return value_type(inner)[0], True

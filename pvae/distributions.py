@@ -1,5 +1,4 @@
-"""Distributions the parts and the estimators share, and the scale parameterisation: every
-learned standard deviation in pvae is softplus(ρ) + :data:`MIN_SCALE`."""
+"""Distributions the parts and the estimators share; every learned σ is softplus(ρ) + MIN_SCALE."""
 import math
 
 import pyro.distributions as dist
@@ -9,7 +8,6 @@ from pyro.distributions import TorchDistribution, constraints
 from torch.distributions.utils import broadcast_all
 
 MIN_SCALE = 1e-5
-"""The floor of every learned standard deviation: σ = softplus(ρ) + MIN_SCALE."""
 
 
 def inv_softplus(y: torch.Tensor) -> torch.Tensor:
@@ -18,9 +16,7 @@ def inv_softplus(y: torch.Tensor) -> torch.Tensor:
 
 
 class BernoulliImage(dist.Independent):
-    """``Bernoulli(logits=l).to_event(1)`` with the same values, computed as
-    ``−binary_cross_entropy_with_logits(l, x, reduction="none").sum(-1)``: negating the
-    per-image sums instead of every pixel saves two passes over a batch × pixels tensor."""
+    """``Bernoulli(logits=l).to_event(1)``, its ``log_prob`` in fewer passes (benchmarks/README)."""
 
     def __init__(self, logits: torch.Tensor, validate_args: bool | None = None):
         super().__init__(dist.Bernoulli(logits=logits, validate_args=False), 1,
@@ -38,12 +34,9 @@ class BernoulliImage(dist.Independent):
 
 
 class DiagonalNormalMixture(dist.MixtureSameFamily):
-    """p(z) = Σ_k π_k N(z; μ_k, diag σ_k²) whose ``log_prob`` never holds (…, K, z_dim).
-
-    With a_k = 1/σ_k², b_k = μ_k/σ_k² and c_k = Σ_d (μ_kd² a_kd + 2 log σ_kd + log 2π),
-    log N(z; μ_k, σ_k) = −½ (z²·a_k − 2 z·b_k + c_k): two matrix products over z_dim, in
-    float64 against cancellation, so M latents cost M × K memory, not M × K × z_dim (the
-    VampPrior's K = 500 made that gigabytes). Sampling is ``MixtureSameFamily``'s."""
+    """p(z) = Σ_k π_k N(z; μ_k, diag σ_k²) whose ``log_prob`` never holds (…, K, z_dim): with
+    a_k = 1/σ_k², b_k = μ_k/σ_k², c_k = Σ_d (μ_kd² a_kd + 2 log σ_kd + log 2π), log N(z; μ_k, σ_k)
+    = −½ (z²·a_k − 2 z·b_k + c_k), two float64 matrix products: M latents cost M × K memory."""
 
     def __init__(self, logits: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor,
                  validate_args: bool | None = None):
@@ -67,9 +60,8 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
 
 
 class EvenMixture(TorchDistribution):
-    """The mixture ½a + ½b of two same-shaped distributions as an IS proposal: with particles
-    at dim −2 the draws alternate a, b along it (stratified: unbiased for even k, without
-    binomial noise in the split); otherwise each picks a or b at random."""
+    """½a + ½b of two same-shaped distributions as an IS proposal: draws alternate a, b along
+    particles at dim −2 (stratified, unbiased for even k), else each picks a or b at random."""
 
     arg_constraints: dict = {}
     support = constraints.real_vector
@@ -96,12 +88,8 @@ class EvenMixture(TorchDistribution):
 
 def shared_flows(q: dist.Distribution) -> list:
     """The transforms f of a guide's ``TransformedDistribution(q0(z0|x), f)`` when every one is
-    a parameter-holding ``TransformModule`` (the same map for all x, as in the IAF guide), else [].
-
-    Then (1/K) Σ_k q(z|u_k) is the push-forward by f of the mixture (1/K) Σ_k q0(z0|u_k), one
-    Jacobian shared by all components, whose ``log_prob`` at a guide sample z = f(z0) reuses
-    the flows' cached z0 instead of inverting f afresh, one coordinate after another (see the
-    VampPrior notes of the docs)."""
+    a parameter-holding ``TransformModule`` (the same map for all x, as in the IAF guide), else
+    []: a mixture of such q is then f of the mixture of the q0 (why: docs/training.rst)."""
     if not isinstance(q, dist.TransformedDistribution):
         return []
     flows = list(q.transforms)

@@ -1,9 +1,6 @@
 """The estimators of log p(x) in one place: importance sampling (:func:`log_likelihood`,
-:func:`importance_sampling`), annealed importance sampling (:func:`ais`,
-:func:`ais_log_likelihood`) and bidirectional Monte Carlo (:func:`bdmc`), their results, and
-the registry :data:`ESTIMATORS` that ``pvae evaluate`` and the main job loop over. Each takes
-any Pyro model/guide pair and, with ``host=vae``, moves the data to the VAE's device and
-checks them first (:mod:`pvae.infer.host`)."""
+:func:`importance_sampling`), AIS (:func:`ais`, :func:`ais_log_likelihood`), BDMC (:func:`bdmc`),
+their results and the registry :data:`ESTIMATORS` (docs/evaluation.rst)."""
 from .infer.annealing import AISResult, BDMCResult, ais, ais_log_likelihood, bdmc
 from .infer.diagnostics import KHAT_BAD, psis_khat
 from .infer.estimators import ESTIMATORS, EvalConfig

@@ -1,16 +1,7 @@
-"""Non-amortized and semi-amortized inference, and the amortization-gap report.
-
-For a trained model p(x, z) and its amortized guide q_φ(z|x), the gap between log p(x) and
-the ELBO L[q] = E_q[log p(x, z) − log q(z|x)] splits in two (Cremer, Li & Duvenaud 2018):
-
-    log p(x) − L[q] = (log p(x) − L[q*]) + (L[q*] − L[q])
-                       approximation gap    amortization gap
-
-where q* is the best member of the guide's own family for this one x (a diagonal Gaussian,
-pushed through the guide's flow where it is shared by all x, as in the IAF guide), fitted per
-example with the decoder frozen (:func:`~pvae.infer.localfit.fit_local`), so that
-L[q] ≤ L[q*] up to the fit; :func:`refine` and the semi-amortized guide sit in between (Kim et
-al. 2018). Every ELBO here is the β = 1 bound; results live on the VAE's device."""
+"""Non-amortized and semi-amortized inference, and the amortization-gap report (Cremer, Li &
+Duvenaud 2018): log p(x) − L[q] = (log p(x) − L[q*]) + (L[q*] − L[q]), the approximation gap
+plus the amortization gap, q* the best of the guide's own family for each x, fitted with the
+decoder frozen; every ELBO is the β = 1 bound (the math: docs/amortization.rst)."""
 import time
 from dataclasses import dataclass
 from typing import Callable, Protocol, runtime_checkable
@@ -30,8 +21,7 @@ from .results import Estimate
 
 @runtime_checkable
 class Autoencoder(Encoder, Protocol):
-    """An :class:`~pvae.infer.host.Encoder` that also holds its Pyro pair ``model(x)`` and
-    ``guide(x)``: what the gap report and :func:`refine` are handed (a pvae VAE)."""
+    """An :class:`~pvae.infer.host.Encoder` with its Pyro pair ``model(x)``, ``guide(x)``."""
 
     model: Callable
     guide: Callable
@@ -39,8 +29,7 @@ class Autoencoder(Encoder, Protocol):
 
 @dataclass(frozen=True)
 class GapReport(Estimate):
-    """Per-example log p(x) (with ``log_px_proposal``, see :func:`gap_report`; and with q
-    alone, ``log_px_amortized``), L[q*] and L[q] in nats for n examples, and the two gaps."""
+    """Per-example log p(x), L[q*], L[q] and the two gaps in nats (docs/amortization.rst)."""
 
     log_px: torch.Tensor
     log_px_proposal: str
@@ -95,9 +84,8 @@ class GapReport(Estimate):
 
 def refine(vae: Autoencoder, x: torch.Tensor, steps: int = 5, lr: float = 1e-2,
            num_particles: int = 1, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Semi-amortized inference (Kim et al. 2018): the encoder's (loc, scale) for ``x`` after
-    exactly ``steps`` Adam steps on each example's ELBO, the decoder frozen; on the VAE's device
-    (for a guide with a shared flow, the (loc, scale) of its base, :func:`fit_local`'s family)."""
+    """Semi-amortized inference (Kim et al. 2018): the encoder's (loc, scale) for ``x`` (of a
+    shared flow's base) after exactly ``steps`` Adam steps on each ELBO, the decoder frozen."""
     check_count("steps", steps)
     fit = fit_local(vae.model, x, host=vae, init="encoder", num_particles=num_particles, lr=lr,
                     max_steps=steps, patience=None, window=steps, progress=progress,
@@ -109,11 +97,9 @@ def gap_report(vae: Autoencoder, x: torch.Tensor, *, n: int | None = None,
                num_samples: int = 5000, elbo_samples: int = 1000,
                log_px_proposal: str = "mixture", chunk_size: int | None = None,
                progress: bool = True, **fit_kwargs) -> GapReport:
-    """log p(x), L[q*] and L[q] of the first ``n`` examples of ``x`` (default: all). log p(x)
-    takes ``num_samples`` draws from ``log_px_proposal``: ``"amortized"`` q, ``"local"`` q*, or
-    ``"mixture"`` ½q + ½q*, whose weights are at most twice either one's while E[p̂(x)] = p(x)
-    (the larger of two estimates would be biased up); ``log_px_amortized`` is always q's. L[q*]
-    and L[q] take ``elbo_samples`` draws; ``fit_kwargs`` go to :func:`fit_local`."""
+    """log p(x) (``num_samples`` draws from ``log_px_proposal``: ``"amortized"`` q, ``"local"``
+    q* or ``"mixture"`` ½q + ½q*), L[q*] and L[q] (``elbo_samples`` draws) of the first ``n``
+    examples of ``x`` (default: all); ``fit_kwargs`` go to :func:`fit_local`."""
     if not isinstance(vae, Autoencoder):
         raise ConfigError(f"gap_report needs a VAE, got {type(vae).__name__}")
     if not vae.amortized:

@@ -1,18 +1,7 @@
-"""Annealed importance sampling (AIS; Neal 2001) of log p(x) per example, from the guide to
-the posterior, and bidirectional Monte Carlo (BDMC; Grosse et al. 2015, Wu et al. 2017).
-
-Along f_τ(z) = q(z|x)^(1−τ) p(x, z)^τ, 0 = τ_0 < … < τ_T = 1 (:func:`schedule`; τ is not a
-β-VAE's β: AIS scores the β = 1 model), each of C chains starts at z_0 ~ q(z|x); step t adds
-(τ_t − τ_{t−1})·(log p(x, z_{t−1}) − log q(z_{t−1}|x)) to its float64 log-weight, then moves
-z by an HMC transition leaving f_{τ_t} invariant (:mod:`pvae.infer.hmc`). E[w] = p(x), so
-log p̂(x) = logsumexp_c log w_c − log C is a stochastic lower bound, exact as T → ∞; T = 1 is
-importance sampling with C draws from q. HMC takes L leapfrog steps with the mass matrix
-diag(1/s²), s the guide's per-coordinate standard deviation (64 draws of its own), and a step
-size ε(τ) per example adapted toward ``target_accept`` by a *pilot* (C_p chains of its own
-over T/10 steps, log ε += κ·(mean acceptance − target) after each), then frozen: every main
-transition is a fixed f_τ-invariant kernel, and E[w] = p(x) holds. With a ``host``, x moves
-to its device, is checked by it, and its parameters are frozen for the run.
-"""
+"""Annealed importance sampling (AIS; Neal 2001) of log p(x) per example, along f_τ =
+q(z|x)^(1−τ) p(x, z)^τ from the guide to the posterior by HMC moves, with E[w] = p(x) and
+log p̂(x) = logsumexp_c log w_c − log C; and bidirectional Monte Carlo (BDMC; Grosse et al. 2015)
+(the kernel, its step-size pilot and the bounds: docs/evaluation.rst)."""
 import functools
 import math
 import time
@@ -34,15 +23,12 @@ from .logweights import check_pair
 from .results import Estimate
 
 DEFAULT_AIS_CHUNK = 4096
-"""Chains × examples per pass of AIS on a CPU (every pass runs all T steps)."""
 CUDA_AIS_CHUNK = 2**16
-"""Chains × examples per pass on a GPU: a pass is a pure tensor program, wider fills it."""
 PILOT_CHAINS = 4
 
 
 def schedule(num_steps: int, kind: str = "sigmoid", *, delta: float = 4.0) -> torch.Tensor:
-    """τ_0 = 0 < … < τ_T = 1, float64: ``"linear"`` t/T, or ``"sigmoid"`` (Grosse et al.)
-    σ(δ(2t/T − 1)) rescaled to [0, 1], which spends more steps near both ends."""
+    """τ_0 = 0 < … < τ_T = 1, float64: ``"linear"`` t/T or ``"sigmoid"`` σ(δ(2t/T − 1)) rescaled."""
     num_steps = check_count("num_steps (T)", num_steps)
     t = torch.linspace(0.0, 1.0, num_steps + 1, dtype=torch.float64)
     if kind == "linear":
@@ -77,8 +63,7 @@ def _anneal(target: Target, z0: torch.Tensor, temperatures: torch.Tensor, step_s
 
 @dataclass(frozen=True)
 class AISResult(Estimate):
-    """Per-example AIS results (float64 tensors on the CPU): ``log_px`` = logsumexp_c log w_c
-    − log C, the (n, C) ``log_weights``, the mean HMC ``accept_rate``; and the budget."""
+    """Per-example ``log_px``, (n, C) ``log_weights`` and HMC ``accept_rate`` (float64, CPU)."""
 
     log_px: torch.Tensor
     log_weights: torch.Tensor
@@ -96,8 +81,7 @@ class AISResult(Estimate):
 
     @property
     def chain_stderr(self) -> torch.Tensor:
-        """Per-example s.e. of log p̂(x) across chains by the delta method, sd(w)/(√C·mean(w));
-        NaN (unknown) for one chain."""
+        """Per-example s.e. of log p̂(x) across chains, sd(w)/(√C·mean(w)); NaN for one chain."""
         w = torch.exp(self.log_weights - self.log_weights.max(1, keepdim=True).values)
         if self.num_chains < 2:
             return torch.full((self.n,), math.nan, dtype=w.dtype)
@@ -111,9 +95,8 @@ class AISResult(Estimate):
 
 def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, schedule_kind,
          target_accept, chunk_size, progress, desc, host, exact=None) -> AISResult:
-    """AIS over all examples in passes, timed; with ``exact``, a (B, ...) dict of exact latent
-    draws per site for all examples, the chains start there and anneal τ = 1 → 0 instead, and
-    ``log_px`` is the upper bound −(logsumexp_c log w_c − log C)."""
+    """AIS over all examples in passes, timed; given ``exact`` ((B, ...) latent draws per site)
+    the chains start there, anneal τ = 1 → 0 and ``log_px`` is −(logsumexp_c log w_c − log C)."""
     temperatures = schedule(num_steps, schedule_kind)
     check_count("num_chains (C)", num_chains)
     check_count("num_leapfrog (L)", num_leapfrog)
@@ -162,8 +145,8 @@ def ais(model: Callable, guide: Callable, x: torch.Tensor, *args, num_steps: int
         num_chains: int = 16, num_leapfrog: int = 10, schedule: str = "sigmoid",
         target_accept: float = 0.65, chunk_size: int | None = None, progress: bool = False,
         host: Host | None = None, **kwargs) -> AISResult:
-    """AIS estimate of log p(x) per example (see the module text) with T = ``num_steps``,
-    C = ``num_chains`` and L = ``num_leapfrog``; a pass holds ``chunk_size`` chains × examples."""
+    """AIS log p(x) per example, T = ``num_steps``, C = ``num_chains``, L = ``num_leapfrog``;
+    a pass holds ``chunk_size`` chains × examples."""
     x, args, kwargs = prepare_examples(host, x, *args, **kwargs)
     return _run(model, guide, x, args, kwargs, num_steps=num_steps, num_chains=num_chains,
                 num_leapfrog=num_leapfrog, schedule_kind=schedule, target_accept=target_accept,
@@ -180,8 +163,7 @@ def ais_log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args,
 
 @dataclass(frozen=True)
 class BDMCResult(Estimate):
-    """Simulated data ``x`` (shaped like the input) and, per example, the stochastic bounds
-    ``lower`` (forward AIS) ≤ log p(x) ≤ ``upper`` (reverse AIS from the exact z)."""
+    """Simulated ``x`` and per-example bounds ``lower`` ≤ log p(x) ≤ ``upper`` (:func:`bdmc`)."""
 
     x: torch.Tensor
     lower: torch.Tensor
@@ -190,42 +172,24 @@ class BDMCResult(Estimate):
     reverse: AISResult
     MAIN = "lower"
     METRICS = (("bdmc_lower", "lower", True), ("bdmc_upper", "upper", True),
-               ("bdmc_gap", "gap", True), ("bdmc_steps", "num_steps", False),
-               ("bdmc_chains", "num_chains", False), ("bdmc_n", "n", False),
-               ("bdmc_accept_rate", "accept_rate", False), ("bdmc_seconds", "seconds", False),
-               ("bdmc_cpu_seconds", "cpu_seconds", False))
+               ("bdmc_gap", "gap", True), ("bdmc_steps", "forward.num_steps", False),
+               ("bdmc_chains", "forward.num_chains", False), ("bdmc_n", "n", False),
+               ("bdmc_accept_rate", "forward.accept_rate", False),
+               ("bdmc_seconds", "seconds", False), ("bdmc_cpu_seconds", "cpu_seconds", False))
 
     @property
     def gap(self) -> torch.Tensor:
         """upper − lower per example: how far from log p(x) AIS at this budget can be."""
         return self.upper - self.lower
 
-    @property
-    def num_steps(self) -> int:
-        """T of both directions."""
-        return self.forward.num_steps
-
-    @property
-    def num_chains(self) -> int:
-        """C of both directions."""
-        return self.forward.num_chains
-
-    @property
-    def accept_rate(self) -> torch.Tensor:
-        """The forward chains' mean HMC acceptance per example."""
-        return self.forward.accept_rate
-
 
 def bdmc(model: Callable, guide: Callable, x: torch.Tensor, *args, num_steps: int = 500,
          num_chains: int = 16, num_leapfrog: int = 10, schedule: str = "sigmoid",
          target_accept: float = 0.65, chunk_size: int | None = None, progress: bool = False,
          host: Host | None = None, **kwargs) -> BDMCResult:
-    """BDMC on data simulated from the model, (z, x′) ~ p(z) p(x|z) by ``poutine.uncondition``
-    (``x`` gives only the number and shape of the examples): forward AIS on x′ is a stochastic
-    lower bound on log p(x′); reverse AIS, from the exact posterior draw z along τ = 1 → 0, has
-    weights with E[w] = 1/p(x′), so −log of their mean is a stochastic upper bound. The gap
-    bounds how far AIS at this budget, and IS below it, is from log p(x) for data like the
-    model's own. Options as in :func:`ais`."""
+    """Stochastic bounds ``lower`` (forward AIS) ≤ log p(x′) ≤ ``upper`` (reverse AIS from the
+    exact z) on x′ simulated from the model, ``x`` giving only the examples' number and shape
+    (ConfigError unless the model observes one site fed by x); options as in :func:`ais`."""
     x, args, kwargs = prepare_examples(host, x, *args, **kwargs)
     check_pair(model, guide, x, *args, **kwargs)
     with torch.no_grad(), pyro.validation_enabled(False):

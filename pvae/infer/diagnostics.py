@@ -1,5 +1,4 @@
-"""Diagnostics of a set of log-weights: PSIS k-hat (Vehtari et al., via arviz) and the
-standard error of a mean over examples."""
+"""Diagnostics of log-weights: PSIS k-hat (Vehtari et al., via arviz) and a standard error."""
 import logging
 import math
 import warnings
@@ -7,7 +6,6 @@ import warnings
 import numpy as np
 
 KHAT_BAD = 0.7
-"""k-hat above this says an importance-sampled estimate cannot be trusted (Vehtari et al.)."""
 
 
 def stderr(values) -> float:

@@ -1,6 +1,5 @@
-"""The estimators of log p(x), registered by name in :data:`ESTIMATORS` (which the main job
-and ``pvae evaluate`` loop over: a new estimator is one module and one entry here), and the
-evaluation section of a run's configuration (:class:`EvalConfig`) that sets their budgets."""
+"""The estimators of log p(x), registered by name in :data:`ESTIMATORS` (a new estimator is one
+module and one entry here), and the settings of their budgets (:class:`EvalConfig`)."""
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,8 +14,7 @@ from .results import Estimate
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How a run scores its model: the method, the importance samples, the AIS budget and the
-    budget of the per-image local fits (the refined proposal and ``pvae gap``)."""
+    """How a run scores its model: the method and the budgets of IS, AIS and the local fits."""
 
     method: str = setting("is", "is: importance sampling of log p(x); ais: also AIS on the "
                           "first --ais-subset test images; bdmc: also BDMC on as many images "
@@ -56,11 +54,6 @@ class EvalConfig:
                     num_particles=self.local_particles, window=self.local_window,
                     patience=self.local_patience, max_seconds=self.local_seconds * n)
 
-    def ais_budget(self) -> dict:
-        """The keyword arguments of :func:`~pvae.infer.annealing.ais` and ``bdmc``."""
-        return dict(num_steps=self.ais_steps, num_chains=self.ais_chains,
-                    num_leapfrog=self.ais_leapfrog, chunk_size=self.chunk_size)
-
 
 def _importance(model, guide, x, config: EvalConfig, host, progress) -> Estimate:
     refine = {k: v for k, v in config.local_fit(x.shape[0]).items() if k != "init"}
@@ -71,15 +64,15 @@ def _importance(model, guide, x, config: EvalConfig, host, progress) -> Estimate
 
 def _annealed(estimate: Callable[..., Estimate]) -> Callable[..., Estimate]:
     return lambda model, guide, x, config, host, progress: estimate(
-        model, guide, x, **config.ais_budget(), host=host, progress=progress)
+        model, guide, x, num_steps=config.ais_steps, num_chains=config.ais_chains,
+        num_leapfrog=config.ais_leapfrog, chunk_size=config.chunk_size, host=host,
+        progress=progress)
 
 
 @dataclass(frozen=True)
 class Estimator:
-    """A registered estimator: ``run(model, guide, x, config, host, progress) -> Estimate``,
-    what it estimates, the files a run writes for it (``figure``; ``per_example``, its main
-    per-example values as ``.npy``) and the methods a training run adds with it (``also``,
-    run first)."""
+    """A registered estimator: ``run(model, guide, x, config, host, progress) -> Estimate``, the
+    files a run writes (``figure``, ``per_example`` ``.npy``) and methods run before (``also``)."""
 
     name: str
     run: Callable[[Callable, Callable, torch.Tensor, EvalConfig, Host | None, bool], Estimate]

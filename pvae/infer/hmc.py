@@ -1,8 +1,5 @@
-"""Hamiltonian Monte Carlo on the latent sites of a Pyro model/guide pair, for
-:mod:`pvae.infer.annealing` (whose text gives the kernel and its step-size pilot): the latents
-of B examples at C chains as one (C, B, D) tensor, log p(x, z) and log q(z|x) with their
-z-gradients from Pyro's traces (``poutine.condition`` under a vectorized plate of C chains),
-and one move leaving f_τ = q^(1−τ) p^τ invariant."""
+"""Hamiltonian Monte Carlo for :mod:`pvae.infer.annealing` on the latents of B examples at C
+chains, one move leaving f_τ = q^(1−τ) p^τ invariant (the kernel: docs/evaluation.rst)."""
 import math
 from typing import Callable
 
@@ -15,15 +12,13 @@ from ..errors import ConfigError
 from .logweights import DATA_PLATE, PARTICLE_PLATE, trace_log_density
 
 SCALE_DRAWS = 64
-"""Guide draws per example behind :func:`guide_scale`."""
 
 
 class Layout:
-    """The latent sites of a vectorized trace as one (C, B, D) tensor and back: each site's
-    value with its ``"data"`` dim moved next to the particle dim, flattened, concatenated."""
+    """The latent sites of a vectorized trace as one (C, B, D) tensor and back."""
 
     def __init__(self, trace, names: list[str], particle_dim: int):
-        self.names, self.pos, self.shapes, self.sizes = names, [], [], []
+        self.names, self.pos, self.shapes = names, [], []
         for name in names:
             site = trace.nodes[name]
             value, frame = site["value"], next(f for f in site["cond_indep_stack"]
@@ -36,7 +31,6 @@ class Layout:
             moved = value.movedim(batch + frame.dim, 1)
             self.pos.append(batch + frame.dim)
             self.shapes.append(moved.shape[2:])
-            self.sizes.append(moved.shape[2:].numel())
 
     def flatten(self, values: dict) -> torch.Tensor:
         """{site: value} -> (C, B, D)."""
@@ -46,15 +40,14 @@ class Layout:
     def unflatten(self, z: torch.Tensor) -> dict:
         """(C, B, D) -> {site: value}."""
         out, start = {}, 0
-        for name, pos, shape, size in zip(self.names, self.pos, self.shapes, self.sizes):
-            piece = z[..., start:start + size].reshape(z.shape[:2] + shape)
-            out[name], start = piece.movedim(1, pos), start + size
+        for name, pos, shape in zip(self.names, self.pos, self.shapes):
+            piece = z[..., start:start + shape.numel()].reshape(z.shape[:2] + shape)
+            out[name], start = piece.movedim(1, pos), start + shape.numel()
         return out
 
 
 def chain_trace(fn, call: tuple, particle_dim: int, chains: int, values: dict | None = None):
-    """Trace of ``fn(x, *args, **kwargs)`` under a plate of ``chains`` particles (conditioned
-    on ``values`` if given)."""
+    """The trace of ``fn`` on ``call`` = (x, args, kwargs) under ``chains`` particles."""
     x, args, kwargs = call
     fn = pyro.plate(PARTICLE_PLATE, chains, dim=particle_dim)(fn)
     if values is not None:
@@ -69,8 +62,7 @@ def latent_names(trace) -> list[str]:
 
 
 class Target:
-    """log p(x, z) and log q(z|x) (float64, (C, B)) with their z-gradients for B examples at
-    C chains; made from C draws of the guide, kept as :attr:`z0`."""
+    """log p(x, z), log q(z|x) (float64, (C, B)) and their z-gradients; :attr:`z0`: guide draws."""
 
     def __init__(self, model, guide, call: tuple, particle_dim: int, chains: int):
         self.model, self.guide, self.call = model, guide, call
@@ -127,7 +119,7 @@ def transition(target: Target, state: tuple, tau: float, step: torch.Tensor,
 
 
 class StepSizePilot:
-    """Per-example step sizes ε(τ), adapted on chains of their own (see the annealing module)."""
+    """Per-example step sizes ε(τ), adapted on chains of their own (docs/evaluation.rst)."""
 
     def __init__(self, n: int, device, target_accept: float, init: float = 0.25,
                  rate: float = 0.5):

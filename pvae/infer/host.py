@@ -1,8 +1,5 @@
-"""What inference may ask of the object that owns a model/guide pair (a
-:class:`pvae.model.vae.VAE`), declared, and passed explicitly (``host=vae``): given a
-:class:`Host`, an estimator moves the data to its device, checks them by its rules and
-freezes its parameters while it runs; local fits started from an encoder ask an
-:class:`Encoder`."""
+"""What inference may ask of the owner of a model/guide pair (a VAE), passed as ``host=vae``: a
+:class:`Host` lends its device, data checks and parameters, an :class:`Encoder` its encoder."""
 import contextlib
 from typing import Callable, Iterator, Protocol, runtime_checkable
 

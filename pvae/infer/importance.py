@@ -1,11 +1,6 @@
-"""Importance-sampled log p(x) per example, the test ELBO, and PSIS k-hat.
-
-From the K log-weights log w_k of each example (:mod:`pvae.infer.logweights`, unscaled: the
-β = 1 model), log p(x) ≈ logsumexp_k log w_k − log K, a lower bound in expectation rising with
-K toward log p(x) (Burda et al.), and ELBO(x) ≈ mean_k log w_k. PSIS k-hat (Vehtari et al.)
-above 0.7 says the estimate for that example cannot be trusted. The proposal is the guide, or
-(``proposal="refined"``) ½q + ½q* with q* fitted to each example, whose weights are tighter.
-A ``host`` moves and checks the data first (:mod:`pvae.infer.host`)."""
+"""Importance-sampled log p(x) ≈ logsumexp_k log w_k − log K per example, the test ELBO
+≈ mean_k log w_k and PSIS k-hat, from the guide or (``proposal="refined"``) ½q + ½q* with q*
+fitted to each example (the math: docs/evaluation.rst)."""
 import logging
 import math
 import time
@@ -28,14 +23,12 @@ from .results import Estimate
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 100
-"""Examples whose K log-weights :func:`importance_sampling` keeps at once (K × 100 floats)."""
 PROPOSALS = ("encoder", "refined")
 
 
 @dataclass(frozen=True)
 class EvalResult(Estimate):
-    """Per-example results, float64 arrays of length n: ``log_px`` and ``elbo`` as above,
-    ``ess`` = (Σ_k w_k)² / Σ_k w_k² in [1, K], ``khat`` (:func:`psis_khat`)."""
+    """Per-example float64 ``log_px``, ``elbo``, ``ess`` = (Σ_k w_k)² / Σ_k w_k² and ``khat``."""
 
     log_px: np.ndarray
     elbo: np.ndarray
@@ -56,8 +49,7 @@ class EvalResult(Estimate):
 
 
 def _batches(model, guide, x, args, kwargs, num_samples, chunk_size, batch_size, host):
-    """Check the call once; return K and the (K, b) log-weights of each run of ``batch_size``
-    examples (None: as many as one pass of ``chunk_size`` draws holds), computed lazily."""
+    """K, x and a lazy iterator of the (K, b) log-weights of each ``batch_size`` examples."""
     num_samples = check_count("num_samples (K)", num_samples)
     chunk = check_count("chunk_size (latent draws per pass)", chunk_size, allow_none=True)
     x, args, kwargs = prepare_examples(host, x, *args, **kwargs)
@@ -78,7 +70,7 @@ def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args, num
                    chunk_size: int | None = None, host: Host | None = None,
                    **kwargs) -> torch.Tensor:
     """Importance-sampled log p(x) per example, (B,) float64 on x's device; ``chunk_size``
-    bounds the latent draws per pass, as in :func:`~pvae.infer.logweights.log_weights`."""
+    bounds the latent draws per pass."""
     num_samples, _, batches = _batches(model, guide, x, args, kwargs, num_samples, chunk_size,
                                        None, host)
     with torch.no_grad(), pyro.validation_enabled(False):
@@ -88,10 +80,8 @@ def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args, num
 
 def refined_proposal(model: Callable, x: torch.Tensor, host: Encoder, *,
                      progress: bool = False, **fit_options) -> tuple[Callable, Callable, tuple]:
-    """``(model, proposal, args)`` to score with ``log_likelihood(model, proposal, x, *args)``:
-    ½q(z|x) + ½q*, q* fitted to each example from the encoder of ``host`` (a VAE) by
-    :func:`~pvae.infer.localfit.fit_local` (options ``fit_options``), so that no weight
-    exceeds twice q's (defensive importance sampling)."""
+    """``(model, proposal, args)`` for ``log_likelihood(model, proposal, x, *args)``: ½q(z|x) +
+    ½q*, q* fitted to each example from the encoder of ``host`` (a VAE) with ``fit_options``."""
     if not isinstance(host, Encoder) or not host.amortized:
         raise ConfigError("proposal='refined' starts each fit from the encoder: pass host=vae "
                           "of a VAE with an amortized guide")
@@ -107,9 +97,8 @@ def importance_sampling(model: Callable, guide: Callable, x: torch.Tensor, *args
                         proposal: str = "encoder", refine_options: dict | None = None,
                         host: Host | None = None, **kwargs) -> EvalResult:
     """log p(x), ELBO, ESS and k-hat per example from the same K draws, ``batch_size`` examples
-    at a time (``chunk_size`` as in :func:`log_likelihood`); warns if k-hat > 0.7. With
-    ``proposal="refined"`` the draws come from :func:`refined_proposal`'s ½q + ½q* (it needs
-    ``host``; ``refine_options`` go to its local fits), and ``elbo`` is that proposal's."""
+    at a time; warns if k-hat > 0.7. ``proposal="refined"`` draws from :func:`refined_proposal`
+    (it needs ``host``; ``refine_options`` go to its fits), and ``elbo`` is that proposal's."""
     if proposal not in PROPOSALS:
         raise ConfigError(f"proposal must be one of {PROPOSALS}, got {proposal!r}", "proposal")
     start, cpu = time.perf_counter(), time.process_time()

@@ -1,7 +1,6 @@
-"""Per-example Gaussian fits q(z_n) = N(m_n, diag s_n²) by gradient ascent on the ELBO
-L_n = E_q[log p(x_n, z) − log q(z)] with the model frozen (:func:`fit_local`, for the
-amortization gap, the refined IS proposal and the semi-amortized guide), and the fitted q as
-a Pyro guide, alone or mixed with q(z|x) (:func:`local_guide`)."""
+"""Per-example fits q*(z_n) = N(m_n, diag s_n²) = argmax L_n, L_n = E_q[log p(x_n, z) − log q(z)],
+with the model frozen (:func:`fit_local`), and q* as a Pyro guide, alone or mixed with q(z|x)
+(:func:`local_guide`; the fit: docs/amortization.rst)."""
 import math
 import time
 from dataclasses import dataclass
@@ -46,11 +45,9 @@ def optimise_local(log_weight_fn: Callable, loc0: torch.Tensor, scale0: torch.Te
                    desc: str = "local fit", max_seconds: float | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, int, bool, list]:
     """Maximise Σ_n L_n over per-example (m_n, s_n = softplus(ρ_n) + MIN_SCALE) with one Adam,
-    ``log_weight_fn(loc, scale, S)`` giving the ``(S, B)`` log p(x_n, z) − log q(z), z ~ q;
-    return detached ``(loc, scale, steps, converged, window_means)``. Stops (Cremer et al.)
-    when ``patience`` windows of ``window`` steps bring no better mean ELBO (converged: the
-    last window's mean iterate), after ``max_steps`` (``patience=None``: exactly; the last
-    iterate) or ``max_seconds`` (the last window's mean if one ended, else the last iterate)."""
+    ``log_weight_fn(loc, scale, S)`` giving the ``(S, B)`` log p(x_n, z) − log q(z), z ~ q, up to
+    ``max_steps`` (``patience=None``: exactly) or ``max_seconds`` (the stopping rule:
+    docs/amortization.rst); returns detached ``(loc, scale, steps, converged, window_means)``."""
     for name, count in dict(max_steps=max_steps, window=window,
                             num_particles=num_particles).items():
         check_count(name, count)
@@ -101,8 +98,8 @@ def optimise_local(log_weight_fn: Callable, loc0: torch.Tensor, scale0: torch.Te
 
 @dataclass(frozen=True)
 class LocalFit:
-    """q*(z_n) = N(loc_n, diag scale_n²) (``family`` "flow": through the shared ``flows``) and
-    L[q*] of each example, with the fit's steps, convergence, window means and wall time."""
+    """q*(z_n) = N(loc_n, diag scale_n²) (``family`` "flow": through ``flows``) and L[q*] per
+    example, with the fit's steps, convergence, window means and wall time."""
 
     loc: torch.Tensor
     scale: torch.Tensor
@@ -151,11 +148,10 @@ def fit_local(model: Callable, x: torch.Tensor, *, host: Host | None = None, ini
               patience: int | None = 5, window: int = 50, elbo_samples: int = 1000,
               chunk_size: int | None = None, model_args: Sequence = (), progress: bool = True,
               max_seconds: float | None = None, desc: str = "local fit") -> LocalFit:
-    """The fit q*(z_n) = N(m_n, diag s_n²) = argmax L[q] of every example of ``x`` (f(N(m_n,
-    diag s_n²)) for a host whose guide has a flow f shared by all x), the model
-    ``model(x, *model_args)`` (latent ``"z"`` in the ``"data"`` plate) frozen. ``init``:
-    ``"encoder"`` (the default with an amortized host), ``"prior"`` (N(0, I)) or
-    ``(loc, scale)``; L[q*] takes ``elbo_samples`` draws; the rest is :func:`optimise_local`'s."""
+    """q*(z_n) = argmax L over N(m_n, diag s_n²) (through a host guide's shared flow) for every
+    example of ``x``, ``model(x, *model_args)`` (latent ``"z"`` in ``"data"``) frozen. ``init``:
+    ``"encoder"`` (default with an amortized host), ``"prior"`` (N(0, I)) or ``(loc, scale)``;
+    L[q*] takes ``elbo_samples`` draws; the rest is :func:`optimise_local`'s."""
     check_count("elbo_samples", elbo_samples)
     check_count("chunk_size", chunk_size, allow_none=True)
     x, args, _ = prepare_examples(host, x, *model_args)

@@ -1,12 +1,7 @@
 """Importance log-weights log w_bk = log p(x_b, z_bk) − log q(z_bk|x_b), z_bk ~ q(z|x_b), a
-``(K, B)`` matrix for K draws of each of B examples: what the importance-sampled log p(x),
-the ELBO and the IWAE loss share (not a network's weights, which are its parameters).
-
-The pair contract: ``model(x, *args, **kwargs)`` and ``guide(x, *args, **kwargs)`` are Pyro
-programs whose every latent and observed site lies in a vectorized ``pyro.plate("data")``
-sized by the leading dim of ``x``; the guide samples exactly the model's latent sites. Every
-tensor in ``args``/``kwargs`` whose leading dim is ``len(x)`` (dataset indices ``idx``, say)
-is cut along with ``x`` when the examples are split."""
+``(K, B)`` matrix for K draws of each of B examples, shared by the importance-sampled log p(x),
+the ELBO and the IWAE loss, for a pair whose sites all lie in ``pyro.plate("data")`` over x's
+leading dim (the contract: docs/evaluation.rst)."""
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -23,10 +18,7 @@ from .host import map_examples
 DATA_PLATE = "data"
 PARTICLE_PLATE = "_particles"
 DEFAULT_CHUNK_SIZE = 2**13
-"""Latent draws (particles × examples) per forward pass on a CPU: about 0.1 GB for the MNIST
-VAE; smaller passes stay in cache, larger ones spend their time faulting pages in."""
 CUDA_CHUNK_SIZE = 2**17
-"""Latent draws per pass on a GPU, which needs large passes to fill it (1.6 GB for MNIST)."""
 
 
 @dataclass(frozen=True)
@@ -112,8 +104,7 @@ def check_pair(model: Callable, guide: Callable, x: torch.Tensor, *args, **kwarg
 
 def particle_traces(model: Callable, guide: Callable, k: int, particle_dim: int, *args,
                     **kwargs) -> tuple:
-    """(model trace, guide trace) under a vectorized plate of ``k`` particles at
-    ``particle_dim``, the model replayed on the guide."""
+    """(model trace, guide trace) under a plate of ``k`` particles at ``particle_dim``."""
     particles = pyro.plate(PARTICLE_PLATE, k, dim=particle_dim)
     guide_tr = poutine.trace(particles(guide)).get_trace(*args, **kwargs)
     model_tr = poutine.trace(poutine.replay(particles(model), trace=guide_tr)).get_trace(
@@ -122,9 +113,8 @@ def particle_traces(model: Callable, guide: Callable, k: int, particle_dim: int,
 
 
 def trace_log_density(trace, particle_dim: int, scaled: bool = False) -> torch.Tensor | None:
-    """Σ over the sample sites of a trace (or {name: site}) of log fn(value), summed over all
-    dims but the particle and ``"data"`` ones (``scaled``: as in :func:`log_weights`); None
-    without sample sites."""
+    """Σ of log fn(value) over the sample sites of a trace (or {name: site}) and all dims but the
+    particle and ``"data"`` ones (``scaled``: as in :func:`log_weights`); None without sites."""
     total = None
     for name, site in getattr(trace, "nodes", trace).items():
         if site["type"] != "sample" or site_is_subsample(site):
@@ -156,12 +146,9 @@ def log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_samples: 
                 chunk_size: int | None = None, scaled: bool = False,
                 structure: Structure | None = None, **kwargs) -> torch.Tensor:
     """log w_bk for K = ``num_samples`` draws per example: shape (K, B), differentiable.
-
-    ``scaled=False``: each site's raw ``fn.log_prob`` in float64, ignoring ``poutine.scale``
-    (β), masks and the subsample scale N/B (the β = 1 model). ``scaled=True``:
-    ``scale_and_mask(fn.log_prob, scale / (N/B), mask)``, i.e. log p(x|z) + β·(log p(z) −
-    log q(z|x)), N/B left to the caller. A pass holds at most ``chunk_size`` draws (particles
-    × examples; None: :func:`default_chunk_size`); ``structure``: :func:`check_pair`'s."""
+    ``scaled=False``: the β = 1 model in float64; ``scaled=True``: log p(x|z) + β·(log p(z) −
+    log q(z|x)) with masks, N/B left to the caller. A pass holds at most ``chunk_size`` draws
+    (None: :func:`default_chunk_size`); ``structure``: :func:`check_pair`'s."""
     structure = structure or check_pair(model, guide, x, *args, **kwargs)
     pdim = structure.particle_dim
     chunk = chunk_size or default_chunk_size(x.device)

@@ -1,6 +1,5 @@
-"""Objectives, picked by name from :data:`OBJECTIVES`, and the β warm-up schedule. β is not
-part of a loss: :class:`pvae.model.vae.VAE` scales the ``"z"`` site with ``poutine.scale``, so
-an ELBO here minimises E_q[−log p(x|z)] + β·KL(q(z|x) || p(z))."""
+"""Objectives, picked by name from :data:`OBJECTIVES`, and the β warm-up schedule; β scales the
+``"z"`` site, so an ELBO here minimises E_q[−log p(x|z)] + β·KL(q(z|x) || p(z))."""
 import math
 from typing import Callable
 
@@ -26,15 +25,11 @@ def meanfield(num_particles: int = 1) -> pyro.infer.ELBO:
 
 
 class IWAE(pyro.infer.ELBO):
-    """The importance-weighted bound of Burda et al. (2016), per example.
-
-    With K = ``num_particles`` draws z_bk ~ q(z|x_b) and log-weights w_bk, L_K = Σ_b
-    [logsumexp_k w_bk − log K] and loss = −(N/B)·L_K: N/B, the ``"data"`` plate's subsample
-    scale, applies *after* the logsumexp (Pyro's ``RenyiELBO(alpha=0)`` applies it inside);
-    E[L_1] is the ELBO, E[L_K] ≤ Σ_b log p(x_b) rises towards it with K. Every site must sit in
-    ``"data"`` at dim −1 alone, the guide with ``rsample``. With ``"z"`` scaled by β, w =
-    log p(x|z) + β·(log p(z) − log q(z|x)): the β-ELBO for K = 1; for K > 1 the IWAE bound at
-    β = 1, else a bound on log ∫ p(x|z) p(z)^β q(z|x)^(1−β) dz, not on log p(x)."""
+    """The importance-weighted bound of Burda et al. (2016), per example: loss = −(N/B)·Σ_b
+    [logsumexp_k w_bk − log K] for K = ``num_particles`` draws z_bk ~ q(z|x_b), N/B applied
+    *after* the logsumexp (Pyro's ``RenyiELBO(alpha=0)`` applies it inside). Every site must
+    sit in ``"data"`` at dim −1 alone, the guide with ``rsample``; with ``"z"`` scaled by β it
+    bounds log p(x) only at β = 1 (docs/swapping.rst)."""
 
     def __init__(self, num_particles: int = 1):
         super().__init__(num_particles=check_count("num_particles", int(num_particles)),
@@ -45,8 +40,7 @@ class IWAE(pyro.infer.ELBO):
         return particle_traces(model, guide, self.num_particles, -2, *args, **kwargs)
 
     def log_weights(self, model, guide, *args, **kwargs) -> tuple[torch.Tensor, float]:
-        """The ``(K, B)`` log-weights w_bk of the batch ``args[0]`` and N/B, from one
-        :meth:`_get_trace` pass (whose guide sites must all have ``rsample``)."""
+        """The ``(K, B)`` log-weights w_bk of the batch ``args[0]`` and N/B (needs ``rsample``)."""
         model_trace, guide_trace = self._get_trace(model, guide, args, kwargs)
         lw = trace_log_weights(model_trace, guide_trace, -2, scaled=True)
         for name, site in guide_trace.nodes.items():

@@ -1,8 +1,7 @@
-"""The one base of every estimator's result: per-example estimates in nats, their mean and
-standard error over the examples, PSIS k-hat, the cost, and one serializer of the
-``metrics.json`` entries that a result class lists in :attr:`Estimate.METRICS`."""
+"""The one base of every estimator's result, :class:`Estimate`, and its ``metrics.json`` entries."""
 import math
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,11 +25,10 @@ def _plain(value: Any) -> Any:
 
 @dataclass(frozen=True, kw_only=True)
 class Estimate:
-    """Per-example estimates and what they cost: ``seconds`` of wall time and ``cpu_seconds``
-    of this process's CPU time. :attr:`MAIN` names the per-example attribute that :attr:`n`,
-    :meth:`mean` and :meth:`stderr` default to; :attr:`METRICS` lists the ``metrics.json``
-    entries as ``(key, attribute, with_stderr)``. An estimator with importance weights has a
-    per-example ``khat`` (PSIS k-hat; NaN where no tail could be fitted)."""
+    """Per-example estimates and their cost in wall ``seconds`` and ``cpu_seconds``: :attr:`MAIN`
+    names the attribute :attr:`n`, :meth:`mean` and :meth:`stderr` default to, :attr:`METRICS`
+    the ``metrics.json`` entries ``(key, attribute path, with_stderr)``; with importance weights, a
+    per-example ``khat`` (NaN where no tail could be fitted)."""
 
     seconds: float = math.nan
     cpu_seconds: float = math.nan
@@ -39,7 +37,7 @@ class Estimate:
 
     def values(self, name: str | None = None) -> np.ndarray:
         """The per-example values of attribute ``name`` (default :attr:`MAIN`), float64."""
-        return per_example(getattr(self, name or self.MAIN))
+        return per_example(attrgetter(name or self.MAIN)(self))
 
     @property
     def n(self) -> int:
@@ -78,12 +76,11 @@ class Estimate:
         return self.stderr("log_px")
 
     def to_metrics(self) -> dict[str, Any]:
-        """The ``metrics.json`` entries of :attr:`METRICS`: a per-example attribute as its mean
-        (and, ``with_stderr``, ``key_stderr``: the standard error of that mean), anything else
-        as it is; NaN (unknown) becomes None."""
+        """The entries of :attr:`METRICS`: a per-example attribute as its mean (and, with
+        ``with_stderr``, ``key_stderr``), anything else as it is; NaN (unknown) becomes None."""
         out: dict[str, Any] = {}
         for key, name, with_stderr in self.METRICS:
-            value = getattr(self, name)
+            value = attrgetter(name)(self)
             if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim >= 1:
                 out[key] = _plain(self.mean(name))
                 if with_stderr:
