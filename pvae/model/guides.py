@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_count
 from ..distributions import MIN_SCALE, inv_softplus
 from ..errors import ConfigError
 from ..infer.localfit import optimise_local
@@ -58,9 +59,7 @@ class LowRankEncoder(_Guide):
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
                  activation: str = "tanh", *, rank: int = 2):
         super().__init__()
-        if int(rank) < 1:
-            raise ConfigError(f"rank must be >= 1, got {rank}")
-        self.z_dim, self.rank = int(z_dim), int(rank)
+        self.z_dim, self.rank = int(z_dim), check_count("rank", rank)
         self.net = mlp(x_dim, hidden_dims, self.z_dim * (2 + self.rank), activation)
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> dist.Distribution:

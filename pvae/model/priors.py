@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_count
 from ..distributions import DiagonalNormalMixture, shared_flows
 from ..errors import ConfigError
 from .nets import autoregressive_flow
@@ -45,9 +46,7 @@ class MixturePrior(nn.Module):
 
     def __init__(self, z_dim: int, *, num_components: int = 10):
         super().__init__()
-        k = int(num_components)
-        if k < 1:
-            raise ConfigError(f"num_components must be >= 1, got {num_components}")
+        k = check_count("num_components", num_components)
         self.z_dim = int(z_dim)
         self.logits = nn.Parameter(torch.zeros(k))
         self.locs = nn.Parameter(torch.randn(k, self.z_dim))
@@ -78,9 +77,7 @@ class VampPrior(nn.Module):
                    f"{type(guide).__name__} itself uses the prior, which would recurse")
             raise ConfigError(f"the VampPrior evaluates an encoder q(z|x) at its pseudo-inputs and "
                               f"{why}: use guide mlp, conv, lowrank or iaf with prior 'vamp'")
-        k = int(num_pseudo_inputs)
-        if k < 1:
-            raise ConfigError(f"num_pseudo_inputs must be >= 1, got {num_pseudo_inputs}")
+        k = check_count("num_pseudo_inputs", num_pseudo_inputs)
         self.z_dim, self.bounded = int(z_dim), bool(bounded_pseudo_inputs)
         object.__setattr__(self, "encoder", guide)
         init = (0.05 if self.bounded else 0.0) + 0.01 * torch.randn(k, int(x_dim))
