@@ -10,9 +10,8 @@ from ..errors import DataError
 
 @dataclass(frozen=True)
 class Dataset:
-    """Flattened images as float32: ``train_x`` in [0, 1] of shape (N, D), ``test_x`` binarized
-    once (seed 123) for a binary likelihood, else in [0, 1]; integer labels (0 where the data
-    has none); ``image_shape`` is one example's shape, (H, W) or (D,)."""
+    """Flattened float32 images (N, D) in [0, 1], ``test_x`` binarized once for a binary
+    likelihood; labels are 0 where the data have none; ``image_shape`` is (H, W) or (D,)."""
 
     name: str
     train_x: torch.Tensor
@@ -56,8 +55,7 @@ def minibatches(x: torch.Tensor, batch_size: int, generator: torch.Generator,
 
 def synthetic(n: int, x_dim: int = 784, z_dim: int = 2, seed: int = 0,
               binary: bool = True) -> torch.Tensor:
-    """``n`` examples x = σ(A·tanh(Bz)), z ~ N(0, I), in (0, 1), one Bernoulli draw per pixel
-    if ``binary``: quick data for tests; A, B depend on ``seed`` only, not on ``n``."""
+    """``n`` rows σ(A·tanh(Bz)), z ~ N(0, I), 0/1 if ``binary``; A, B depend on ``seed`` only."""
     g = torch.Generator().manual_seed(seed)
     B = torch.randn(z_dim, 16, generator=g)
     A = 3.0 * torch.randn(16, x_dim, generator=g) / 4.0
