@@ -1,10 +1,4 @@
-"""pvae: Variational Autoencoders written as Pyro probabilistic programs.
-
-The package's folders are its architecture, each importing only those before it in
-:data:`LAYERS` (a test enforces it): small shared helpers, then ``infer`` (any Pyro pair),
-``model`` (the VAE and its parts), ``data``, ``training``, ``runs`` (the run configuration,
-the main job, the command line). ``pvae.evaluate`` gathers the estimators of log p(x).
-"""
+"""pvae: Variational Autoencoders written as Pyro probabilistic programs; floors: :data:`LAYERS`."""
 from . import evaluate
 from .data import DATASETS, MNIST, DataConfig, Dataset, load_dataset, load_mnist, synthetic
 from .errors import (CheckpointError, ConfigError, DataError, DivergenceError, PvaeError,

@@ -1,8 +1,4 @@
-"""Files of a run folder: atomic writes, a lock against two runs in one folder, a write check.
-
-:func:`run_lock` holds an exclusive ``fcntl.flock`` on ``OUT/.pvae.lock``, which the kernel drops
-when its process dies, however it dies: the next run takes a killed run's lock over.
-"""
+"""Files of a run folder: atomic writes, a lock against two runs in one folder, a write check."""
 import contextlib
 import errno
 import os
@@ -23,19 +19,14 @@ RUN_FILES = ("metrics.json", "checkpoint.pt")
 _held: dict[Path, list[int]] = {}  # a folder this process holds: [lock file descriptor, depth]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` (a fsynced temporary file renamed over it, with the user's
-    umask) so that a crash leaves the old file or the new one; StorageError on a full disk."""
+    """Write ``data`` to ``path`` atomically (fsync, rename); StorageError on a full disk."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        mask = os.umask(0)
+        os.umask(mask)  # reading the umask sets it: set it back
+        os.fchmod(fd, 0o666 & ~mask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -74,8 +65,7 @@ def run_marker(out: str | Path) -> str | None:
 
 
 def claim(out: Path, resume: bool, overwrite: bool) -> None:
-    """ConfigError if the folder ``out`` holds a run and neither ``resume`` nor ``overwrite``
-    says what to do with it, or if both do."""
+    """ConfigError for ``resume`` with ``overwrite``, or for neither when ``out`` holds a run."""
     if resume and overwrite:
         raise ConfigError("resume and overwrite exclude each other: continue the run or "
                           "replace it", "resume", "overwrite")
@@ -88,11 +78,10 @@ def claim(out: Path, resume: bool, overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def run_lock(out: str | Path) -> Iterator[Path]:
-    """Hold the run folder ``out`` for this process (re-entrant), removing the ``.NAME.*.tmp``
-    files of an interrupted :func:`atomic_write`; ConfigError if another process holds it."""
+    """Hold the run folder ``out`` for this process (re-entrant); ConfigError if another does."""
     out = check_writable(out).resolve()
     if out not in _held:
-        fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

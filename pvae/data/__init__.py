@@ -1,6 +1,5 @@
 """Data: the dataset registry (MNIST with an offline route), one's own images, minibatches."""
-from .batches import minibatches, synthetic
-from .dataset import Dataset, binarize_once, check_subset
+from .dataset import Dataset, binarize_once, check_subset, minibatches, synthetic
 from .registry import DATASETS, DataConfig, load_dataset, load_mnist
 
 MNIST = Dataset

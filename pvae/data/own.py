@@ -1,9 +1,4 @@
-"""One's own images: an ``.npy`` file (one array ``x``), an ``.npz`` file (arrays ``train`` and
-``test``, or one array ``x``) or a folder of one subfolder of grayscale images per class
-(torchvision's ``ImageFolder``). Images are ``(N, H, W)`` or flattened ``(N, D)``, in [0, 1] or
-whole numbers 0–255; from one array ``x`` a tenth (⌊N/10⌋, at least 1), chosen with the fixed
-seed :data:`HOLDOUT_SEED`, is held out as the test set; bad data is a DataError naming the file.
-"""
+"""One's own images: an ``.npy`` or ``.npz`` file or an image folder (docs/own_data.rst)."""
 import math
 from pathlib import Path
 

@@ -1,10 +1,4 @@
-"""The one dataset registry: the data a run trains on, picked by name or given by path.
-
-:data:`DATASETS` maps a name to a loader ``loader(data_dir) -> (train_x, train_y, test_x,
-test_y, image_shape)`` of the full splits, images flattened and in [0, 1]: ``mnist`` takes
-:func:`pvae.data.mnist.read_mnist`'s offline route, ``fashion-mnist`` and ``kmnist``
-torchvision's download. Anything else is a path to one's own images (:mod:`pvae.data.own`).
-"""
+"""The one dataset registry: the data a run trains on, picked by name or given by path."""
 import dataclasses
 import socket
 from dataclasses import dataclass
@@ -48,7 +42,7 @@ DATASETS: dict[str, Callable] = {
     "fashion-mnist": torchvision_dataset("fashion-mnist", "FashionMNIST"),
     "kmnist": torchvision_dataset("kmnist", "KMNIST"),
 }
-"""The datasets known by name, each a loader of its full splits (see the module text)."""
+"""Loaders by name: ``loader(data_dir) -> (train_x, train_y, test_x, test_y, image_shape)``."""
 
 
 def load_dataset(dataset: str = "mnist", data_dir: str | Path = "data", binarize: bool = True,

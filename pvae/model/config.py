@@ -1,8 +1,4 @@
-"""The model's own configuration: registry names, sizes, options and β, frozen and checked.
-
-:class:`VAEConfig`, the ``model`` section of a run's configuration, is all a checkpoint needs
-to rebuild a VAE from :data:`REGISTRIES`; a run reads its ``flag=False`` fields off the data.
-"""
+"""The model's own configuration: registry names, sizes, options and β (docs/quickstart.rst)."""
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -50,12 +46,7 @@ def all_options() -> dict[str, list[tuple[str, str, Any]]]:
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """Everything that determines a VAE; ``options`` is read-only, each of its declared type.
-
-    ``stochastic_layers=2`` adds the top latent z2 of :class:`~pvae.model.hierarchy.UpperLayer`:
-    ``prior`` is then p(z2) (``top_z_dim``) and ``z_dim`` the bottom latent's size (the IWAE
-    paper: 100 and 50). A VAE of one's own modules has no part names (all None), sizes and β only.
-    """
+    """Everything that determines a VAE; ``options`` is read-only, each of its declared type."""
 
     prior: str | None = setting("standard", "the prior p(z)", choices=lambda: sorted(PRIORS))
     guide: str | None = setting("mlp", "the guide q(z|x)", choices=lambda: sorted(GUIDES))
@@ -94,7 +85,8 @@ class VAEConfig:
                                   f"{why}; use one layer, or another {role}", role)
         if not isinstance(self.options, Mapping):
             raise ConfigError(f"options must be a mapping of names to values, got {self.options!r}")
-        merged = {k: v for opts in self.part_options().values() for k, v in opts.items()}
+        merged = {k: v for opts in split_options(self.parts(), self.options).values()
+                  for k, v in opts.items()}
         object.__setattr__(self, "options", MappingProxyType(dict(sorted(merged.items()))))
 
     @property
@@ -108,10 +100,6 @@ class VAEConfig:
             return {}
         return {role: (getattr(self, role), REGISTRIES[role][getattr(self, role)])
                 for role in REGISTRIES}
-
-    def part_options(self) -> dict[str, dict[str, Any]]:
-        """The options each part's constructor receives, by role."""
-        return split_options(self.parts(), self.options)
 
     def replace(self, **changes) -> "VAEConfig":
         """A copy with ``changes``, checked again."""
@@ -128,12 +116,11 @@ class VAEConfig:
         return from_dict(cls, dict(values), strict)
 
     def build(self) -> tuple[nn.Module, nn.Module, nn.Module]:
-        """New ``(prior, likelihood, guide)`` modules, the guide handed to the prior (p(z2) with
-        two stochastic layers)."""
+        """New ``(prior, likelihood, guide)`` modules, the guide handed to the prior."""
         if self.custom:
             raise ConfigError("this configuration names no parts (a VAE of one's own modules): "
                               "build the modules in Python")
-        options, made = self.part_options(), {}
+        options, made = split_options(self.parts(), self.options), {}
         for role in ("guide", "prior", "likelihood"):
             cls = REGISTRIES[role][getattr(self, role)]
             args = {k: made["guide"] if k == "guide" else getattr(self, k)

@@ -1,5 +1,4 @@
-"""Guides q(z|x) (the interface: :class:`pvae.model.parts.Guide`), picked by name from
-:data:`GUIDES`; every scale is softplus(·) + 1e-5."""
+"""Guides q(z|x), picked by name from :data:`GUIDES`; every scale is softplus(·) + 1e-5."""
 from typing import Sequence
 
 import pyro.distributions as dist
@@ -8,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_count
 from ..distributions import MIN_SCALE, inv_softplus
 from ..errors import ConfigError
 from ..infer.localfit import optimise_local
@@ -52,15 +52,12 @@ class ConvNormalEncoder(NormalEncoder):
 
 
 class LowRankEncoder(_Guide):
-    """q_φ(z|x) = N(μ_φ(x), F_φ(x) F_φ(x)ᵀ + diag d_φ(x)), F of shape (z_dim, ``rank``),
-    d = (softplus(·) + 1e-5)², all from one MLP: a posterior that can tilt."""
+    """q_φ(z|x) = N(μ_φ(x), F_φ(x) F_φ(x)ᵀ + diag d_φ(x)), F of shape (z_dim, ``rank``)."""
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
                  activation: str = "tanh", *, rank: int = 2):
         super().__init__()
-        if int(rank) < 1:
-            raise ConfigError(f"rank must be >= 1, got {rank}")
-        self.z_dim, self.rank = int(z_dim), int(rank)
+        self.z_dim, self.rank = int(z_dim), check_count("rank", rank)
         self.net = mlp(x_dim, hidden_dims, self.z_dim * (2 + self.rank), activation)
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> dist.Distribution:
@@ -115,9 +112,8 @@ class LocalGuide(_Guide):
 
 
 class SemiAmortizedGuide(_Guide):
-    """Semi-amortized q (Kim et al. 2018): N(μ_K, σ_K) after ``refine_steps`` Adam steps on each
-    example's ELBO from the encoder's (μ_0, σ_0), returned as μ_0 + stop_grad(μ_K − μ_0) (same
-    for σ); it needs p(z) and p(x|z) from :meth:`bind`."""
+    """Semi-amortized q: N(μ_K, σ_K) after ``refine_steps`` Adam steps on each example's ELBO
+    from the encoder's (μ_0, σ_0); it needs :meth:`bind` (docs/amortization.rst)."""
 
     uses_model = True
 

@@ -1,6 +1,4 @@
-"""The upper stochastic layer of a two-layer VAE (Burda, Grosse & Salakhutdinov, 2016): the
-model z2 ~ p(z2), z ~ p(z|z2), x ~ p(x|z), the guide q(z|x) q(z2|z); the bottom latent keeps
-the site ``"z"`` (a one-layer VAE's guide and likelihood fit unchanged), the top one is ``"z2"``."""
+"""The upper stochastic layer of the two-layer VAE (Burda et al., 2016; docs/training.rst)."""
 from typing import Sequence
 
 import pyro.distributions as dist
@@ -13,8 +11,7 @@ TOP_SITE = "z2"
 
 
 class UpperLayer(nn.Module):
-    """p(z|z2) = N(μ_θ(z2), diag σ_θ(z2)²) and q(z2|z) = N(μ_φ(z), diag σ_φ(z)²), each from an
-    MLP of widths ``hidden_dims`` (the IWAE paper: z (100) → (100, 100) → z2 (50) and back)."""
+    """p(z|z2) = N(μ_θ(z2), diag σ_θ(z2)²), q(z2|z) = N(μ_φ(z), diag σ_φ(z)²), from MLPs."""
 
     def __init__(self, z_dim: int, top_z_dim: int = 50, hidden_dims: Sequence[int] = (100, 100),
                  activation: str = "tanh"):

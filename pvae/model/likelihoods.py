@@ -1,9 +1,4 @@
-"""Likelihoods p(x|z): a decoder network and the observation distribution around it (the
-interface: :class:`pvae.model.parts.Likelihood`), picked by name from :data:`LIKELIHOODS`.
-
-Only the Bernoulli gives a discrete log-probability (log p(x) ≤ 0 nats); the continuous
-likelihoods give a log-*density*, which depends on the units of x, can be positive and is not
-comparable with Bernoulli numbers (nor across continuous likelihoods on differently scaled data)."""
+"""Likelihoods p(x|z), picked by name from :data:`LIKELIHOODS` (docs/swapping.rst)."""
 import math
 from typing import Sequence
 
@@ -17,9 +12,8 @@ from .nets import ConvDecoder, mlp
 
 
 class _Decoded(nn.Module):
-    """The decoder f: z → one parameter per pixel (an MLP, or with ``decoder="conv"`` a
-    :class:`~pvae.model.nets.ConvDecoder`), and the support check of a subclass's ``_support``:
-    (values outside it, its name, what it needs, the fix)."""
+    """The decoder f: z → one parameter per pixel (an MLP, or a ConvDecoder), and the check of a
+    subclass's ``_support``: (values outside it, its name, what it needs, the fix)."""
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int] = (200, 200),
                  activation: str = "tanh", image_shape: Sequence[int] | None = None, *,
@@ -32,8 +26,7 @@ class _Decoded(nn.Module):
                                     image_shape))
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
-        """E[x|z] clipped to [0, 1], the image a figure shows: σ(f(z)) for the Bernoulli, f(z)
-        for the Normal, the continuous Bernoulli's own mean (≠ λ)."""
+        """E[x|z] clipped to [0, 1], the image a figure shows."""
         return self(z).mean.clamp(0.0, 1.0)
 
     @classmethod
@@ -47,8 +40,7 @@ class _Decoded(nn.Module):
 
 
 class Bernoulli(_Decoded):
-    """p(x|z) = ∏_d Bernoulli(x_d; σ(f(z)_d)): log p(x|z) = Σ_d x_d f_d − softplus(f_d), a
-    discrete log-likelihood of binary x."""
+    """p(x|z) = ∏_d Bernoulli(x_d; σ(f(z)_d)): log p(x|z) = Σ_d x_d f_d − softplus(f_d)."""
 
     data_kind = "binary"
     _support = (lambda x: (x != 0) & (x != 1), "Bernoulli", "binary data (0 or 1)",
@@ -60,9 +52,7 @@ class Bernoulli(_Decoded):
 
 
 class ContinuousBernoulli(_Decoded):
-    """p(x|z) = ∏_d CB(x_d; λ_d), λ = σ(f(z)), for grayscale x ∈ [0, 1]: the continuous
-    Bernoulli (Loaiza-Ganem & Cunningham, 2019) CB(x; λ) = C(λ) λ^x (1 − λ)^(1−x), whose
-    normaliser C(λ) adds Σ_d log C(λ_d) to the Bernoulli log-likelihood of grayscale pixels."""
+    """p(x|z) = ∏_d CB(x_d; λ_d), λ = σ(f(z)), where CB(x; λ) = C(λ) λ^x (1 − λ)^(1−x)."""
 
     data_kind = "continuous"
     _support = (lambda x: ~((x >= 0) & (x <= 1)), "continuous Bernoulli", "finite data in [0, 1]",
@@ -73,9 +63,8 @@ class ContinuousBernoulli(_Decoded):
 
 
 class Normal(_Decoded):
-    """p(x|z) = ∏_d N(x_d; f(z)_d, σ²), for real-valued x: σ is ``likelihood_scale`` or, with
-    ``learn_scale``, one learned σ = 1e-3 + exp(s) starting there, shared by all pixels (per-pixel
-    scales collapse on constant pixels, MNIST's borders, and send the density to infinity)."""
+    """p(x|z) = ∏_d N(x_d; f(z)_d, σ²), σ = ``likelihood_scale`` or, with ``learn_scale``, 1e-3 +
+    exp(s), shared by all pixels (per-pixel σ would collapse on constant pixels: density → ∞)."""
 
     data_kind = "continuous"
     _support = (lambda x: ~torch.isfinite(x), "Normal", "finite data", "clean or drop them")

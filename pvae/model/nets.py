@@ -75,8 +75,7 @@ def image_hw(x_dim: int, image_shape: Sequence[int] | None = None) -> tuple[int,
 
 
 class ConvEncoder(nn.Module):
-    """``(..., H·W)`` images, zero-padded to sides divisible by 4 -> two stride-2 4×4 convolutions
-    (``channels``, then twice that; 28 -> 14 -> 7) -> an MLP head -> ``(..., out_dim)``."""
+    """``(..., H·W)`` images, padded to sides divisible by 4 -> two stride-2 convolutions -> MLP."""
 
     def __init__(self, x_dim: int, hidden_dims: Sequence[int], out_dim: int,
                  activation: str = "tanh", channels: int = 32,
@@ -97,8 +96,7 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """The mirror of :class:`ConvEncoder`: z -> an MLP -> ``2·channels`` maps of ⌈H/4⌉×⌈W/4⌉
-    -> two stride-2 transposed convolutions, cropped to H×W -> ``(..., H·W)`` real values."""
+    """The mirror of :class:`ConvEncoder`: an MLP, two stride-2 transposed convolutions, a crop."""
 
     def __init__(self, z_dim: int, hidden_dims: Sequence[int], x_dim: int,
                  activation: str = "tanh", channels: int = 32,

@@ -1,10 +1,4 @@
-"""What a prior, a likelihood and a guide must provide, and how their options are routed.
-
-A part is an ``nn.Module`` class in a registry (:data:`pvae.model.config.REGISTRIES`) whose
-constructor takes the shared sizes it needs (:data:`SHARED`) by name, then keyword-only
-*options* with defaults: its declared options, each of its default's type. Nothing else is
-accepted (a misspelled option is an error, not a silent default); each is a command-line flag.
-"""
+"""What a prior, a likelihood and a guide must provide, and how their options are routed."""
 import difflib
 import inspect
 from typing import Any, Mapping, Protocol, runtime_checkable
@@ -31,9 +25,8 @@ class Prior(Protocol):
 @runtime_checkable
 class Likelihood(Protocol):
     """p(x|z): ``likelihood(z)`` returns a distribution whose event is one flattened example;
-    ``data_kind`` is ``"binary"`` (a discrete log-likelihood; the data are binarized) or
-    ``"continuous"`` (a log-density); ``check(x)`` raises DataError outside the support;
-    ``mean(z)`` is E[x|z], the image a figure shows."""
+    ``data_kind`` is ``"binary"`` (the data are binarized) or ``"continuous"``; ``check(x)``
+    raises DataError outside the support; ``mean(z)`` is E[x|z], the image a figure shows."""
 
     data_kind: str
 
@@ -45,9 +38,8 @@ class Likelihood(Protocol):
 @runtime_checkable
 class Guide(Protocol):
     """q(z|x): ``guide(x, idx)`` returns a distribution with batch ``(B,)``, event ``(z_dim,)``;
-    ``amortized`` is False for one q(z_n) per training example, read at the batch's dataset
-    indices ``idx`` (no encoder for new data); ``uses_model`` is True for a guide that runs the
-    model's prior and likelihood, which the VAE hands over with ``bind(prior, likelihood)``."""
+    ``amortized`` is False for one q(z_n) per training example, read at the dataset indices
+    ``idx``; ``uses_model`` is True for a guide that needs ``bind(prior, likelihood)``."""
 
     amortized: bool
     uses_model: bool

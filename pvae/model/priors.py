@@ -1,5 +1,4 @@
-"""Priors p(z) (the interface: :class:`pvae.model.parts.Prior`), picked by name from
-:data:`PRIORS`; learned quantities are ``nn.Parameter`` s (Pyro params in the VAE)."""
+"""Priors p(z) (:class:`pvae.model.parts.Prior`), picked by name from :data:`PRIORS`."""
 import math
 
 import pyro.distributions as dist
@@ -7,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_count
 from ..distributions import DiagonalNormalMixture, shared_flows
 from ..errors import ConfigError
 from .nets import autoregressive_flow
@@ -26,8 +26,7 @@ class StandardNormal(nn.Module):
 
 
 class LearnedNormal(nn.Module):
-    """p(z) = N(μ, diag exp(2·s)), learned μ and log-scale s starting at 0 (N(0, I)); with a
-    learned decoder they are redundant with its first layer: the simplest learned prior."""
+    """p(z) = N(μ, diag exp(2·s)), learned μ and log-scale s starting at 0 (N(0, I))."""
 
     def __init__(self, z_dim: int):
         super().__init__()
@@ -45,9 +44,7 @@ class MixturePrior(nn.Module):
 
     def __init__(self, z_dim: int, *, num_components: int = 10):
         super().__init__()
-        k = int(num_components)
-        if k < 1:
-            raise ConfigError(f"num_components must be >= 1, got {num_components}")
+        k = check_count("num_components", num_components)
         self.z_dim = int(z_dim)
         self.logits = nn.Parameter(torch.zeros(k))
         self.locs = nn.Parameter(torch.randn(k, self.z_dim))
@@ -58,14 +55,12 @@ class MixturePrior(nn.Module):
 
 
 EDGE_MARGIN = 0.01
-"""How far inside [0, 1] :meth:`VampPrior.start_at` puts bounded pseudo-inputs."""
 
 
 class VampPrior(nn.Module):
-    """The VampPrior (Tomczak & Welling, 2018): p(z) = (1/K) Σ_k q(z | u_k), the guide q at
-    K learned u_k = hardtanh(a), a ~ N(0.05, 0.01²) at first, as in the paper (a sigmoid froze
-    the u_k near blank images: test ELBO −158 against −129 after 10 MNIST epochs), or u = a ~
-    N(0, 0.01²) unless ``bounded_pseudo_inputs``; ``encoder`` is the guide, not a child."""
+    """The VampPrior (Tomczak & Welling, 2018): p(z) = (1/K) Σ_k q(z | u_k) at K learned u_k =
+    hardtanh(a), a ~ N(0.05, 0.01²) at first, as in the paper (a sigmoid froze the u_k near blank
+    images: test ELBO −158 against −129 after 10 MNIST epochs); unbounded, u = a ~ N(0, 0.01²)."""
 
     def __init__(self, z_dim: int, x_dim: int, guide: nn.Module | None = None, *,
                  num_pseudo_inputs: int = 500, bounded_pseudo_inputs: bool = True):
@@ -78,9 +73,7 @@ class VampPrior(nn.Module):
                    f"{type(guide).__name__} itself uses the prior, which would recurse")
             raise ConfigError(f"the VampPrior evaluates an encoder q(z|x) at its pseudo-inputs and "
                               f"{why}: use guide mlp, conv, lowrank or iaf with prior 'vamp'")
-        k = int(num_pseudo_inputs)
-        if k < 1:
-            raise ConfigError(f"num_pseudo_inputs must be >= 1, got {num_pseudo_inputs}")
+        k = check_count("num_pseudo_inputs", num_pseudo_inputs)
         self.z_dim, self.bounded = int(z_dim), bool(bounded_pseudo_inputs)
         object.__setattr__(self, "encoder", guide)
         init = (0.05 if self.bounded else 0.0) + 0.01 * torch.randn(k, int(x_dim))
@@ -122,8 +115,7 @@ class VampPrior(nn.Module):
 
 
 class FlowPrior(StandardNormal):
-    """A MAF prior: u = f_S(⋯ f_1(z)) ~ N(0, I) for ``flow_steps`` affine autoregressive maps,
-    so log p(z) = log N(u; 0, I) + Σ_s log-det-Jacobian(f_s); sampling costs z_dim passes."""
+    """A MAF prior: u = f_S(⋯ f_1(z)) ~ N(0, I), log p(z) = log N(u; 0, I) + Σ_s log|det J_s|."""
 
     def __init__(self, z_dim: int, *, flow_steps: int = 2, flow_hidden: tuple[int, ...] = ()):
         super().__init__(z_dim)

@@ -1,7 +1,5 @@
-"""The VAE as a Pyro program: ``model(x)`` and ``guide(x)`` over the ``"data"`` plate, the only
-module that samples ``"z"``, ``"z2"`` (a two-layer VAE's top latent) and ``"x"``; it carries its
-frozen :class:`~pvae.model.config.VAEConfig` and is the :class:`pvae.infer.host.Host` of inference.
-"""
+"""The VAE as a Pyro program, the only module that samples ``"z"``, ``"z2"`` and ``"x"``: it carries
+its :class:`~pvae.model.config.VAEConfig` and is the :class:`pvae.infer.host.Host` of inference."""
 import contextlib
 from typing import Any, Sequence
 
@@ -19,8 +17,7 @@ from .parts import Guide, Likelihood, Prior
 
 
 def beta_handler(beta: float):
-    """The handler that multiplies a site's log-density by β: ``poutine.scale``, or for β = 0
-    (which ``poutine.scale`` refuses) ``poutine.mask(mask=False)``, which keeps the sample."""
+    """The handler that multiplies a site's log-density by β (at β = 0 ``poutine.mask``)."""
     beta = check_beta(beta)
     if beta == 1.0:
         return contextlib.nullcontext()
@@ -30,12 +27,9 @@ def beta_handler(beta: float):
 
 
 class VAE(PyroModule):
-    """A VAE with prior p(z), likelihood p(x|z) and guide q(z|x) (:mod:`pvae.model.parts`); with
-    an ``upper`` layer (:class:`~pvae.model.hierarchy.UpperLayer`) two stochastic layers: z2 ~
-    p(z2) (the prior), z ~ p(z|z2), x ~ p(x|z), guided by q(z|x) q(z2|z). The latent sites are
-    scaled by :attr:`kl_weight`, so ``Trace_ELBO`` minimises E_q[-log p(x|z)] + β·KL(q(z|x) ||
-    p(z)) (two layers: β·KL(q(z, z2|x) || p(z, z2))); the parts' parameters are stated with
-    ``pyro.param``, so ``pyro.infer.SVI`` trains the VAE."""
+    """A VAE with prior p(z), likelihood p(x|z) and guide q(z|x) (:mod:`pvae.model.parts`) and,
+    with ``upper``, two stochastic layers (docs/training.rst); the latent sites are scaled by
+    :attr:`kl_weight` (loss E_q[-log p(x|z)] + β·KL), its parameters ``pyro.param`` s for SVI."""
 
     def __init__(self, prior: nn.Module, likelihood: nn.Module, guide: nn.Module,
                  x_dim: int | None = None, num_data: int | None = None, beta: float = 1.0,
@@ -125,8 +119,7 @@ class VAE(PyroModule):
             self._direct -= 1
 
     def _param_statements(self, *parts: str) -> None:
-        """``pyro.param(name, p)`` for each trainable parameter of ``parts``, replacing a stale
-        store entry of that name (an earlier VAE's), so ``pyro.optim`` updates this VAE's."""
+        """``pyro.param`` each trainable parameter of ``parts``, replacing an earlier VAE's."""
         store = pyro.get_param_store()
         for part in (part for part in parts if getattr(self, part) is not None):
             for name, p in getattr(self, part).named_parameters(prefix=part):
@@ -188,9 +181,8 @@ class VAE(PyroModule):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
-        """``(loc, scale, flows)`` of the encoder: q(z|x) = f(N(loc, scale²)) with ``flows`` f
-        shared by all x (the IAF guide; else []), or another family's mean and standard deviation
-        (of 256 draws where it has none); ConfigError for a guide without an encoder."""
+        """``(loc, scale, flows)``: q(z|x) = f(N(loc, scale²)), ``flows`` f shared by all x (else
+        []), or another family's mean and standard deviation; ConfigError without an encoder."""
         if not self.amortized:
             raise ConfigError("this VAE's guide owns per-example parameters and has no encoder "
                               "for new data")
@@ -225,7 +217,5 @@ def build_vae(prior: str = "standard", guide: str = "mlp", likelihood: str = "be
               image_shape: Sequence[int] | None = None, stochastic_layers: int = 1,
               top_z_dim: int = 50, top_hidden_dims: Sequence[int] = (100, 100),
               **options: Any) -> VAE:
-    """A new :class:`VAE` whose ``config`` holds these arguments (defaults: the IWAE paper's
-    1-layer VAE; ``stochastic_layers=2`` with ``z_dim=100``: its 2-layer VAE); ``options`` go to
-    the parts that declare them (e.g. ``num_components`` of the ``mog`` prior)."""
+    """A new :class:`VAE` whose ``config`` holds these arguments, ``options`` for the parts."""
     return VAE.from_config(VAEConfig(**locals()))  # the arguments are VAEConfig's fields

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checks import SEED_LIMIT
-from ..data.batches import minibatches
+from ..data.dataset import minibatches
 from ..errors import CheckpointError, ConfigError, DataError, DivergenceError
 from ..files import claim, run_lock
 from ..infer.importance import log_likelihood
