@@ -1,10 +1,6 @@
-"""The ``pvae`` command line: ``pvae train|evaluate|gap|plot|compare``.
-
-Every flag is generated (:mod:`pvae.runs.flags`) from the run configuration and the options
-the registered parts declare. :data:`COMMANDS` maps each subcommand to ``(add_arguments(parser),
-run(args) -> int)``; the first paragraph of ``run``'s docstring is its help. Usage errors and
-errors a user can fix (:class:`pvae.errors.PvaeError`) are one line on stderr, exit status 2.
-"""
+"""The ``pvae`` command line: ``pvae train|evaluate|gap|plot|compare``, its flags generated
+(:mod:`pvae.runs.flags`); a usage error or a :class:`pvae.errors.PvaeError` is one line on
+stderr and exit status 2."""
 import argparse
 import logging
 import sys

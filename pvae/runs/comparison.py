@@ -1,11 +1,6 @@
-"""Compare configurations: train each with the same seed and budget, tabulate log p(x).
-
-The first configuration is the baseline. A configuration *beats* it when its mean test
-log p(x) is higher by more than two standard errors of the difference: paired when both
-runs saved per-example estimates (``test_log_px.npy``) of the same test images, else
-sqrt(se₁² + se₂²), which overstates the s.e. of runs on the same images (a conservative
-test). Runs whose likelihoods are of different kinds (discrete vs density) are not compared.
-"""
+"""Compare configurations trained with one seed and budget (docs/swapping.rst): a row *beats*
+the first, the baseline, when its mean test log p(x) is higher by more than two standard
+errors of the difference, paired per image where both saved ``test_log_px.npy``."""
 import contextlib
 import csv
 import dataclasses

@@ -1,15 +1,7 @@
-"""The one run configuration: every setting of a run, one frozen value nested by concern.
-
-:class:`RunConfig` holds the run's own settings (output folder, device, resume/overwrite,
-progress) and four sections, each checked where it is defined: ``data``
-(:class:`~pvae.data.registry.DataConfig`), ``model`` (the model's own
-:class:`~pvae.model.config.VAEConfig`, β and the part options included), ``train``
-(:class:`~pvae.training.config.TrainConfig`) and ``eval``
-(:class:`~pvae.infer.estimators.EvalConfig`). Every setting name is unique across the
-sections, so the configuration is also one flat dict of settings (:meth:`RunConfig.to_dict`):
-the command line's flags, ``pvae compare``'s keys, ``metrics.json["config"]`` and the
-checkpoint's record are that dict.
-"""
+"""The one run configuration (docs/quickstart.rst): a frozen :class:`RunConfig` of the run's
+own settings and four sections (``data``, ``model``, ``train``, ``eval``), each checked where
+it is defined. Setting names are unique across sections, so it is also one flat dict: the
+flags, ``pvae compare``'s keys, ``metrics.json["config"]`` and the checkpoint's record."""
 import dataclasses
 import difflib
 from dataclasses import dataclass, field

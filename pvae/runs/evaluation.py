@@ -1,10 +1,6 @@
-"""Scoring a trained VAE with the registered estimators, the same way in the main job and in
-``pvae evaluate``: the same estimator runs, the same files for the same method.
-
-Under torchrun each rank scores its share of the images and the per-example results are
-gathered in order (:func:`gather_result`). Results are written before figures, and a figure
-that cannot be drawn is a warning that names it, never a lost result.
-"""
+"""Scoring a trained VAE with the registered estimators, the same in the main job and in
+``pvae evaluate``: each rank scores its shard, the results are gathered in order, and the
+values are written before the figure, which may fail only as a warning."""
 import dataclasses
 import logging
 from pathlib import Path

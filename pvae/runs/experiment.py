@@ -1,10 +1,6 @@
-"""One run from configuration to results: data → VAE → fit → estimators → report and figures.
-
-:func:`run` is five steps, each a public function (``examples/mnist_svi.py`` spells them
-out): :func:`workspace` (the run folder, locked, the device and torchrun's process group),
-:func:`load_data`, :func:`build_model`, :func:`~pvae.training.loop.fit`, :func:`evaluate_model`
-and :func:`finish` (``metrics.json``, then the figures).
-"""
+"""One run, configuration to results, in the public steps ``examples/mnist_svi.py`` spells
+out: :func:`workspace`, :func:`load_data`, :func:`build_model`, ``fit``, :func:`evaluate_model`
+and :func:`finish` (``metrics.json``, then the figures)."""
 import contextlib
 import dataclasses
 import logging

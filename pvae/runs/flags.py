@@ -1,13 +1,7 @@
-"""A command line generated from the run configuration and from the options every registered
-part declares: a setting or an option is a flag with no edit here.
-
-Each setting of :class:`~pvae.runs.config.RunConfig` becomes ``--name-with-dashes``, its type
-from its annotation (``tuple[int, ...]``: one or more numbers; ``bool``: ``--x/--no-x``), its
-choices, help and default from its declaration. Each part option (a keyword-only argument of
-a registered prior, guide or likelihood) becomes a flag whose default, None, leaves the part's
-own default. Values are only parsed here; they are checked once, when the configuration is
-made, and a :class:`~pvae.errors.ConfigError` is one line naming the flags.
-"""
+"""The command line, generated: each setting of :class:`~pvae.runs.config.RunConfig` is a flag
+``--name-with-dashes`` (type, choices, help, default from its declaration; booleans
+``--x/--no-x``), and each option a registered part declares is a flag whose default (None)
+is the part's own. Values are parsed here and checked once, when the configuration is made."""
 import argparse
 import math
 import re

@@ -1,11 +1,6 @@
-"""Training recipes: named presets of the schedule (learning rate, Adam's ε, its decay, the KL
-warm-up, the VampPrior's pseudo-input start), never of the model, picked from :data:`RECIPES`.
-
-A published recipe is defined on its published number of epochs P (Burda et al. 2016: 3,280;
-Tomczak & Welling 2018: 2,000). A budget of E epochs compresses its time axis by E/P: every
-stage of the learning-rate decay and the warm-up keep their share of the run, measured in
-optimisation steps, so a shorter run is the same schedule at a coarser grain, not its head.
-"""
+"""Training recipes (docs/training.rst): named presets of the schedule, never of the model.
+A published recipe of P epochs run for E compresses its time axis by E/P: each stage of the
+learning-rate decay and the warm-up keeps its share of the run's optimisation steps."""
 from dataclasses import dataclass
 
 import torch
