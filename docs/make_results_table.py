@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pvae.infer.diagnostics import stderr  # noqa: E402
+from pvae.infer.results import stderr  # noqa: E402
 from pvae.runs.plotting import _plt  # noqa: E402
 
 BURDA = "Burda et al. 2016, Table 1"

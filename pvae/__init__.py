@@ -5,7 +5,7 @@ from .errors import (CheckpointError, ConfigError, DataError, DivergenceError, P
                      StorageError)
 from .infer.amortization import GapReport, gap_report, refine
 from .infer.annealing import AISResult, BDMCResult, ais, ais_log_likelihood, bdmc
-from .infer.diagnostics import psis_khat
+from .infer.results import psis_khat
 from .infer.estimators import ESTIMATORS, EvalConfig
 from .infer.importance import EvalResult, importance_sampling, log_likelihood
 from .infer.localfit import LocalFit, fit_local

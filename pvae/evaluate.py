@@ -2,7 +2,7 @@
 :func:`importance_sampling`), AIS (:func:`ais`, :func:`ais_log_likelihood`), BDMC (:func:`bdmc`),
 their results and the registry :data:`ESTIMATORS` (docs/evaluation.rst)."""
 from .infer.annealing import AISResult, BDMCResult, ais, ais_log_likelihood, bdmc
-from .infer.diagnostics import KHAT_BAD, psis_khat
+from .infer.results import KHAT_BAD, psis_khat
 from .infer.estimators import ESTIMATORS, EvalConfig
 from .infer.importance import (DEFAULT_BATCH_SIZE, PROPOSALS, EvalResult, importance_sampling,
                                log_likelihood, refined_proposal)

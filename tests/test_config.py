@@ -202,3 +202,9 @@ def test_every_flag_shows_its_default():
         for action in parser._actions:
             if action.option_strings and action.dest != "help" and not action.required:
                 assert action.help and "default" in action.help, (name, action.dest)
+
+
+def test_no_line_outgrows_the_style():
+    for path in (REPO / "pvae").rglob("*.py"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert len(line) <= 100, f"{path}:{number} has {len(line)} characters"

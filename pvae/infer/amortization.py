@@ -4,7 +4,6 @@ plus the amortization gap, q* the best of the guide's own family for each x, fit
 decoder frozen; every ELBO is the β = 1 bound (the math: docs/amortization.rst)."""
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol, runtime_checkable
 
 import pyro.poutine as poutine
 import torch
@@ -17,14 +16,6 @@ from .importance import log_likelihood
 from .localfit import FAMILIES, fit_local
 from .logweights import log_weights
 from .results import Estimate
-
-
-@runtime_checkable
-class Autoencoder(Encoder, Protocol):
-    """An :class:`~pvae.infer.host.Encoder` with its Pyro pair ``model(x)``, ``guide(x)``."""
-
-    model: Callable
-    guide: Callable
 
 
 @dataclass(frozen=True)
@@ -82,7 +73,7 @@ class GapReport(Estimate):
         return FAMILIES[self.local_family]
 
 
-def refine(vae: Autoencoder, x: torch.Tensor, steps: int = 5, lr: float = 1e-2,
+def refine(vae: Encoder, x: torch.Tensor, steps: int = 5, lr: float = 1e-2,
            num_particles: int = 1, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Semi-amortized inference (Kim et al. 2018): the encoder's (loc, scale) for ``x`` (of a
     shared flow's base) after exactly ``steps`` Adam steps on each ELBO, the decoder frozen."""
@@ -93,14 +84,14 @@ def refine(vae: Autoencoder, x: torch.Tensor, steps: int = 5, lr: float = 1e-2,
     return fit.loc, fit.scale
 
 
-def gap_report(vae: Autoencoder, x: torch.Tensor, *, n: int | None = None,
+def gap_report(vae: Encoder, x: torch.Tensor, *, n: int | None = None,
                num_samples: int = 5000, elbo_samples: int = 1000,
                log_px_proposal: str = "mixture", chunk_size: int | None = None,
                progress: bool = True, **fit_kwargs) -> GapReport:
     """log p(x) (``num_samples`` draws from ``log_px_proposal``: ``"amortized"`` q, ``"local"``
     q* or ``"mixture"`` ½q + ½q*), L[q*] and L[q] (``elbo_samples`` draws) of the first ``n``
     examples of ``x`` (default: all); ``fit_kwargs`` go to :func:`fit_local`."""
-    if not isinstance(vae, Autoencoder):
+    if not isinstance(vae, Encoder):
         raise ConfigError(f"gap_report needs a VAE, got {type(vae).__name__}")
     if not vae.amortized:
         raise ConfigError("the amortization gap needs an amortized guide; this VAE's guide owns "

@@ -16,11 +16,10 @@ from tqdm.auto import tqdm
 
 from ..checks import check_count
 from ..errors import ConfigError
-from .diagnostics import psis_khat
 from .hmc import StepSizePilot, Target, guide_scale, latent_names, transition
 from .host import Host, frozen_parameters, map_examples, prepare_examples
 from .logweights import check_pair
-from .results import Estimate
+from .results import Estimate, psis_khat
 
 DEFAULT_AIS_CHUNK = 4096
 CUDA_AIS_CHUNK = 2**16

@@ -22,13 +22,15 @@ class Host(Protocol):
 
 @runtime_checkable
 class Encoder(Host, Protocol):
-    """A host whose guide may be amortized (``amortized``): ``q(x)`` is the distribution
-    q(z|x) and ``encode(x)`` is ``(loc, scale, flows)`` with q(z|x) = f(N(loc, diag scale²)),
-    f the composition of ``flows`` (none for a Gaussian guide); ``z_dim`` the latent size."""
+    """A host with its Pyro pair ``model``/``guide`` and a guide that may be ``amortized``:
+    ``q(x)`` is q(z|x) and ``encode(x)`` is ``(loc, scale, flows)`` with q(z|x) =
+    f(N(loc, diag scale²)), f the composition of ``flows``; ``z_dim`` the latent size."""
 
     z_dim: int
     amortized: bool
     q: Callable
+    model: Callable
+    guide: Callable
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]: ...
 

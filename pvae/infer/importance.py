@@ -14,11 +14,10 @@ from tqdm.auto import tqdm
 
 from ..checks import check_count
 from ..errors import ConfigError
-from .diagnostics import KHAT_BAD, psis_khat
 from .host import Encoder, Host, map_examples, prepare_examples
 from .localfit import fit_local
 from .logweights import check_pair, default_chunk_size, log_weights
-from .results import Estimate
+from .results import KHAT_BAD, Estimate, psis_khat
 
 logger = logging.getLogger(__name__)
 

@@ -85,8 +85,3 @@ def make_loss(name: str = "elbo", num_particles: int = 1) -> pyro.infer.ELBO:
     if int(num_particles) < 1:
         raise ConfigError(f"--num-particles must be >= 1, got {num_particles}")
     return OBJECTIVES[name](num_particles=int(num_particles))
-
-
-def beta_at(step: int, beta: float, warmup_steps: int) -> float:
-    """β at optimisation step (not epoch) ``step``: β·min(1, step / warmup_steps); β without one."""
-    return float(beta) * (min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0)

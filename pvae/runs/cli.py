@@ -17,13 +17,17 @@ from ..training.loop import resolve_device
 from . import experiment
 from .comparison import compare, format_table, grid, parse_setting
 from .config import RunConfig
-from .evaluation import estimate, write
 from .flags import Parser, add_part_options, add_settings, as_flags, parsed, run_config
 from .plotting import plot_gap
-from .report import (ROWS, estimate_rows, format_rows, train_rows, versions, write_json)
+from .evaluation import (ROWS, estimate, estimate_rows, format_rows, train_rows, versions, write,
+                         write_json)
 
 DATA_FLAGS = ("data_dir", "test_subset", "device", "seed", "progress")
 """The settings of a command that reads a checkpoint, besides its own."""
+LOCAL_FIT = ("local_steps", "local_lr", "local_particles", "local_window", "local_patience",
+             "local_seconds")
+"""The budget of the per-image local fits."""
+NUM_SAMPLES = {"eval_samples": "--num-samples"}
 
 
 def run_guarded(fn: Callable[[], int]) -> int:
@@ -58,9 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def parse(prog: str, argv: Sequence[str] | None = None, description: str = "",
           defaults: dict | None = None) -> RunConfig:
-    """The run configuration of the training flags in ``argv`` (``sys.argv`` by default;
-    ``defaults`` replaces RunConfig's): what an example script starts from. A bad flag
-    exits with one line."""
+    """The run configuration of ``argv``'s training flags (``defaults`` replacing RunConfig's),
+    for an example script; a bad flag exits with one line."""
     parser = Parser(prog=prog, description=description)
     add_train_arguments(parser, defaults)
     args = parser.parse_args(argv)
@@ -105,8 +108,7 @@ def _checkpoint_arguments(p: argparse.ArgumentParser, names: Sequence[str], out_
 
 
 def open_checkpoint(args: argparse.Namespace, default_out: str | None = None):
-    """``(vae, config, out, data, state)`` from --checkpoint (read once): the run's
-    configuration with the command's flags applied, the output folder, the test data.
+    """``(vae, config, out, data, state)`` of --checkpoint with the command's flags applied;
     ConfigError, before any data is read, if the guide has no encoder."""
     ckpt = checkpoint.read(args.checkpoint)
     vae = checkpoint.to_vae(ckpt, args.checkpoint, device=resolve_device(args.device))
@@ -129,12 +131,10 @@ def _record(args: argparse.Namespace, config: RunConfig, vae) -> dict:
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     _checkpoint_arguments(p, ["method", "eval_samples", "proposal", "chunk_size", "ais_steps",
-                              "ais_chains", "ais_leapfrog", "local_steps", "local_lr",
-                              "local_particles", "local_window", "local_patience",
-                              "local_seconds"],
+                              "ais_chains", "ais_leapfrog", *LOCAL_FIT],
                           "folder for the metrics file, the per-image values and the figure "
                           "(default: the checkpoint's folder/eval)",
-                          defaults={"eval_samples": 5000}, aliases={"eval_samples": "--num-samples"})
+                          defaults={"eval_samples": 5000}, aliases=NUM_SAMPLES)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -156,15 +156,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def _gap_arguments(p: argparse.ArgumentParser) -> None:
     _checkpoint_arguments(p, ["eval_samples", "elbo_samples", "chunk_size", "local_init",
-                              "local_steps", "local_lr", "local_particles", "local_window",
-                              "local_patience", "local_seconds"],
-                          "folder for gap.json and gap.png (required)", out_required=True,
-                          defaults={"eval_samples": 5000, "test_subset": 100},
-                          aliases={"eval_samples": "--num-samples", "local_init": "--init",
-                                   "local_steps": "--max-steps", "local_lr": "--lr",
-                                   "local_particles": "--num-particles",
-                                   "local_window": "--window", "local_patience": "--patience",
-                                   "local_seconds": "--max-seconds-per-image"})
+                              *LOCAL_FIT], "folder for gap.json and gap.png (required)",
+                          out_required=True, defaults={"eval_samples": 5000, "test_subset": 100},
+                          aliases={**NUM_SAMPLES, **dict(zip(("local_init", *LOCAL_FIT), (
+                              "--init", "--max-steps", "--lr", "--num-particles", "--window",
+                              "--patience", "--max-seconds-per-image")))})
 
 
 def run_gap(args: argparse.Namespace) -> int:

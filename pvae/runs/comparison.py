@@ -22,7 +22,7 @@ from ..model.parts import options_taken
 from . import experiment
 from .config import RunConfig
 from .plotting import plot_comparison
-from .report import format_number
+from .evaluation import format_number
 
 log = logging.getLogger(__name__)
 PER_EXAMPLE_FILE = ESTIMATORS["is"].per_example
@@ -57,11 +57,8 @@ class CompareRow:
 
 
 def _value(text: str):
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        with contextlib.suppress(ValueError):
-            return kind(text)
+    with contextlib.suppress(ValueError):
+        return json.loads(text.lower() if text.lower() in ("true", "false") else text)
     return text
 
 
@@ -95,9 +92,8 @@ def setting_name(setting: dict) -> str:
 
 def config_for(base: RunConfig, setting: dict, out: Path,
                options: Mapping[str, Any] | None = None) -> RunConfig:
-    """``base`` with ``setting`` applied: run settings set directly, other keys as part
-    options; the shared part ``options`` (and ``base``'s) reach only the configurations whose
-    parts declare them."""
+    """``base`` with ``setting`` applied (keys: settings or part options); the shared ``options``
+    (and ``base``'s) reach only the configurations whose parts declare them."""
     parts = {k: v for k, v in setting.items() if k in all_options()}
     merged = base.replace(**{k: v for k, v in setting.items() if k not in parts}, options={},
                           out=str(out), resume=False)
@@ -108,9 +104,8 @@ def config_for(base: RunConfig, setting: dict, out: Path,
 
 def plan(base: RunConfig, settings: Sequence[dict], out: Path, reuse: bool = False,
          options: Mapping[str, Any] | None = None) -> list:
-    """Every configuration's run settings, checked before any is trained: ConfigError for an
-    invalid or repeated configuration, a shared option none takes, or a sub-folder holding a
-    run when neither ``reuse`` nor ``base.overwrite`` says what to do with it."""
+    """Every configuration's settings, checked before any trains: ConfigError for an invalid or
+    repeated one, a shared option none takes, or a held sub-folder without reuse or overwrite."""
     if not settings:
         raise ConfigError("nothing to compare: give --configs 'prior=standard,guide=mlp' ... "
                           "or a grid with --priors/--guides/--likelihoods/--losses")
@@ -168,10 +163,8 @@ def _difference(row: CompareRow, base: CompareRow) -> CompareRow:
 
 def compare(base: RunConfig, settings: Sequence[dict], out: str | Path, reuse: bool = False,
             options: Mapping[str, Any] | None = None) -> list[CompareRow]:
-    """Run ``base`` modified by each setting in a sub-folder of ``out`` (with ``reuse``, read
-    one whose ``metrics.json`` has the same configuration); a diverged run is a failed row.
-    ``options`` are part options shared by every configuration whose parts take them.
-    Writes ``compare.md``, ``compare.csv`` and ``compare.png``; returns the rows."""
+    """Train ``base`` modified by each setting in a sub-folder of ``out`` (``reuse``: read a
+    matching finished one), a diverged run a failed row; write compare.md, .csv and .png."""
     out = Path(out)
     configs = plan(base, settings, out, reuse, options)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,9 +20,8 @@ from ..training import distributed
 from ..training.loop import fit, resolve_device
 from ..training.state import TrainState, train_cpu_seconds
 from .config import RunConfig
-from .evaluation import draw, estimate, plan, write
+from .evaluation import draw, estimate, plan, versions, write, write_json
 from .plotting import plot_elbo_curves, plot_latent, plot_reconstructions, plot_samples
-from .report import versions, write_json
 
 log = logging.getLogger(__name__)
 NO_TEST_EVALUATION = ("pvae does not yet evaluate a model trained with per-example guide "
@@ -45,9 +44,7 @@ def workspace(config: RunConfig) -> Iterator[tuple[Path, torch.device, int]]:
 
 
 def load_data(config: RunConfig, out: Path) -> Dataset:
-    """The run's data, read by LOCAL_RANK 0 first (one rank per machine fetches missing
-    files), after the run folder is claimed: refused if it holds a run that is neither
-    resumed nor overwritten."""
+    """The run's data (LOCAL_RANK 0 first, to fetch), after the folder is claimed."""
     binary = LIKELIHOODS[config.model.likelihood].data_kind == "binary"
     for turn in (0, 1):
         with distributed.together("checking the run folder and loading the data"):
@@ -75,9 +72,7 @@ def build_model(config: RunConfig, data: Dataset) -> tuple[RunConfig, VAE]:
 
 def evaluate_model(vae: VAE, test_x: torch.Tensor, config: RunConfig, out: Path,
                    progress: bool = False) -> dict:
-    """The metrics of every estimator the run's method asks for (importance sampling on the
-    test set, AIS and BDMC on its first ``ais_subset`` images), their files written by
-    rank 0."""
+    """The metrics of the estimators the method asks for, their files written by rank 0."""
     if not vae.amortized:
         log.warning("--guide %s owns parameters for the training images only and has no "
                     "encoder for test images, so metrics.json has no test numbers: %s",
@@ -118,9 +113,8 @@ def finish(vae: VAE, data: Dataset, state: TrainState, metrics: dict, config: Ru
 
 
 def run(config: RunConfig) -> dict:
-    """Train and evaluate one VAE as ``config`` says; write ``checkpoint.pt`` (every epoch),
-    ``metrics.json`` (with the resolved configuration) and the figures into ``config.out``;
-    return the metrics. ``pvae train`` runs this; under torchrun every rank does."""
+    """Train and evaluate one VAE as ``config`` says, writing its checkpoint, ``metrics.json``
+    and figures into ``config.out``; the metrics (``pvae train``; under torchrun, every rank)."""
     with workspace(config) as (out, device, world):
         data = load_data(config, out)
         config, vae = build_model(config, data)
@@ -137,9 +131,8 @@ def run(config: RunConfig) -> dict:
 @torch.no_grad()
 def draw_figures(vae: VAE, test_x: torch.Tensor, test_y: torch.Tensor, history,
                  out: Path) -> list[Path]:
-    """Prior samples, the ELBO curves of ``history`` (if any) and, with an encoder, the
-    reconstructions and latent embedding of ``test_x`` (at most 2000 images); the files.
-    A figure that cannot be drawn is a warning."""
+    """Samples, ELBO curves and, with an encoder, reconstructions and the latent embedding of
+    ``test_x`` (≤ 2000 images); the files drawn (a figure that fails is a warning)."""
     shape = vae.config.image_shape
     figures = {"samples.png": lambda p: plot_samples(vae.sample(64), p, image_shape=shape)}
     if vae.amortized:

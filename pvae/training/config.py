@@ -17,12 +17,9 @@ DEFAULT_LR = 1e-3
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """SVI with Adam: ``epochs`` passes of ``batch_size`` examples at rate ``lr`` on the
-    objective ``loss`` with ``num_particles`` samples; β rises linearly from 0 over
-    ``beta_warmup_epochs``; ``recipe`` a published schedule compressed to ``schedule_epochs``
-    (default ``epochs``). ``seed`` seeds Pyro's, torch's and NumPy's RNGs and each epoch's
-    shuffle (None: the RNGs are left alone and a seed is drawn); ``binarize`` (None: for a
-    binary likelihood) binarizes each batch afresh."""
+    """SVI with Adam: ``epochs`` × ``batch_size``, rate ``lr``, objective ``loss`` with
+    ``num_particles`` samples, β warm-up over ``beta_warmup_epochs``, a ``recipe`` compressed to
+    ``schedule_epochs`` (default ``epochs``); ``seed`` None leaves the RNGs alone."""
 
     epochs: int = setting(40, "passes over the training set", low=1)
     batch_size: int = setting(100, "examples per step (the global batch under torchrun)", low=1)
@@ -92,9 +89,8 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def differences(self, saved: "TrainConfig") -> list[tuple[str, Any, Any]]:
-        """``(setting, this value, saved value)`` for every setting in which a run resumed with
-        this configuration would optimise differently from ``saved``'s (``epochs`` may grow;
-        the schedule's horizon may not change once it shapes the run)."""
+        """``(setting, this, saved)`` for each setting in which resuming ``saved``'s run with
+        this configuration would optimise differently (``epochs`` may grow, not the horizon)."""
         keys = [f.name for f in dataclasses.fields(self)
                 if f.name not in ("epochs", "schedule_epochs", "beta_warmup_epochs")]
         mine = {k: getattr(self, k) for k in keys}

@@ -75,8 +75,9 @@ def _checked_data(vae: VAE, settings: TrainConfig, **sets) -> list[torch.Tensor 
             raise DataError(f"the {name} data must be a torch.Tensor of shape (N, x_dim), got "
                             f"{type(x).__name__}; wrap a NumPy array with torch.from_numpy")
         if x.is_complex() or (x.dim() >= 1 and x.shape[0] == 0):
-            raise DataError(f"the {name} data is " + (f"complex ({x.dtype}); pass real pixel "
-                            "values" if x.is_complex() else "empty (0 examples); pass at least one"))
+            why = f"complex ({x.dtype}); pass real pixel values" if x.is_complex() else \
+                "empty (0 examples); pass at least one"
+            raise DataError(f"the {name} data is {why}")
         x = x.to(dtype)
         vae.check_data(x, probabilities=settings.binarize and name == "training")
         if x.shape[0] < world:
@@ -96,9 +97,8 @@ def _checked_data(vae: VAE, settings: TrainConfig, **sets) -> list[torch.Tensor 
 
 def _resume(vae: VAE, optimizer, path: Path, settings: TrainConfig, data: dict
             ) -> tuple[TrainState, TrainConfig]:
-    """The state and settings of the checkpoint at ``path``, its weights, optimiser and RNGs
-    restored; refused if it was written for another model, on other data (``data``:
-    :func:`~pvae.training.state.data_identity`) or with other training settings."""
+    """The checkpoint's state and settings, its weights, optimiser and RNGs restored; refused for
+    another model, other data (``data``) or other training settings."""
     ckpt = checkpoint.read(path, map_location=vae.device)
     if ckpt.state is None or ckpt.train is None:
         why = "no training state" if ckpt.state is None else \
@@ -136,9 +136,8 @@ def init(vae: VAE, train_x: torch.Tensor, settings: TrainConfig, *,
          test_x: torch.Tensor | None = None, out: Path | None = None, resume: bool = False,
          device: str = "auto", progress: bool = True,
          record: Mapping[str, Any] | None = None) -> tuple[Session, TrainState]:
-    """Check the data, seed the RNGs, move the VAE to ``device``, build the optimiser and its
-    schedule, and resume from ``out/checkpoint.pt`` (with ``resume``): the session and the
-    state to start from."""
+    """The :class:`Session` and the state to start from: data checked, RNGs seeded, the VAE on
+    ``device``, the optimiser and its schedule, a checkpoint resumed (with ``resume``)."""
     with distributed.together("checking the arguments and the data"):
         dev = distributed.local_device(resolve_device(device))
         if settings.binarize is None:
@@ -198,9 +197,8 @@ def _batches(session: Session, epoch: int):
 
 
 def run_epoch(session: Session, state: TrainState) -> TrainState:
-    """Train epoch ``state.epoch + 1``; check the parameters, score the test ELBO, write the
-    checkpoint (rank 0), and return the new state. DivergenceError on a NaN/Inf loss or
-    parameter, with the previous checkpoint intact."""
+    """Train epoch ``state.epoch + 1``, check the parameters, score the test ELBO, checkpoint
+    (rank 0); DivergenceError on NaN/Inf, the previous checkpoint intact."""
     vae, s, epoch, step = session.vae, session.settings, state.epoch + 1, state.step
     batches, steps_per_epoch = _batches(session, epoch)
     warmup_steps = round(s.warmup * steps_per_epoch)
@@ -248,15 +246,12 @@ def fit(vae: VAE, train_x: torch.Tensor, settings: TrainConfig | None = None, *,
         resume: bool = False, overwrite: bool = False, device: str = "auto",
         progress: bool = True, record: Mapping[str, Any] | None = None,
         **changes) -> TrainState:
-    """Maximise the ELBO of ``vae`` on ``train_x`` (N, x_dim) by SVI with Adam, at its β: the
-    loss per step is Σ_i E_q[−log p(x_i|z)] + β_t·KL(q(z|x_i) || p(z)), β_t rising to β over
-    the warm-up. ``settings`` is a :class:`~pvae.training.config.TrainConfig`; ``changes``
-    replace its fields (``fit(vae, x, epochs=5, lr=1e-3)``). ``out_dir``: a locked folder with
-    an atomic ``checkpoint.pt`` (and ``record``, the run's other settings) after every epoch;
-    one that holds a run is refused unless ``resume`` (same settings and data) or
-    ``overwrite``. Under torchrun the run is data-parallel (docs/scaling.rst). Returns the
-    final :class:`~pvae.training.state.TrainState`; DivergenceError, the last good checkpoint
-    kept, if the loss or a parameter becomes NaN/Inf."""
+    """Maximise the ELBO of ``vae`` on ``train_x`` (N, x_dim) by SVI with Adam at its β (loss
+    Σ_i E_q[−log p(x_i|z)] + β_t·KL(q(z|x_i) || p(z)), β_t warming up to β); ``settings`` a
+    :class:`~pvae.training.config.TrainConfig` whose fields ``changes`` replace. ``out_dir``: a
+    locked folder with an atomic checkpoint per epoch, refused if it holds a run unless
+    ``resume`` (same settings and data) or ``overwrite``. Returns the final state; DivergenceError,
+    the last good checkpoint kept, on a NaN/Inf loss or parameter."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(changes) - known)
     if unknown:

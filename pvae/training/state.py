@@ -12,12 +12,9 @@ import torch
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One epoch's numbers, per image in nats. ``beta`` is the KL weight at the epoch's
-    last step (β times the warm-up fraction); ``train_elbo`` is the running mean of the
-    training objective's bound at that β (the IWAE bound with ``loss="iwae"``);
-    ``test_elbo`` is the plain one-sample ELBO at β = 1; ``lr`` the learning rate after the
-    epoch's last step; ``seconds`` and ``cpu_seconds`` the epoch's wall and CPU time in its
-    steps (this process's, all its threads; None in checkpoints older than the field)."""
+    """One epoch's numbers, per image in nats: ``beta`` the KL weight at its last step,
+    ``train_elbo`` the running mean of the objective's bound at that β, ``test_elbo`` a one-sample
+    ELBO at β = 1, ``lr`` the final rate, ``seconds``/``cpu_seconds`` its wall and CPU time."""
 
     epoch: int
     step: int
@@ -31,10 +28,8 @@ class EpochRecord:
 
 @dataclass(frozen=True)
 class TrainState:
-    """Everything a resumed ``fit`` needs besides the VAE's weights and the run's configuration:
-    the optimizer's and the learning-rate scheduler's ``state_dict()``, every RNG state, and
-    what the training data were (``data``: :func:`data_identity`), so that a run is never
-    resumed on other data."""
+    """What a resumed ``fit`` needs besides the weights and the configuration: the optimizer's and
+    scheduler's states, every RNG's, and what the training data were (:func:`data_identity`)."""
 
     epoch: int
     step: int
@@ -46,10 +41,7 @@ class TrainState:
     data: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """Plain dicts, tuples, numbers and tensors: ``torch.load(weights_only=True)`` reads it.
-
-        Shallow: the optimizer and RNG states are not copied (``dataclasses.asdict`` would
-        deep-copy them once per epoch)."""
+        """Plain data ``torch.load(weights_only=True)`` reads, shallow (nothing deep-copied)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out.update(history=[dataclasses.asdict(r) for r in self.history])
         return out

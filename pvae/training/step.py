@@ -23,9 +23,7 @@ def make_optimizer(vae: VAE, lr: float, eps: float = 1e-8) -> torch.optim.Adam:
 
 
 class LossModule(nn.Module):
-    """``forward(*args)`` = ``scale`` · ``objective``'s differentiable loss of ``vae`` on the
-    batch: the module ``DistributedDataParallel`` wraps so that ``backward`` all-reduces
-    (averages) the gradients over the ranks."""
+    """``scale`` · ``objective``'s loss of ``vae``: what DDP wraps to all-reduce the gradients."""
 
     def __init__(self, vae: VAE, objective: pyro.infer.ELBO, scale: float = 1.0):
         super().__init__()
@@ -38,14 +36,9 @@ class LossModule(nn.Module):
 
 def make_step(vae: VAE, objective: pyro.infer.ELBO, optimizer: torch.optim.Optimizer,
               loss_module: nn.Module | None = None) -> Callable[..., float]:
-    """Return ``step(*args) -> loss``: one gradient step on ``objective`` for ``vae``.
-
-    The loss and gradients of ``pyro.infer.SVI(...).step``, without SVI's per-step param
-    capture and per-parameter optimizers. The first step refuses (ConfigError) a free
-    ``pyro.param``, one that is not a parameter of the VAE's modules: it would not be updated.
-    ``loss_module`` (a ``DistributedDataParallel`` around a :class:`LossModule`), if given,
-    computes the loss instead, and its backward pass all-reduces the gradients.
-    """
+    """``step(*args) -> loss``: one gradient step on ``objective`` for ``vae``, with the loss and
+    gradients of ``pyro.infer.SVI(...).step`` and one Adam; ConfigError at the first step for a
+    ``pyro.param`` outside the VAE's modules. ``loss_module`` (DDP) all-reduces the gradients."""
     model, guide = vae.model, vae.guide
     compute = loss_module or (lambda *args: objective.differentiable_loss(model, guide, *args))
     owned = {p for group in optimizer.param_groups for p in group["params"]}
