@@ -5,11 +5,11 @@ from .infer.annealing import AISResult, BDMCResult, ais, ais_log_likelihood, bdm
 from .infer.results import KHAT_BAD, psis_khat
 from .infer.estimators import ESTIMATORS, EvalConfig
 from .infer.importance import (DEFAULT_BATCH_SIZE, PROPOSALS, EvalResult, importance_sampling,
-                               log_likelihood, refined_proposal)
+                               fitted_proposal, log_likelihood)
 from .infer.logweights import DEFAULT_CHUNK_SIZE
 from .infer.results import Estimate
 
-__all__ = ["log_likelihood", "importance_sampling", "EvalResult", "refined_proposal",
+__all__ = ["log_likelihood", "importance_sampling", "EvalResult", "fitted_proposal",
            "ais", "ais_log_likelihood", "bdmc", "AISResult", "BDMCResult", "Estimate",
            "ESTIMATORS", "EvalConfig", "psis_khat", "KHAT_BAD", "DEFAULT_CHUNK_SIZE",
            "DEFAULT_BATCH_SIZE", "PROPOSALS"]

@@ -206,8 +206,8 @@ def test_bad_data_and_bad_requests(problem):
         refine(vae, x, steps=0)
     local = build_vae(guide="local", num_data=10, z_dim=2, x_dim=6, hidden_dims=(8,))
     xb = torch.ones(3, 6)
-    with pytest.raises(ConfigError, match="amortized"):
-        gap_report(local, xb, progress=False)
+    with pytest.raises(ConfigError, match="'amortized'"):
+        gap_report(local, xb, progress=False, log_px_proposal="amortized")
     with pytest.raises(ConfigError, match="init='prior'"):
         fit_local(local.model, xb, host=local, init="encoder", progress=False)
 

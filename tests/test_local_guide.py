@@ -87,3 +87,39 @@ def test_minibatch_svi_reaches_the_mean_field_optimum(problem):
     q = vae.q(x, torch.arange(N))
     assert torch.allclose(q.mean, mean, atol=0.06)
     assert torch.allclose(q.stddev, sd.expand_as(mean), rtol=0.1)
+
+
+def test_a_model_without_encoder_is_scored_on_new_data_by_fits_that_reach_the_optimum():
+    """On new data the local proposal fits q*(z_n) from N(0, I): it reaches the mean-field
+    optimum (mean m, variance 1/diag Σ⁻¹), its L[q*] is log p(x) − KL(q* ‖ p(z|x)), the IS
+    estimate with ½q* + ½t₃(q*) is the exact log p(x), and so is AIS started from q*."""
+    from linear_gaussian import exact_log_px
+
+    from pvae import EvalConfig
+    from pvae.evaluate import importance_sampling
+    from pvae.runs.evaluation import estimate
+
+    W, b, sigma = make_problem(z_dim=Z, x_dim=X)
+    vae = local_vae(W, b, sigma)
+    x = sample_data(W, b, sigma, 6, seed=7)  # images the guide never saw
+    pyro.set_rng_seed(0)
+    res = importance_sampling(vae.model, vae.guide, x, num_samples=4000, proposal="local",
+                              host=vae, progress=False, refine_options=dict(
+                                  lr=0.05, max_steps=3000, num_particles=32, elbo_samples=4000))
+    mean, cov = posterior(x, W, b, sigma)
+    sd = torch.linalg.inv(cov).diagonal().rsqrt().expand_as(mean)
+    torch.testing.assert_close(res.fit.loc, mean, rtol=0, atol=0.03)
+    torch.testing.assert_close(res.fit.scale, sd, rtol=0.05, atol=0)
+    exact = exact_log_px(x, W, b, sigma).numpy()
+    q = torch.distributions.MultivariateNormal(mean, scale_tril=torch.diag_embed(sd))
+    kl = torch.distributions.kl_divergence(q, torch.distributions.MultivariateNormal(mean, cov))
+    assert float(kl.min()) > 0  # the mean-field family misses the posterior's correlation
+    assert abs(res.elbo - (exact - kl.numpy())).max() < 0.05
+    assert abs(res.log_px - exact).max() < 0.03 and res.proposal == "local"
+    config = EvalConfig(ais_steps=100, ais_chains=16, ais_leapfrog=5, local_lr=0.05)
+    annealed = estimate("ais", vae, x, config)
+    assert abs(annealed.log_px.numpy() - exact).max() < 0.05
+    with pytest.raises(ConfigError, match="trained without one"):
+        estimate("is", vae, x, EvalConfig(proposal="refined"))
+    with pytest.raises(ConfigError, match="BDMC"):
+        estimate("bdmc", vae, x, config)

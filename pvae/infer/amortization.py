@@ -13,7 +13,7 @@ from ..errors import ConfigError, DataError
 from .hmc import latent_names
 from .host import Encoder, prepare_examples
 from .importance import log_likelihood
-from .localfit import FAMILIES, fit_local
+from .localfit import FAMILIES, TAILS, fit_local
 from .logweights import log_weights
 from .results import Estimate
 
@@ -90,15 +90,15 @@ def gap_report(vae: Encoder, x: torch.Tensor, *, n: int | None = None,
                progress: bool = True, **fit_kwargs) -> GapReport:
     """log p(x) (``num_samples`` draws from ``log_px_proposal``: ``"amortized"`` q, ``"local"``
     q* or ``"mixture"`` ½q + ½q*), L[q*] and L[q] (``elbo_samples`` draws) of the first ``n``
-    examples of ``x`` (default: all); ``fit_kwargs`` go to :func:`fit_local`."""
+    examples of ``x`` (default: all); ``fit_kwargs`` go to :func:`fit_local`. For a VAE without
+    encoder, q* starts at N(0, I) whatever ``init``, the mixture is ½q* + ½t₃(q*), and L[q],
+    log p(x) under q and the amortization gap are NaN: only the approximation gap is defined."""
     if not isinstance(vae, Encoder):
         raise ConfigError(f"gap_report needs a VAE, got {type(vae).__name__}")
-    if not vae.amortized:
-        raise ConfigError("the amortization gap needs an amortized guide; this VAE's guide owns "
-                          "per-example parameters (train with --guide mlp)")
-    if log_px_proposal not in ("mixture", "amortized", "local"):
-        raise ConfigError(f"log_px_proposal must be 'mixture', 'amortized' or 'local', "
-                          f"got {log_px_proposal!r}")
+    if log_px_proposal not in ("mixture", "amortized", "local") or (
+            log_px_proposal == "amortized" and not vae.amortized):
+        raise ConfigError(f"log_px_proposal must be 'mixture', 'local' or (with an encoder) "
+                          f"'amortized', got {log_px_proposal!r}")
     check_count("num_samples", num_samples)
     check_count("n", n, allow_none=True)
     x, _, _ = prepare_examples(vae, x)
@@ -107,29 +107,40 @@ def gap_report(vae: Encoder, x: torch.Tensor, *, n: int | None = None,
                         f"use n <= {x.shape[0]}")
     x = x[:n]
     with torch.no_grad(), poutine.block():
-        latent = latent_names(poutine.trace(vae.guide).get_trace(x[:1]))
+        latent = latent_names(poutine.trace(vae.model).get_trace(x[:1]))
     if latent != ["z"]:
         raise ConfigError(f"the amortization gap is implemented for one stochastic layer; this "
-                          f"guide samples {latent} (with two layers the local q* would need "
+                          f"model samples {latent} (with two layers the local q* would need "
                           "q(z2|z) too)")
-    with torch.no_grad():
-        start = time.perf_counter()
-        vae.q(x)
-        seconds_amortized = time.perf_counter() - start
-    fit = fit_local(vae.model, x, host=vae, init=fit_kwargs.pop("init", "encoder"),
+    init = fit_kwargs.pop("init", "encoder")
+    fit = fit_local(vae.model, x, host=vae, init=init if vae.amortized else "prior",
                     elbo_samples=elbo_samples, chunk_size=chunk_size, progress=progress,
                     **fit_kwargs)
-    with torch.no_grad():
-        elbo_q = log_weights(vae.model, vae.guide, x, elbo_samples,
-                             chunk_size=chunk_size).mean(0).to(x.dtype)
-    lp_q = log_likelihood(vae.model, vae.guide, x, num_samples=num_samples, chunk_size=chunk_size)
-    proposal = {"local": fit.guide(), "mixture": fit.guide(vae.q)}.get(log_px_proposal)
-    lp = lp_q if proposal is None else log_likelihood(
+    amortized = _amortized(vae, x, num_samples, elbo_samples, chunk_size)
+    proposal = {"local": fit.guide(), "mixture": fit.guide(vae.q) if vae.amortized
+                else fit.guide(tails=TAILS)}.get(log_px_proposal)
+    lp = amortized[0] if proposal is None else log_likelihood(
         lambda x_, idx_: vae.model(x_), proposal, x, torch.arange(x.shape[0], device=x.device),
         num_samples=num_samples, chunk_size=chunk_size)
     return GapReport(log_px=lp.to(fit.elbo), log_px_proposal=log_px_proposal,
-                     log_px_amortized=lp_q.to(fit.elbo), elbo_local=fit.elbo,
-                     elbo_amortized=elbo_q, seconds_amortized=seconds_amortized,
+                     log_px_amortized=amortized[0].to(fit.elbo), elbo_local=fit.elbo,
+                     elbo_amortized=amortized[1].to(fit.elbo), seconds_amortized=amortized[2],
                      seconds_local=fit.seconds, num_samples=num_samples,
                      elbo_samples=elbo_samples, local_steps=fit.steps,
                      local_converged=fit.converged, local_family=fit.family)
+
+
+def _amortized(vae: Encoder, x: torch.Tensor, num_samples: int, elbo_samples: int,
+               chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """log p(x) by IS from q, L[q] and the seconds of one encoder pass (NaN without encoder)."""
+    if not vae.amortized:
+        nan = torch.full((x.shape[0],), float("nan"), dtype=torch.float64)
+        return nan, nan, float("nan")
+    with torch.no_grad():
+        start = time.perf_counter()
+        vae.q(x)
+        seconds = time.perf_counter() - start
+        elbo = log_weights(vae.model, vae.guide, x, elbo_samples,
+                           chunk_size=chunk_size).mean(0)
+    return log_likelihood(vae.model, vae.guide, x, num_samples=num_samples,
+                          chunk_size=chunk_size), elbo, seconds

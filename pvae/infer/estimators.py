@@ -6,9 +6,10 @@ from typing import Callable
 import torch
 
 from ..checks import setting, validate
+from ..errors import ConfigError
 from .annealing import ais, bdmc
-from .host import Host
-from .importance import PROPOSALS, importance_sampling
+from .host import Encoder, Host
+from .importance import PROPOSALS, fitted_proposal, importance_sampling
 from .results import Estimate
 
 
@@ -21,8 +22,10 @@ class EvalConfig:
                           "simulated from the model", choices=lambda: tuple(ESTIMATORS))
     eval_samples: int = setting(1000, "importance samples per test image for log p(x) (5000 "
                                 "is the published protocol)", low=1, metavar="K")
-    proposal: str = setting("encoder", "is: draw from the encoder q(z|x), or from ½q + ½q* "
-                            "with q* fitted to each image", choices=lambda: PROPOSALS)
+    proposal: str = setting("encoder", "is: draw from the encoder q(z|x) (encoder), from ½q + "
+                            "½q* with q* fitted to each image from q (refined), or from ½q* + "
+                            "½t₃(q*) fitted from N(0, I) (local: the one for a model without "
+                            "encoder)", choices=lambda: PROPOSALS)
     chunk_size: int | None = setting(None, "latent draws (samples or chains x images) per "
                                      "pass; bounds memory (default: by device)", low=1,
                                      metavar="M")
@@ -32,8 +35,8 @@ class EvalConfig:
                                 metavar="L")
     ais_subset: int = setting(100, "ais/bdmc in a training run: the first N test images", low=1,
                               metavar="N")
-    elbo_samples: int = setting(1000, "gap: samples per image for L[q] and L[q*]", low=1,
-                                metavar="S")
+    elbo_samples: int = setting(1000, "samples per image for L[q*] (the test ELBO of a model "
+                                "without encoder; pvae gap: L[q] too)", low=1, metavar="S")
     local_init: str = setting("encoder", "local fits: start from the encoder's output or from "
                               "N(0, I)", choices=lambda: ("encoder", "prior"))
     local_steps: int = setting(5000, "local fits: Adam steps at most", low=1)
@@ -55,18 +58,48 @@ class EvalConfig:
                     patience=self.local_patience, max_seconds=self.local_seconds * n)
 
 
+def without_encoder(host: Host | None) -> bool:
+    """Whether ``host``'s guide has no encoder for new data (per-example parameters)."""
+    return isinstance(host, Encoder) and not host.amortized
+
+
+def _fit_options(config: EvalConfig, n: int) -> dict:
+    return {**{k: v for k, v in config.local_fit(n).items() if k != "init"},
+            "elbo_samples": config.elbo_samples}
+
+
 def _importance(model, guide, x, config: EvalConfig, host, progress) -> Estimate:
-    refine = {k: v for k, v in config.local_fit(x.shape[0]).items() if k != "init"}
+    proposal = config.proposal
+    if without_encoder(host):
+        if proposal == "refined":
+            raise ConfigError("proposal refined starts from an encoder, and this model was "
+                              "trained without one: its test proposal is proposal local",
+                              "proposal")
+        proposal = "local"
     return importance_sampling(model, guide, x, num_samples=config.eval_samples,
-                               chunk_size=config.chunk_size, proposal=config.proposal,
-                               refine_options=refine, host=host, progress=progress)
+                               chunk_size=config.chunk_size, proposal=proposal,
+                               refine_options=_fit_options(config, x.shape[0]), host=host,
+                               progress=progress)
 
 
 def _annealed(estimate: Callable[..., Estimate]) -> Callable[..., Estimate]:
-    return lambda model, guide, x, config, host, progress: estimate(
-        model, guide, x, num_steps=config.ais_steps, num_chains=config.ais_chains,
-        num_leapfrog=config.ais_leapfrog, chunk_size=config.chunk_size, host=host,
-        progress=progress)
+    """AIS or BDMC with the run's budget; for a model without encoder AIS's chains start from
+    q* fitted to each image from N(0, I) (BDMC's simulated images would need fits of their
+    own, so it refuses)."""
+    def run(model, guide, x, config: EvalConfig, host, progress) -> Estimate:
+        args = ()
+        if without_encoder(host):
+            if estimate is bdmc:
+                raise ConfigError("BDMC on a model trained without an encoder is not "
+                                  "implemented (each simulated image would need its own local "
+                                  "fit); use method ais", "method")
+            model, guide, args, _ = fitted_proposal(
+                model, x, host, init="prior", mixed=False, progress=progress,
+                **{**_fit_options(config, x.shape[0]), "elbo_samples": 1})
+        return estimate(model, guide, x, *args, num_steps=config.ais_steps,
+                        num_chains=config.ais_chains, num_leapfrog=config.ais_leapfrog,
+                        chunk_size=config.chunk_size, host=host, progress=progress)
+    return run
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Importance-sampled log p(x) ≈ logsumexp_k log w_k − log K per example, the test ELBO
-≈ mean_k log w_k and PSIS k-hat, from the guide or (``proposal="refined"``) ½q + ½q* with q*
-fitted to each example (the math: docs/evaluation.rst)."""
+≈ mean_k log w_k and PSIS k-hat, from the guide, or from a q* fitted to each example: ½q + ½q*
+(``"refined"``), or ½q* + ½t₃(q*) with L[q*] as the ELBO (``"local"``, a model without
+encoder) (the math: docs/evaluation.rst, docs/amortization.rst)."""
 import logging
 import math
 import time
@@ -15,14 +16,14 @@ from tqdm.auto import tqdm
 from ..checks import check_count
 from ..errors import ConfigError
 from .host import Encoder, Host, map_examples, prepare_examples
-from .localfit import fit_local
+from .localfit import TAILS, LocalFit, fit_local
 from .logweights import check_pair, default_chunk_size, log_weights
 from .results import KHAT_BAD, Estimate, psis_khat
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 100
-PROPOSALS = ("encoder", "refined")
+PROPOSALS = ("encoder", "refined", "local")
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,29 @@ class EvalResult(Estimate):
     khat: np.ndarray
     num_samples: int
     proposal: str = "encoder"
+    fit: LocalFit | None = None
     METRICS = (("test_elbo", "elbo", True), ("test_log_px", "log_px", True),
                ("eval_samples", "num_samples", False), ("n_test", "n", False),
                ("psis_khat_max", "khat_max", False), ("psis_khat_frac_bad", "khat_frac_bad", False),
                ("eval_proposal", "proposal", False), ("eval_seconds", "seconds", False),
-               ("eval_cpu_seconds", "cpu_seconds", False))
+               ("eval_cpu_seconds", "cpu_seconds", False), ("eval_fit_steps", "fit_steps", False),
+               ("eval_fit_converged", "fit_converged", False),
+               ("eval_fit_seconds_per_image", "fit_seconds", False))
+
+    @property
+    def fit_steps(self) -> int | None:
+        """Steps of the per-image fits behind the proposal (None for the guide's own)."""
+        return None if self.fit is None else self.fit.steps
+
+    @property
+    def fit_converged(self) -> bool | None:
+        """Whether those fits met their stopping rule before their budget."""
+        return None if self.fit is None else self.fit.converged
+
+    @property
+    def fit_seconds(self) -> float | None:
+        """Wall seconds of those fits per image: what a model pays at test time for them."""
+        return None if self.fit is None else self.fit.seconds / self.n
 
     @property
     def elbo_mean(self) -> float:
@@ -77,17 +96,23 @@ def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args, num
     return (lse - math.log(num_samples)).to(x.device)
 
 
-def refined_proposal(model: Callable, x: torch.Tensor, host: Encoder, *,
-                     progress: bool = False, **fit_options) -> tuple[Callable, Callable, tuple]:
-    """``(model, proposal, args)`` for ``log_likelihood(model, proposal, x, *args)``: ½q(z|x) +
-    ½q*, q* fitted to each example from the encoder of ``host`` (a VAE) with ``fit_options``."""
-    if not isinstance(host, Encoder) or not host.amortized:
-        raise ConfigError("proposal='refined' starts each fit from the encoder: pass host=vae "
-                          "of a VAE with an amortized guide")
-    fit = fit_local(model, x, host=host, init="encoder", progress=progress, elbo_samples=1,
-                    **fit_options)
+def fitted_proposal(model: Callable, x: torch.Tensor, host: Encoder, *, init: str = "encoder",
+                    mixed: bool = True, progress: bool = False,
+                    **fit_options) -> tuple[Callable, Callable, tuple, LocalFit]:
+    """``(model, proposal, args, fit)`` for ``log_likelihood(model, proposal, x, *args)``, q*
+    fitted to each example of ``x`` with ``fit_options`` against the model of ``host`` (a VAE):
+    from its encoder (``init="encoder"``, the proposal ½q(z|x) + ½q*, the refined one) or from
+    N(0, I) (``"prior"``, ½q* + ½t₃(q*), for a model without encoder); q* alone if not
+    ``mixed``."""
+    if init == "encoder" and not (isinstance(host, Encoder) and host.amortized):
+        raise ConfigError("proposal 'refined' starts each fit from the encoder: pass host=vae "
+                          "of a VAE with an amortized guide (one without: proposal 'local')",
+                          "proposal")
+    fit = fit_local(model, x, host=host, init=init, progress=progress, **fit_options)
     idx = torch.arange(x.shape[0], device=fit.loc.device)
-    return (lambda x_, idx_: model(x_)), fit.guide(host.q), (idx,)
+    proposal = fit.guide() if not mixed else fit.guide(host.q) if init == "encoder" else \
+        fit.guide(tails=TAILS)
+    return (lambda x_, idx_: model(x_)), proposal, (idx,), fit
 
 
 def importance_sampling(model: Callable, guide: Callable, x: torch.Tensor, *args,
@@ -96,17 +121,20 @@ def importance_sampling(model: Callable, guide: Callable, x: torch.Tensor, *args
                         proposal: str = "encoder", refine_options: dict | None = None,
                         host: Host | None = None, **kwargs) -> EvalResult:
     """log p(x), ELBO, ESS and k-hat per example from the same K draws, ``batch_size`` examples
-    at a time; warns if k-hat > 0.7. ``proposal="refined"`` draws from :func:`refined_proposal`
-    (it needs ``host``; ``refine_options`` go to its fits), and ``elbo`` is that proposal's."""
+    at a time; warns if k-hat > 0.7. ``proposal`` ``"refined"`` or ``"local"`` draws from
+    :func:`fitted_proposal`'s (it needs ``host``; ``refine_options`` go to its fits); the ELBO
+    is then the refined proposal's, or the fitted L[q*] (``"local"``)."""
     if proposal not in PROPOSALS:
         raise ConfigError(f"proposal must be one of {PROPOSALS}, got {proposal!r}", "proposal")
-    start, cpu = time.perf_counter(), time.process_time()
-    if proposal == "refined":
+    start, cpu, fit = time.perf_counter(), time.process_time(), None
+    if proposal != "encoder":
         if args or kwargs:
-            raise ConfigError("proposal='refined' takes the model, the guide and x only")
+            raise ConfigError(f"proposal={proposal!r} takes the model, the guide and x only")
         x = prepare_examples(host, x)[0]
-        model, guide, args = refined_proposal(model, x, host, progress=progress,
-                                              **(refine_options or {}))
+        options = {"elbo_samples": 1, **(refine_options or {})}
+        model, guide, args, fit = fitted_proposal(
+            model, x, host, init="encoder" if proposal == "refined" else "prior",
+            progress=progress, **options)
     batch_size = check_count("batch_size", batch_size)
     num_samples, x, batches = _batches(model, guide, x, args, kwargs, num_samples, chunk_size,
                                        batch_size, host)
@@ -120,8 +148,11 @@ def importance_sampling(model: Callable, guide: Callable, x: torch.Tensor, *args
             rows.append([t.cpu().numpy() for t in (lse - math.log(num_samples), lw.mean(0), ess)]
                         + [psis_khat(lw.T.cpu().numpy())])
             bar.update(lw.shape[1])
-    result = EvalResult(*map(np.concatenate, zip(*rows)), num_samples=num_samples,
-                        proposal=proposal, seconds=time.perf_counter() - start,
+    log_px, elbo, ess, khat = map(np.concatenate, zip(*rows))
+    if proposal == "local":
+        elbo = fit.elbo.detach().cpu().double().numpy()
+    result = EvalResult(log_px, elbo, ess, khat, num_samples=num_samples, proposal=proposal,
+                        fit=fit, seconds=time.perf_counter() - start,
                         cpu_seconds=time.process_time() - cpu)
     if result.khat_frac_bad > 0:
         logger.warning(

@@ -23,18 +23,25 @@ from .logweights import DATA_PLATE, check_pair, log_weights
 FAMILIES = {"normal": "diagonal Normal", "flow": "the guide's flow of a diagonal Normal"}
 
 
+TAILS = 3.0
+"""Degrees of freedom of the Student-t that widens a local proposal of a model without encoder."""
+
+
 def local_guide(loc: torch.Tensor, scale: torch.Tensor, q: Callable | None = None,
-                flows: Sequence = ()) -> Callable:
+                flows: Sequence = (), tails: float | None = None) -> Callable:
     """guide(x, idx): z_n ~ N(loc[idx_n], diag scale[idx_n]²) in the data plate, pushed through
     the transforms ``flows`` if any (z_n = f(z0_n): a flow guide's own family); given an
-    amortized ``q`` (x ↦ q(z|x)), z_n ~ ½ q(z|x_n) + ½ that local q instead."""
+    amortized ``q`` (x ↦ q(z|x)), z_n ~ ½ q(z|x_n) + ½ that local q instead; given ``tails``
+    ν, ½ that local q + ½ ∏_d t_ν(loc_nd, scale_nd), whose heavier tails bound the weights."""
 
     def guide(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         local = dist.Normal(loc[idx], scale[idx]).to_event(1)
         if flows:
             local = dist.TransformedDistribution(local, list(flows))
+        other = q(x) if q is not None else None if tails is None else \
+            dist.StudentT(tails, loc[idx], scale[idx]).to_event(1)
         with pyro.plate(DATA_PLATE, x.shape[0]):
-            return pyro.sample("z", local if q is None else EvenMixture(q(x), local))
+            return pyro.sample("z", local if other is None else EvenMixture(other, local))
 
     return guide
 
@@ -111,9 +118,9 @@ class LocalFit:
     family: str = "normal"
     flows: tuple = ()
 
-    def guide(self, q: Callable | None = None) -> Callable:
-        """The fitted q* as a Pyro guide ``guide(x, idx)`` (mixed ½q + ½q* given ``q``)."""
-        return local_guide(self.loc, self.scale, q, self.flows)
+    def guide(self, q: Callable | None = None, tails: float | None = None) -> Callable:
+        """The fitted q* as a Pyro guide ``guide(x, idx)`` (:func:`local_guide`'s mixtures)."""
+        return local_guide(self.loc, self.scale, q, self.flows, tails)
 
 
 def _start(model: Callable, x: torch.Tensor, args: tuple, host: Host | None, init):

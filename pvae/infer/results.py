@@ -119,10 +119,3 @@ class Estimate:
             else:
                 out[key] = _plain(value)
         return out
-
-    @classmethod
-    def missing_metrics(cls) -> dict[str, None]:
-        """The entries of :meth:`to_metrics` for an estimate that was not made: all None."""
-        keys = [k for key, _, with_stderr in cls.METRICS
-                for k in ((key, f"{key}_stderr") if with_stderr else (key,))]
-        return dict.fromkeys(keys)

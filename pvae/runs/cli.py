@@ -19,8 +19,8 @@ from .comparison import compare, format_table, grid, parse_setting
 from .config import RunConfig
 from .flags import Parser, add_part_options, add_settings, as_flags, parsed, run_config
 from .plotting import plot_gap
-from .evaluation import (ROWS, estimate, estimate_rows, format_rows, train_rows, versions, write,
-                         write_json)
+from .evaluation import (ROWS, estimate, estimate_rows, format_number, format_rows, train_rows,
+                         versions, write, write_json)
 
 DATA_FLAGS = ("data_dir", "test_subset", "device", "seed", "progress")
 """The settings of a command that reads a checkpoint, besides its own."""
@@ -108,13 +108,9 @@ def _checkpoint_arguments(p: argparse.ArgumentParser, names: Sequence[str], out_
 
 
 def open_checkpoint(args: argparse.Namespace, default_out: str | None = None):
-    """``(vae, config, out, data, state)`` of --checkpoint with the command's flags applied;
-    ConfigError, before any data is read, if the guide has no encoder."""
+    """``(vae, config, out, data, state)`` of --checkpoint with the command's flags applied."""
     ckpt = checkpoint.read(args.checkpoint)
     vae = checkpoint.to_vae(ckpt, args.checkpoint, device=resolve_device(args.device))
-    if not vae.amortized:
-        raise ConfigError(f"the guide {vae.config.guide!r} has no encoder for test images; "
-                          f"{experiment.NO_TEST_EVALUATION}")
     base = RunConfig.from_dict(ckpt.config, strict=False)
     config = run_config(args, args.settings, base=base).replace(
         dataset=args.dataset or base.data.dataset)
@@ -179,11 +175,14 @@ def run_gap(args: argparse.Namespace) -> int:
                  ("approximation gap", "approximation_gap"),
                  ("amortization gap", "amortization_gap")]
     budget = "" if s["local_converged"] else " (budget reached)"
+    if s["amortization_gap"] is None:
+        estimates[-1] = ("amortization gap: n/a, trained without an encoder", "amortization_gap")
     print(format_rows([("test images", f"{s['n']}"),
                        ("local q* family", s["local_family_description"]),
                        *estimate_rows(s, estimates),
-                       ("seconds per image", f"amortized {s['seconds_per_example_amortized']:.2e}"
-                                             f", local {s['seconds_per_example_local']:.2e}"),
+                       ("seconds per image", "amortized " + format_number(
+                           s["seconds_per_example_amortized"], 5) +
+                        f", local {s['seconds_per_example_local']:.2e}"),
                        ("local-fit steps", f"{s['local_steps']}{budget}")]))
     print(f"wrote {out / 'gap.json'} and {figure}")
     return 0

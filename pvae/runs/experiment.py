@@ -3,7 +3,6 @@ out: :func:`workspace`, :func:`load_data`, :func:`build_model`, ``fit``, :func:`
 and :func:`finish` (``metrics.json``, then the figures)."""
 import contextlib
 import dataclasses
-import logging
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -13,7 +12,6 @@ import torch
 
 from ..data.dataset import Dataset
 from ..files import claim, run_lock
-from ..infer.importance import EvalResult
 from ..model.likelihoods import LIKELIHOODS
 from ..model.vae import VAE
 from ..training import distributed
@@ -23,11 +21,6 @@ from .config import RunConfig
 from .evaluation import draw, estimate, plan, versions, write, write_json
 from .plotting import plot_elbo_curves, plot_latent, plot_reconstructions, plot_samples
 
-log = logging.getLogger(__name__)
-NO_TEST_EVALUATION = ("pvae does not yet evaluate a model trained with per-example guide "
-                      "parameters on new images (each test image would need its own local fit "
-                      "against the model); train with an amortized guide (--guide mlp, iaf, ...) "
-                      "for test numbers")
 
 
 @contextlib.contextmanager
@@ -73,11 +66,6 @@ def build_model(config: RunConfig, data: Dataset) -> tuple[RunConfig, VAE]:
 def evaluate_model(vae: VAE, test_x: torch.Tensor, config: RunConfig, out: Path,
                    progress: bool = False) -> dict:
     """The metrics of the estimators the method asks for, their files written by rank 0."""
-    if not vae.amortized:
-        log.warning("--guide %s owns parameters for the training images only and has no "
-                    "encoder for test images, so metrics.json has no test numbers: %s",
-                    config.model.guide, NO_TEST_EVALUATION)
-        return EvalResult.missing_metrics()
     metrics = {}
     for name in plan(config.eval.method):
         x = test_x if name == "is" else test_x[:config.eval.ais_subset]

@@ -1,4 +1,5 @@
 """Matplotlib figures; matplotlib (Agg backend) is imported only when one is drawn."""
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -189,8 +190,9 @@ def plot_gap(report, path: str | Path) -> Path:
     """log p(x), L[q*], L[q] (left) and the two gaps (right) of a GapReport, ±2 s.e. bars."""
     s = report.to_metrics()
 
-    def bars(keys):
-        return [s[k] for k in keys], [2 * (s[f"{k}_stderr"] or 0.0) for k in keys]
+    def bars(keys):  # an undefined value (no encoder: no L[q]) is left out of the figure
+        return ([math.nan if s[k] is None else s[k] for k in keys],
+                [2 * (s[f"{k}_stderr"] or 0.0) for k in keys])
 
     fig, (left, right) = _plt().subplots(1, 2, figsize=(8, 3.2))
     values, errors = bars(("log_px", "elbo_local", "elbo_amortized"))
