@@ -5,21 +5,23 @@ from typing import Callable
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.infer.util import torch_item
 from torch import nn
 
 from ..errors import ConfigError
 from ..model.vae import VAE
 
 
-def make_optimizer(vae: VAE, lr: float, eps: float = 1e-8) -> torch.optim.Adam:
+def make_optimizer(vae: VAE, lr: float, eps: float = 1e-8,
+                   capturable: bool = False) -> torch.optim.Adam:
     """One ``torch.optim.Adam`` (fused where torch can) over the VAE's trainable parameters:
-    the update ``pyro.optim.Adam`` applies per parameter."""
+    the update ``pyro.optim.Adam`` applies per parameter. ``capturable``: safe inside a CUDA
+    graph, its learning rate a tensor on the VAE's device (the schedule fills it in place)."""
     params = [p for p in vae.parameters() if p.requires_grad]
+    rate = torch.tensor(float(lr), device=vae.device) if capturable else lr
     try:
-        return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
+        return torch.optim.Adam(params, lr=rate, eps=eps, fused=True, capturable=capturable)
     except (RuntimeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, eps=eps)
+        return torch.optim.Adam(params, lr=rate, eps=eps, capturable=capturable)
 
 
 class LossModule(nn.Module):
@@ -35,17 +37,18 @@ class LossModule(nn.Module):
 
 
 def make_step(vae: VAE, objective: pyro.infer.ELBO, optimizer: torch.optim.Optimizer,
-              loss_module: nn.Module | None = None) -> Callable[..., float]:
-    """``step(*args) -> loss``: one gradient step on ``objective`` for ``vae``, with the loss and
-    gradients of ``pyro.infer.SVI(...).step`` and one Adam; ConfigError at the first step for a
-    ``pyro.param`` outside the VAE's modules. ``loss_module`` (DDP) all-reduces the gradients."""
+              loss_module: nn.Module | None = None) -> Callable[..., torch.Tensor]:
+    """``step(*args) -> loss`` (detached, left on the device): one gradient step on ``objective``
+    for ``vae``, with the loss and gradients of ``pyro.infer.SVI(...).step`` and one Adam;
+    ConfigError at the first step for a ``pyro.param`` outside the VAE's modules.
+    ``loss_module`` (DDP) all-reduces the gradients."""
     model, guide = vae.model, vae.guide
     compute = loss_module or (lambda *args: objective.differentiable_loss(model, guide, *args))
     owned = {p for group in optimizer.param_groups for p in group["params"]}
     optimizer.zero_grad(set_to_none=True)
     checked = False
 
-    def step(*args) -> float:
+    def step(*args) -> torch.Tensor:
         nonlocal checked
         if checked:
             with vae.direct_params():
@@ -64,6 +67,6 @@ def make_step(vae: VAE, objective: pyro.infer.ELBO, optimizer: torch.optim.Optim
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        return torch_item(loss)
+        return loss.detach()
 
     return step
