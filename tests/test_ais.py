@@ -204,3 +204,18 @@ def test_ais_scores_the_two_layer_vae_and_reduces_to_is_at_one_step():
     assert annealed.log_weights.shape == (5, 4) and torch.isfinite(annealed.log_px).all()
     assert float(annealed.log_px.mean()) > float(elbo.mean()) + 1  # 4 annealed chains: tighter
     assert 0.3 < float(annealed.accept_rate.mean()) < 1
+
+
+def test_ais_reads_nothing_back_from_the_device_per_step():
+    """T = 20 and T = 40 read the device equally often (per pass, not per annealing step)."""
+    from pvae import build_vae
+    from reads import Reads
+
+    vae = build_vae(z_dim=3, hidden_dims=(8,))
+    x = torch.bernoulli(torch.full((6, 784), 0.3))
+    counts = []
+    for steps in (20, 40):
+        with Reads() as reads:
+            ais(vae.model, vae.guide, x, num_steps=steps, num_chains=3, num_leapfrog=2, host=vae)
+        counts.append(reads.count)
+    assert counts[0] == counts[1]

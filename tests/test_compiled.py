@@ -6,7 +6,6 @@ import logging
 import pyro
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 from pvae.data import synthetic
 from pvae.errors import ConfigError
@@ -16,6 +15,7 @@ from pvae.model.vae import build_vae
 from pvae.training.compiled import CompiledStep
 from pvae.training.loop import fit
 from pvae.training.step import make_optimizer, make_step
+from reads import Reads
 from test_registry import COMBOS, N, _build, _data
 
 OBJECTIVES = [("elbo", 1), ("elbo", 2), ("meanfield", 1), ("meanfield", 2), ("iwae", 3)]
@@ -188,20 +188,6 @@ def test_the_semi_amortized_guide_falls_back_to_the_uncompiled_plain_step(caplog
             results.append([float(step(x)) for _ in range(3)])
     assert "cannot take this step whole" in caplog.text
     assert results[0] == results[1]
-
-
-class Reads(TorchFunctionMode):
-    """Counts what reads a tensor back to the host (a device sync on CUDA)."""
-
-    NAMES = {"item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__", "cpu"}
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.count += getattr(func, "__name__", "") in self.NAMES
-        return func(*args, **(kwargs or {}))
 
 
 def test_the_compiled_training_loop_reads_nothing_back_per_step(monkeypatch):

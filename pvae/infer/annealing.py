@@ -45,11 +45,12 @@ def _anneal(target: Target, z0: torch.Tensor, temperatures: torch.Tensor, step_s
     state = (z0, *target(z0))
     log_w = torch.zeros(z0.shape[:2], dtype=torch.float64, device=z0.device)
     accept = torch.zeros(z0.shape[1], dtype=torch.float64, device=z0.device)
-    steps = len(temperatures) - 1
+    taus = temperatures.tolist()  # read once: the loop below reads nothing back from the device
+    steps = len(taus) - 1
     for t in range(1, steps + 1):
-        log_w += (temperatures[t] - temperatures[t - 1]).item() * (state[1] - state[2])
+        log_w += (taus[t] - taus[t - 1]) * (state[1] - state[2])
         if t < steps:
-            tau = float(temperatures[t])
+            tau = taus[t]
             state, prob = transition(target, state, tau,
                                      (step_size(t, tau)[:, None] * scale).to(z0), num_leapfrog)
             a = prob.mean(0)

@@ -140,11 +140,11 @@ class StepSizePilot:
         """ε(τ) for the main run: the pilot's ε at the nearest τ it visited."""
         if not self.temperatures:
             return self.current
-        temperatures = torch.tensor(self.temperatures, dtype=torch.float64)
-        table = torch.stack(self.table)
+        temperatures, table = self.temperatures, torch.stack(self.table)
 
         def step_size(t: int, tau: float) -> torch.Tensor:
-            return table[int(torch.argmin((temperatures - tau).abs()))].exp()
+            nearest = min(range(len(temperatures)), key=lambda i: abs(temperatures[i] - tau))
+            return table[nearest].exp()
 
         return step_size
 

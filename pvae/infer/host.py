@@ -62,6 +62,24 @@ def prepare_examples(host: Host | None, x: torch.Tensor, *args, **kwargs
     return map_examples(lambda a: a.to(host.device), x, *args, **kwargs)
 
 
+class HostCopy:
+    """A copy of a tensor to the host, started now and read by :meth:`numpy` later: on CUDA a
+    non-blocking copy into pinned memory and an event, so the device's queue never drains."""
+
+    def __init__(self, t: torch.Tensor):
+        self.event = None
+        self.value = t.detach().to("cpu", non_blocking=True)
+        if t.device.type == "cuda":
+            self.event = torch.cuda.Event()
+            self.event.record(torch.cuda.current_stream(t.device))
+
+    def numpy(self):
+        """The values, once the copy is done (it waits on the copy alone)."""
+        if self.event is not None:
+            self.event.synchronize()
+        return self.value.numpy()
+
+
 @contextlib.contextmanager
 def frozen_parameters(host: Host | None):
     """Within the block the trainable parameters of ``host`` (if any) take no gradients."""
