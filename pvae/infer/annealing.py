@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..checks import check_count
 from ..errors import ConfigError
 from .hmc import StepSizePilot, Target, guide_scale, latent_names, transition
-from .host import Host, frozen_parameters, map_examples, prepare_examples
+from .host import Host, frozen_parameters, map_examples, plain_twin, prepare_examples
 from .logweights import check_pair
 from .results import Estimate, psis_khat
 
@@ -115,15 +115,15 @@ def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, 
     with frozen_parameters(host), pyro.validation_enabled(False), bar:
         for b0 in passes:
             call = map_examples(lambda t: t[b0:b0 + per_pass], x, *args, **kwargs)
-            b = call[0].shape[0]
+            b, program = call[0].shape[0], plain_twin(host, model, guide, call)
             with torch.no_grad():
-                target = Target(model, guide, call, pdim, num_chains)
+                target = Target(model, guide, call, pdim, num_chains, program)
                 scale = guide_scale(guide, call, pdim, target.layout)
             pilot = StepSizePilot(b, x.device, target_accept)
             if pilot_steps:
                 with torch.no_grad():
                     pilot_target = Target(model, guide, call, pdim,
-                                          min(PILOT_CHAINS, num_chains))
+                                          min(PILOT_CHAINS, num_chains), program)
                 _anneal(pilot_target, pilot_target.z0, schedule(pilot_steps, schedule_kind),
                         pilot.current, scale, num_leapfrog, bar, adapt=pilot.adapt)
             z0, path = target.z0, temperatures

@@ -10,6 +10,7 @@ from pyro.poutine.util import site_is_subsample
 
 from ..errors import ConfigError
 from .logweights import DATA_PLATE, PARTICLE_PLATE, trace_log_density
+from .sites import log_density
 
 SCALE_DRAWS = 64
 
@@ -62,10 +63,13 @@ def latent_names(trace) -> list[str]:
 
 
 class Target:
-    """log p(x, z), log q(z|x) (float64, (C, B)) and their z-gradients; :attr:`z0`: guide draws."""
+    """log p(x, z), log q(z|x) (float64, (C, B)) and their z-gradients; :attr:`z0`: guide draws.
+    With ``program`` (:func:`~pvae.infer.host.plain_twin`) the densities come from its plain
+    twin, the same sums without Pyro's tracing at every leapfrog step."""
 
-    def __init__(self, model, guide, call: tuple, particle_dim: int, chains: int):
-        self.model, self.guide, self.call = model, guide, call
+    def __init__(self, model, guide, call: tuple, particle_dim: int, chains: int,
+                 program=None):
+        self.model, self.guide, self.call, self.program = model, guide, call, program
         self.pdim, self.chains = particle_dim, chains
         with torch.no_grad():
             tr = chain_trace(guide, call, particle_dim, chains)
@@ -75,18 +79,24 @@ class Target:
         self.q_sites = {names[0]: tr.nodes[names[0]]} if len(names) == 1 else None
         self.z0 = self.layout.flatten({n: tr.nodes[n]["value"] for n in names})
 
+    def _densities(self, values: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.program is not None:
+            x, args, _ = self.call
+            guide, model = self.program.plain_sites(x, *args, latent_scale=1.0, values=values)
+            return log_density(model, self.pdim), log_density(guide, self.pdim)
+        log_p = trace_log_density(
+            chain_trace(self.model, self.call, self.pdim, self.chains, values), self.pdim)
+        q_trace = (chain_trace(self.guide, self.call, self.pdim, self.chains, values)
+                   if self.q_sites is None else
+                   {n: dict(s, value=values[n]) for n, s in self.q_sites.items()})
+        return log_p, trace_log_density(q_trace, self.pdim)
+
     def __call__(self, z: torch.Tensor):
         """(log p, log q, ∇_z log p, ∇_z log q) at z of shape (C, B, D)."""
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
-            values = self.layout.unflatten(z)
-            log_p = trace_log_density(
-                chain_trace(self.model, self.call, self.pdim, self.chains, values), self.pdim)
-            q_trace = (chain_trace(self.guide, self.call, self.pdim, self.chains, values)
-                       if self.q_sites is None else
-                       {n: dict(s, value=values[n]) for n, s in self.q_sites.items()})
-            log_q = trace_log_density(q_trace, self.pdim)
-            grad_p, = torch.autograd.grad(log_p.sum(), z, retain_graph=self.q_sites is None)
+            log_p, log_q = self._densities(self.layout.unflatten(z))
+            grad_p, = torch.autograd.grad(log_p.sum(), z, retain_graph=True)
             grad_q, = torch.autograd.grad(log_q.sum(), z)
         return log_p.detach(), log_q.detach(), grad_p, grad_q
 

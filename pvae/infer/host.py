@@ -35,6 +35,31 @@ class Encoder(Host, Protocol):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]: ...
 
 
+@runtime_checkable
+class Program(Host, Protocol):
+    """A host whose pair ``model``/``guide`` has a plain twin when ``plain_program`` is True:
+    ``plain_sites(x, idx, latent_scale=..., values=...)`` returns the (guide, model)
+    :class:`~pvae.infer.sites.Site` s the pair traces, computed without Pyro."""
+
+    model: Callable
+    guide: Callable
+    plain_program: bool
+
+    def plain_sites(self, x: torch.Tensor, idx: torch.Tensor | None = None, *,
+                    latent_scale, particles: int | None = None,
+                    values: dict | None = None) -> tuple[list, list]: ...
+
+
+def plain_twin(host: Host | None, model: Callable, guide: Callable, call: tuple
+               ) -> Program | None:
+    """``host`` when it is a :class:`Program` whose plain twin computes ``model``/``guide`` on
+    ``call`` = (x, args, kwargs) (its own pair, x and at most the indices), else None."""
+    _, args, kwargs = call
+    if not isinstance(host, Program) or not host.plain_program or kwargs or len(args) > 1:
+        return None
+    return host if model == host.model and guide == host.guide else None
+
+
 def map_examples(fn: Callable, x: torch.Tensor, *args, **kwargs
                  ) -> tuple[torch.Tensor, tuple, dict]:
     """``fn`` of ``x`` and of every tensor in ``args``/``kwargs`` whose leading dim is len(x)."""

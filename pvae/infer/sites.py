@@ -58,6 +58,19 @@ class SiteRecorder:
         return value
 
 
+def log_density(sites: list[Site], particle_dim: int = -2) -> torch.Tensor:
+    """Σ_sites log fn(value) unscaled, float64, summed over every dim but ``particle_dim`` and
+    the ``"data"`` dim −1: :func:`~pvae.infer.logweights.trace_log_density` of the sites."""
+    total = None
+    for site in sites:
+        lp = site.fn.log_prob(site.value).double()
+        nd = lp.dim()
+        other = [d for d in range(nd) if d not in (nd + particle_dim, nd - 1)]
+        lp = lp.sum(other) if other else lp
+        total = lp if total is None else total + lp
+    return total
+
+
 def _log_prob_sums(sites: list[Site]) -> list[torch.Tensor]:
     return [scaled(s, s.fn.log_prob(s.value)).sum() for s in sites]
 

@@ -170,6 +170,13 @@ class VAE(PyroModule):
         with beta_handler(self.kl_weight):
             return pyro.sample(name, fn)
 
+    @property
+    def plain_program(self) -> bool:
+        """Whether :meth:`plain_sites` lists what :meth:`model` and :meth:`guide` trace: they
+        are :class:`VAE`'s own, neither replaced on this instance nor overridden."""
+        return all(getattr(type(self), name) is getattr(VAE, name) and name not in self.__dict__
+                   for name in ("model", "guide", "_model_program", "_guide_program"))
+
     def plain_sites(self, x: torch.Tensor, idx: torch.Tensor | None = None, *,
                     latent_scale: torch.Tensor | float, particles: int | None = None,
                     values: dict | None = None) -> tuple[list[Site], list[Site]]:

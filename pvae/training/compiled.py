@@ -1,5 +1,5 @@
-"""The compiled training step (``--compile``): the loss and gradients of :func:`pvae.training.
-step.make_step`'s Pyro step, with Pyro out of the loop. For each batch shape the VAE's program
+"""The compiled training step (``--compile``): the loss and gradients of the Pyro step
+(:func:`pvae.training.step.make_step`), with Pyro out of the loop. For each batch shape the VAE's program
 is run once under Pyro and once plainly on the same draws, and the two must agree site by site
 (:func:`pvae.infer.sites.verify_sites`); the plain loss of :data:`pvae.infer.sites.SITE_LOSSES`
 is then compiled whole by ``torch.compile``, and on CUDA the whole step (forward, backward, fused
@@ -10,10 +10,9 @@ from typing import Callable
 
 import torch
 
-from ..errors import ConfigError
 from ..infer.sites import SITE_LOSSES, analytic_sites, pyro_sites, verify_sites, vectorized
 from ..model.vae import VAE
-from .step import make_step
+from .step import make_step, refuse_foreign_params
 
 log = logging.getLogger(__name__)
 GRAPH_WARMUP = 3
@@ -24,18 +23,12 @@ def _rng_devices(device: torch.device) -> list[int]:
     return [device.index or 0] if device.type == "cuda" else []
 
 
-def own_program(vae: VAE) -> bool:
-    """Whether ``vae.model`` and ``vae.guide`` are :class:`VAE`'s own (not replaced, overridden)."""
-    return all(getattr(type(vae), name) is getattr(VAE, name) and name not in vae.__dict__
-               for name in ("model", "guide", "_model_program", "_guide_program"))
-
-
 def check_program(vae: VAE, owned: set, x: torch.Tensor, idx: torch.Tensor | None
                   ) -> tuple[str | None, dict]:
     """``(why not, analytic)``: None when the VAE's plain sites equal Pyro's trace of its program
     on ``x`` (same draws, forked RNG), else the difference; ``analytic`` the latent sites' KL
     kinds. ConfigError for a ``pyro.param`` outside the optimiser's ``owned`` parameters."""
-    if not own_program(vae):
+    if not vae.plain_program:
         return "the VAE's model or guide is replaced, so its program is not the one compiled", {}
     args = (x,) if idx is None else (x, idx)
     data_scale = 1.0 if idx is None else (vae.num_data or x.shape[0]) / idx.shape[0]
@@ -46,12 +39,7 @@ def check_program(vae: VAE, owned: set, x: torch.Tensor, idx: torch.Tensor | Non
             guide_sites, model_sites, params = pyro_sites(vae.model, vae.guide, *args)
         plain = vae.plain_sites(*args, latent_scale=scale)
         why = verify_sites((guide_sites, model_sites), plain)
-    for name, site in params.items():
-        value = site["value"]
-        if getattr(value, "unconstrained", lambda: value)() not in owned:
-            raise ConfigError(f"pyro.param {name!r} is not a parameter of the VAE's modules, so "
-                              "fit cannot optimise it; make it an nn.Parameter of a module or "
-                              "train with pyro.infer.SVI")
+    refuse_foreign_params(params, owned)
     return why, analytic_sites(plain[1], plain[0])
 
 

@@ -36,6 +36,16 @@ class LossModule(nn.Module):
         return loss * self.scale if self.scale != 1.0 else loss
 
 
+def refuse_foreign_params(param_sites: dict, owned: set) -> None:
+    """ConfigError naming the first ``pyro.param`` site whose value is not in ``owned``."""
+    for name, site in param_sites.items():
+        value = site["value"]
+        if getattr(value, "unconstrained", lambda: value)() not in owned:
+            raise ConfigError(f"pyro.param {name!r} is not a parameter of the VAE's modules, so "
+                              "fit cannot optimise it; make it an nn.Parameter of a module or "
+                              "train with pyro.infer.SVI")
+
+
 def make_step(vae: VAE, objective: pyro.infer.ELBO, optimizer: torch.optim.Optimizer,
               loss_module: nn.Module | None = None) -> Callable[..., torch.Tensor]:
     """``step(*args) -> loss`` (detached, left on the device): one gradient step on ``objective``
@@ -56,12 +66,7 @@ def make_step(vae: VAE, objective: pyro.infer.ELBO, optimizer: torch.optim.Optim
         else:
             with poutine.trace(param_only=True) as capture, vae.direct_params():
                 loss = compute(*args)
-            for name, site in capture.trace.nodes.items():
-                value = site["value"]
-                if getattr(value, "unconstrained", lambda: value)() not in owned:
-                    raise ConfigError(f"pyro.param {name!r} is not a parameter of the VAE's "
-                                      "modules, so fit cannot optimise it; make it an "
-                                      "nn.Parameter of a module or train with pyro.infer.SVI")
+            refuse_foreign_params(capture.trace.nodes, owned)
             checked = True
         if loss.requires_grad:
             loss.backward()
