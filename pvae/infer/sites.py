@@ -13,18 +13,16 @@ from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import kl_divergence
 
 
-
 class Site(NamedTuple):
     """One sample site: its ``fn``, ``value`` and the ``scale`` on its log-density, Pyro's
     ``site["scale"]``: N/B on an observed site, β_t·N/B (a tensor; 0 masks the site) on a latent
-    one; ``particles`` is K for vectorized draws at dim −2, else None."""
+    one. K vectorized draws lie along dim −2 of the values."""
 
     name: str
     fn: Distribution
     value: torch.Tensor
     scale: torch.Tensor | float
     observed: bool
-    particles: int | None = None
 
 
 def scaled(site: Site, term: torch.Tensor) -> torch.Tensor:
@@ -54,7 +52,7 @@ class SiteRecorder:
             else:  # a site drawn from another's particles has them already (Pyro's expand)
                 particles = self.particles is not None and len(fn.batch_shape) < 2
                 value = fn.rsample((self.particles,) if particles else ())
-        self.sites.append(Site(name, fn, value, scale, obs is not None, self.particles))
+        self.sites.append(Site(name, fn, value, scale, obs is not None))
         return value
 
 
@@ -125,9 +123,10 @@ def iwae_loss(model: list[Site], guide: list[Site], num_particles: int) -> torch
     """:class:`~pvae.infer.objectives.IWAE`'s loss: −(N/B)·Σ_b [logsumexp_k w_bk − log K],
     w_bk = Σ_model (scale/(N/B))·log p − Σ_guide (scale/(N/B))·log q, each (K, B); N/B is the
     scale of the observed sites."""
-    data_scale = next(s.scale for s in model if s.observed)
+    observed = next(s for s in model if s.observed)
+    data_scale = observed.scale
     log_p, log_q = (_weight(sites, data_scale) for sites in (model, guide))
-    lw = (log_p - log_q).expand(num_particles, model[-1].value.shape[-2])
+    lw = (log_p - log_q).expand(num_particles, observed.value.shape[0])
     return -data_scale * (torch.logsumexp(lw, dim=0) - math.log(num_particles)).sum()
 
 
@@ -181,6 +180,8 @@ def verify_sites(traced: tuple[dict, dict], plain: tuple[list[Site], list[Site]]
 
 def _site_difference(role: str, site: Site, theirs: dict) -> str | None:
     where = f"{role} site {site.name!r}"
+    if isinstance(theirs["mask"], torch.Tensor):
+        return f"{where} has a tensor mask"
     if role == "guide" and not theirs["fn"].has_rsample:
         return f"{where} has no rsample (Trace_ELBO adds a score-function term there)"
     if theirs["is_observed"] != site.observed:
@@ -194,8 +195,6 @@ def _site_difference(role: str, site: Site, theirs: dict) -> str | None:
             float(theirs["scale"]), scale, rel_tol=1e-6)):
         return f"{where} has scale {theirs['scale']} (mask {theirs['mask']}) under Pyro, " \
                f"{scale} in the plain program"
-    if theirs["mask"] not in (None, True, False):
-        return f"{where} has a tensor mask"
     mine = float(scaled(site, site.fn.log_prob(site.value)).sum())
     pyro_lp = theirs["fn"].log_prob(theirs["value"])
     pyro_lp = float((pyro_lp * (0.0 if masked else float(theirs["scale"]))).sum())

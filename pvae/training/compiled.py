@@ -50,7 +50,7 @@ class _Entry:
     def __init__(self, loss: Callable, data_scale: float, compiled: bool, graphed: bool):
         self.loss, self.data_scale = loss, data_scale
         self.compiled, self.graphed = compiled, graphed
-        self.calls, self.graph, self.static = 0, None, None
+        self.calls, self.graph, self.static, self.ran = 0, None, None, False
 
 
 class CompiledStep:
@@ -127,11 +127,15 @@ class CompiledStep:
         return loss.detach()
 
     def _loss(self, entry: _Entry, x: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-        if not entry.compiled:
+        """The entry's loss; its first compiled call (where torch.compile compiles, never in a
+        CUDA graph's capture) falls back to the plain loss, the draws restored, if it fails."""
+        if not entry.compiled or entry.ran:
             return entry.loss(x, idx, self.scale)
         state = _rng_state(x.device)
         try:
-            return entry.loss(x, idx, self.scale)
+            loss = entry.loss(x, idx, self.scale)
+            entry.ran = True
+            return loss
         except Exception as err:  # torch.compile's failures have no common base class
             _set_rng_state(x.device, state)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
