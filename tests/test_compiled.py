@@ -14,7 +14,7 @@ from pvae.infer.sites import SITE_LOSSES, analytic_sites, vectorized
 from pvae.model.vae import build_vae
 from pvae.training.compiled import CompiledStep
 from pvae.training.loop import fit
-from pvae.training.step import make_optimizer, make_step
+from pvae.training.step import make_capturable, make_optimizer, make_step
 from reads import Reads
 from test_registry import COMBOS, N, _build, _data
 
@@ -152,6 +152,23 @@ def test_plain_and_graph_steps_train_as_the_pyro_step(loss, k, guide):
         for a, b in zip(params, pyro_params):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     assert pyro_losses[-5:].mean() < pyro_losses[:5].mean() - 50  # it trained
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")
+def test_a_resumed_optimiser_is_made_capturable_with_a_rate_the_schedule_fills():
+    """A CUDA graph reads the rate from the device: a checkpoint's float rate (an uncompiled
+    run's) becomes a tensor again, and the schedule fills that tensor in place."""
+    vae = build_vae(z_dim=3, hidden_dims=(4,))
+    saved = make_optimizer(vae, 2e-3).state_dict()
+    opt = make_optimizer(vae, 1e-3, capturable=True)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
+    opt.load_state_dict(saved)
+    assert opt.param_groups[0]["lr"] == 2e-3 and not opt.param_groups[0]["capturable"]
+    make_capturable(opt, vae.device)
+    rate = opt.param_groups[0]["lr"]
+    assert isinstance(rate, torch.Tensor) and opt.param_groups[0]["capturable"]
+    schedule.step()
+    assert opt.param_groups[0]["lr"] is rate and float(rate) == pytest.approx(5e-4)
 
 
 def test_a_replaced_guide_takes_the_pyro_step_and_a_foreign_param_is_refused(caplog):

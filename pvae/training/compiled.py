@@ -1,10 +1,11 @@
 """The compiled training step (``--compile``): the loss and gradients of the Pyro step
-(:func:`pvae.training.step.make_step`), with Pyro out of the loop. For each batch shape the VAE's program
-is run once under Pyro and once plainly on the same draws, and the two must agree site by site
-(:func:`pvae.infer.sites.verify_sites`); the plain loss of :data:`pvae.infer.sites.SITE_LOSSES`
-is then compiled whole by ``torch.compile``, and on CUDA the whole step (forward, backward, fused
-Adam) is captured in a CUDA graph over static batch buffers, β and the learning rate on the
-device. What cannot be compiled falls back with one logged line (docs/training.rst)."""
+(:func:`pvae.training.step.make_step`), with Pyro out of the loop. For each batch shape the
+VAE's program is run once under Pyro and once plainly on the same draws, and the two must agree
+site by site (:func:`pvae.infer.sites.verify_sites`); the plain loss of
+:data:`pvae.infer.sites.SITE_LOSSES` is then compiled whole by ``torch.compile``, and on CUDA
+the whole step (forward, backward, fused Adam) is captured in a CUDA graph over static batch
+buffers, β and the learning rate on the device. What cannot be compiled falls back with one
+logged line (docs/training.rst)."""
 import logging
 from typing import Callable
 

@@ -30,7 +30,7 @@ from .state import (EpochRecord, TrainState, data_difference, data_identity, rng
                     set_rng_state)
 from .compiled import CompiledStep
 from .guard import CHECK_EVERY, EpochLosses, diverged
-from .step import LossModule, make_optimizer, make_step
+from .step import LossModule, make_capturable, make_optimizer, make_step
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -162,6 +162,8 @@ def init(vae: VAE, train_x: torch.Tensor, settings: TrainConfig, *,
         settings = settings.replace(seed=saved.seed) if settings.seed is None else settings
         if state.scheduler:
             scheduler.load_state_dict(state.scheduler)
+        if graphs:
+            make_capturable(optimizer, dev)
     else:
         state = TrainState(0, 0, (), 0.0, {}, {}, data=data)
         if settings.seed is None:
@@ -229,7 +231,8 @@ def run_epoch(session: Session, state: TrainState) -> TrainState:
                     bar.set_postfix(elbo=f"{-losses.total / losses.seen:.2f}",
                                     beta=f"{kl_weight:.2f}")
         except DivergenceError:
-            losses.check()  # a NaN loss before the step that raised is the first cause
+            if session.ddp is None:  # a NaN loss before the step that raised is the first cause
+                losses.check()
             raise
         losses.check()
     seconds, cpu_seconds = time.perf_counter() - tic, time.process_time() - cpu_tic

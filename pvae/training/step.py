@@ -17,11 +17,22 @@ def make_optimizer(vae: VAE, lr: float, eps: float = 1e-8,
     the update ``pyro.optim.Adam`` applies per parameter. ``capturable``: safe inside a CUDA
     graph, its learning rate a tensor on the VAE's device (the schedule fills it in place)."""
     params = [p for p in vae.parameters() if p.requires_grad]
-    rate = torch.tensor(float(lr), device=vae.device) if capturable else lr
     try:
-        return torch.optim.Adam(params, lr=rate, eps=eps, fused=True, capturable=capturable)
+        optimizer = torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
     except (RuntimeError, ValueError):
-        return torch.optim.Adam(params, lr=rate, eps=eps, capturable=capturable)
+        optimizer = torch.optim.Adam(params, lr=lr, eps=eps)
+    if capturable:
+        make_capturable(optimizer, vae.device)
+    return optimizer
+
+
+def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Every group capturable in a CUDA graph, its learning rate a tensor on ``device`` (a
+    resumed optimiser's saved groups may hold neither)."""
+    for group in optimizer.param_groups:
+        group["capturable"] = True
+        if not isinstance(group["lr"], torch.Tensor):
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
 
 
 class LossModule(nn.Module):
