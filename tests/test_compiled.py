@@ -246,3 +246,32 @@ def test_fit_compiled_by_inductor_trains_as_fit_and_resumes_exactly(tmp_path):
         torch.testing.assert_close(value, eager[1][key], rtol=0, atol=1e-4)
         assert torch.equal(value, runs["cut"][1][key]), key
     assert runs["cut"][0] == full[0]
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+@pytest.mark.parametrize("bad_step", [30, 75])
+def test_a_diverged_compiled_run_names_the_first_bad_step_and_keeps_the_last_checkpoint(
+        monkeypatch, tmp_path, bad_step):
+    """Epoch 2's steps 30 (before the first read at step 50) and 75 (after it, read at the
+    epoch's end): the error names that step; the epoch-1 checkpoint stays finite."""
+    import pvae.training.checkpoint as ckpt
+    import pvae.training.loop as loop
+    from pvae.errors import DivergenceError
+
+    monkeypatch.setattr(loop, "CompiledStep", lambda *a, **k: CompiledStep(*a, **k,
+                                                                           backend=None))
+    vae, calls = build_vae(z_dim=3, hidden_dims=(16,)), {"n": 0}
+    steps = 100  # 1,000 examples in batches of 10: 100 steps per epoch, reads at 50 and 100
+
+    def poison(module, inputs, output):
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] > steps + 1 + bad_step else output
+
+    vae.likelihood.decoder.register_forward_hook(poison)
+    with pytest.raises(DivergenceError, match=f"epoch 2, step {steps + bad_step}: the loss is "
+                                              "nan.*last good checkpoint is kept"):
+        fit(vae, synthetic(1000, seed=0), epochs=3, batch_size=10, device="cpu", seed=0,
+            progress=False, compile=True, out_dir=tmp_path)
+    saved = ckpt.read(tmp_path / "checkpoint.pt")
+    assert saved.state.epoch == 1 and saved.state.step == steps
+    assert all(torch.isfinite(v).all() for v in saved.weights.values() if v.is_floating_point())
