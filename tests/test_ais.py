@@ -246,3 +246,44 @@ def test_ais_on_the_vaes_plain_program_gives_the_traced_programs_numbers(monkeyp
     torch.testing.assert_close(results[0].log_weights, results[1].log_weights, rtol=1e-10,
                                atol=0)
     assert torch.isfinite(results[0].log_px).all() and len(calls) > 12 * 2
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_ais_with_the_compiled_log_joint_gives_the_plain_programs_numbers(backend):
+    """``compile``: one graph per pass shape (6 chains and the pilot's 4, at 3 and 1 images),
+    no graph break, the uncompiled plain program's estimates (float32 rounding
+    under inductor's fused kernels)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from pvae import build_vae
+
+    vae = build_vae(z_dim=3, hidden_dims=(8,), stochastic_layers=2, top_z_dim=2,
+                    top_hidden_dims=(4,))
+    x = torch.bernoulli(torch.rand(7, 784), generator=torch.Generator().manual_seed(0))
+    results = []
+    torch._dynamo.reset()
+    counters.clear()
+    for compile in (False, backend):
+        pyro.set_rng_seed(3)
+        results.append(ais(vae.model, vae.guide, x, num_steps=12, num_chains=6, num_leapfrog=2,
+                           chunk_size=18, host=vae, compile=compile))  # passes of 3, 3, 1
+    assert counters["stats"]["unique_graphs"] == 4 and not counters["graph_break"]
+    rtol = 1e-12 if backend == "aot_eager" else 1e-5
+    torch.testing.assert_close(results[1].log_weights, results[0].log_weights, rtol=rtol,
+                               atol=rtol * 100)
+
+
+def test_ais_compile_on_a_pair_without_a_plain_twin_runs_traced_with_a_notice(problem, caplog):
+    import logging
+
+    W, b, sigma, vae = problem  # no host given: the pair is any Pyro pair, no plain twin
+    x = sample_data(W, b, sigma, 4)
+    results = []
+    for compile in (True, False):
+        pyro.set_rng_seed(0)
+        with caplog.at_level(logging.WARNING):
+            results.append(ais(vae.model, vae.guide, x, num_steps=5, num_chains=2,
+                               num_leapfrog=2, compile=compile).log_weights)
+    assert caplog.text.count("traced by Pyro, uncompiled") == 1
+    assert torch.equal(results[0], results[1])

@@ -30,6 +30,9 @@ class EvalConfig:
     ais_chains: int = setting(16, "ais/bdmc: chains per image", low=1, metavar="C")
     ais_leapfrog: int = setting(10, "ais/bdmc: leapfrog steps per HMC move", low=1,
                                 metavar="L")
+    ais_compile: bool = setting(False, "ais/bdmc: the VAE's log-joint and log q and their "
+                                "gradients compiled by torch.compile for the leapfrog steps "
+                                "(docs: evaluation)")
     ais_subset: int = setting(100, "ais/bdmc in a training run: the first N test images", low=1,
                               metavar="N")
     elbo_samples: int = setting(1000, "gap: samples per image for L[q] and L[q*]", low=1,
@@ -66,7 +69,7 @@ def _annealed(estimate: Callable[..., Estimate]) -> Callable[..., Estimate]:
     return lambda model, guide, x, config, host, progress: estimate(
         model, guide, x, num_steps=config.ais_steps, num_chains=config.ais_chains,
         num_leapfrog=config.ais_leapfrog, chunk_size=config.chunk_size, host=host,
-        progress=progress)
+        progress=progress, compile=config.ais_compile)
 
 
 @dataclass(frozen=True)
