@@ -8,7 +8,9 @@ decoder's log p(x|z) + log N(z; 0, I) and log q in closed form, gradients by aut
 fixed step size; pvae's call is its full public one, pilot run for the step sizes included.
 Throughput = leapfrog steps × chains × examples per second of CPU time; the two are
 interleaved so that machine load hits both alike. Peak memory of pvae's AIS at 16 chains ×
-1,000 examples is measured in a fresh process (VmHWM).
+1,000 examples is measured in a fresh process (VmHWM). ``--compile`` adds ``pvae-compiled``,
+pvae's AIS with ``compile=True`` (``--ais-compile``: the log-joint compiled by torch.compile),
+its compilations done in an untimed first call of the same shapes.
 
     python benchmarks/ais_throughput.py --checkpoint runs/mnist/checkpoint.pt --data-dir data
 """
@@ -102,6 +104,8 @@ def main() -> None:
     ap.add_argument("--memory-n", type=int, default=1000)
     ap.add_argument("--hidden-dims", type=int, nargs="+", default=[200, 200])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--compile", action="store_true",
+                    help="also time pvae's AIS with compile=True (compiled before timing)")
     ap.add_argument("--_memory", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -114,25 +118,32 @@ def main() -> None:
     T, C, L = args.steps, args.chains, args.leapfrog
     print(f"{source}: n={x.shape[0]}, T={T}, C={C}, L={L}, torch threads={args.threads}")
     work = T * L * C * x.shape[0]
-    cpu = {"pvae": [], "plain": []}
-    means = {}
+    runs = {"pvae": lambda: ais(vae.model, vae.guide, x, num_steps=T, num_chains=C,
+                                num_leapfrog=L, host=vae).log_px,
+            "plain": lambda: plain_ais(enc, dec, x, T, C, L)}
+    if args.compile:
+        runs["pvae-compiled"] = lambda: ais(vae.model, vae.guide, x, num_steps=T, num_chains=C,
+                                            num_leapfrog=L, host=vae, compile=True).log_px
+        c0 = time.process_time()
+        ais(vae.model, vae.guide, x, num_steps=2, num_chains=C, num_leapfrog=1, host=vae,
+            compile=True)  # the same pass shapes: the timed runs reuse these graphs
+        print(f"pvae-compiled: compilation (a 2-step run) {time.process_time() - c0:.1f} CPU s")
+    cpu, means = {name: [] for name in runs}, {}
     ais(vae.model, vae.guide, x[:4], num_steps=3, num_chains=2, host=vae)
     plain_ais(enc, dec, x[:4], 3, 2, L)
     for _ in range(args.repeats):
-        for name, fn in (("pvae", lambda: ais(vae.model, vae.guide, x, num_steps=T,
-                                              num_chains=C, num_leapfrog=L,
-                                              host=vae).log_px),
-                         ("plain", lambda: plain_ais(enc, dec, x, T, C, L))):
+        for name, fn in runs.items():
             c0 = time.process_time()
             means[name] = float(fn().mean())
             cpu[name].append(time.process_time() - c0)
     rate = {k: work / statistics.median(v) for k, v in cpu.items()}
-    for name in ("pvae", "plain"):
-        print(f"{name:>6}: {rate[name]:10.0f} leapfrog steps x chains x examples per CPU-second "
+    for name in runs:
+        print(f"{name:>13}: {rate[name]:10.0f} leapfrog steps x chains x examples per CPU-second "
               f"(runs {', '.join(f'{t:.1f}' for t in cpu[name])} s); mean log p(x) "
               f"{means[name]:.2f}")
-    print(f" ratio pvae / plain: {rate['pvae'] / rate['plain']:.3f} "
-          "(pvae's time includes its pilot run, T/10 steps at min(C, 4) chains)")
+    for name in (n for n in runs if n != "plain"):
+        print(f" ratio {name} / plain: {rate[name] / rate['plain']:.3f} "
+              "(pvae's time includes its pilot run, T/10 steps at min(C, 4) chains)")
     cmd = [sys.executable, __file__, "--_memory", "--n", str(args.memory_n), "--steps", "3",
            "--chains", "16", "--leapfrog", str(L), "--hidden-dims", *map(str, args.hidden_dims)]
     for flag in ("checkpoint", "data_dir"):

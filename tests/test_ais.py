@@ -204,3 +204,86 @@ def test_ais_scores_the_two_layer_vae_and_reduces_to_is_at_one_step():
     assert annealed.log_weights.shape == (5, 4) and torch.isfinite(annealed.log_px).all()
     assert float(annealed.log_px.mean()) > float(elbo.mean()) + 1  # 4 annealed chains: tighter
     assert 0.3 < float(annealed.accept_rate.mean()) < 1
+
+
+def test_ais_reads_nothing_back_from_the_device_per_step():
+    """T = 20 and T = 40 read the device equally often (per pass, not per annealing step)."""
+    from pvae import build_vae
+    from reads import Reads
+
+    vae = build_vae(z_dim=3, hidden_dims=(8,))
+    x = torch.bernoulli(torch.full((6, 784), 0.3))
+    counts = []
+    for steps in (20, 40):
+        with Reads() as reads:
+            ais(vae.model, vae.guide, x, num_steps=steps, num_chains=3, num_leapfrog=2, host=vae)
+        counts.append(reads.count)
+    assert counts[0] == counts[1]
+
+
+@pytest.mark.parametrize("options", [dict(), dict(prior="flow", guide="iaf", likelihood="normal"),
+                                     dict(prior="vamp", num_pseudo_inputs=3),
+                                     dict(stochastic_layers=2, top_z_dim=2,
+                                          top_hidden_dims=(4,))])
+def test_ais_on_the_vaes_plain_program_gives_the_traced_programs_numbers(monkeypatch, options):
+    """With host=vae the leapfrog densities come from the VAE's plain program (no Pyro trace
+    per leapfrog step); the estimates equal those of the Pyro-traced pair."""
+    import pvae.infer.annealing as annealing
+    from pvae import build_vae
+
+    vae = build_vae(z_dim=3, hidden_dims=(8,), **options)
+    x = torch.rand(5, 784)
+    x = torch.bernoulli(x) if vae.likelihood.data_kind == "binary" else x
+    calls, plain_sites = [], vae.plain_sites
+    vae.plain_sites = lambda *a, **k: (calls.append(1), plain_sites(*a, **k))[1]
+    results = []
+    for traced in (False, True):
+        if traced:
+            monkeypatch.setattr(annealing, "plain_twin", lambda *a: None)
+        pyro.set_rng_seed(3)
+        results.append(ais(vae.model, vae.guide, x, num_steps=12, num_chains=3, num_leapfrog=2,
+                           host=vae))
+    torch.testing.assert_close(results[0].log_weights, results[1].log_weights, rtol=1e-10,
+                               atol=0)
+    assert torch.isfinite(results[0].log_px).all() and len(calls) > 12 * 2
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_ais_with_the_compiled_log_joint_gives_the_plain_programs_numbers(backend):
+    """``compile``: one graph per pass shape (6 chains and the pilot's 4, at 3 and 1 images),
+    no graph break, the uncompiled plain program's estimates (float32 rounding
+    under inductor's fused kernels)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from pvae import build_vae
+
+    vae = build_vae(z_dim=3, hidden_dims=(8,), stochastic_layers=2, top_z_dim=2,
+                    top_hidden_dims=(4,))
+    x = torch.bernoulli(torch.rand(7, 784), generator=torch.Generator().manual_seed(0))
+    results = []
+    torch._dynamo.reset()
+    counters.clear()
+    for compile in (False, backend):
+        pyro.set_rng_seed(3)
+        results.append(ais(vae.model, vae.guide, x, num_steps=12, num_chains=6, num_leapfrog=2,
+                           chunk_size=18, host=vae, compile=compile))  # passes of 3, 3, 1
+    assert counters["stats"]["unique_graphs"] == 4 and not counters["graph_break"]
+    rtol = 1e-12 if backend == "aot_eager" else 1e-5
+    torch.testing.assert_close(results[1].log_weights, results[0].log_weights, rtol=rtol,
+                               atol=rtol * 100)
+
+
+def test_ais_compile_on_a_pair_without_a_plain_twin_runs_traced_with_a_notice(problem, caplog):
+    import logging
+
+    W, b, sigma, vae = problem  # no host given: the pair is any Pyro pair, no plain twin
+    x = sample_data(W, b, sigma, 4)
+    results = []
+    for compile in (True, False):
+        pyro.set_rng_seed(0)
+        with caplog.at_level(logging.WARNING):
+            results.append(ais(vae.model, vae.guide, x, num_steps=5, num_chains=2,
+                               num_leapfrog=2, compile=compile).log_weights)
+    assert caplog.text.count("traced by Pyro, uncompiled") == 1
+    assert torch.equal(results[0], results[1])

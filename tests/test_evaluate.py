@@ -321,3 +321,29 @@ def test_cli_evaluate_writes_metrics_and_figure(tmp_path, monkeypatch, capsys):
     assert "test log p(x), K=50" in capsys.readouterr().out
     code = main(["evaluate", "--checkpoint", str(tmp_path / "missing.pt"), "--num-samples", "5"])
     assert code == 2 and "no checkpoint" in capsys.readouterr().err
+
+
+def test_importance_sampling_reads_the_device_once_per_run_not_per_batch(monkeypatch):
+    """Per batch the only read is the k-hat's copy of the log-weights, started as the batch is
+    made and read one batch later; statistics stay on the device until the end."""
+    import pvae.infer.importance as importance
+    from reads import Reads
+
+    class Copy:
+        def __init__(self, t):
+            self.shape = tuple(t.shape)
+
+        def numpy(self):
+            return np.zeros(self.shape)
+
+    monkeypatch.setattr(importance, "HostCopy", Copy)
+    vae = build_vae(z_dim=3, hidden_dims=(8,))
+    x = torch.bernoulli(torch.full((40, 784), 0.3))
+    counts = []
+    for batch_size in (20, 10):
+        with Reads() as reads:
+            result = importance_sampling(vae.model, vae.guide, x, num_samples=4,
+                                         batch_size=batch_size, progress=False, host=vae)
+        counts.append(reads.count)
+        assert result.n == 40 and np.isfinite(result.log_px).all()
+    assert counts[0] == counts[1]

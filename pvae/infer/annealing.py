@@ -3,6 +3,7 @@ q(z|x)^(1−τ) p(x, z)^τ from the guide to the posterior by HMC moves, with E[
 log p̂(x) = logsumexp_c log w_c − log C; and bidirectional Monte Carlo (BDMC; Grosse et al. 2015)
 (the kernel, its step-size pilot and the bounds: docs/evaluation.rst)."""
 import functools
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -16,14 +17,15 @@ from tqdm.auto import tqdm
 
 from ..checks import check_count
 from ..errors import ConfigError
-from .hmc import StepSizePilot, Target, guide_scale, latent_names, transition
-from .host import Host, frozen_parameters, map_examples, prepare_examples
+from .hmc import CompiledDensities, StepSizePilot, Target, guide_scale, latent_names, transition
+from .host import Host, frozen_parameters, map_examples, plain_twin, prepare_examples
 from .logweights import check_pair
 from .results import Estimate, psis_khat
 
 DEFAULT_AIS_CHUNK = 4096
 CUDA_AIS_CHUNK = 2**16
 PILOT_CHAINS = 4
+log = logging.getLogger(__name__)
 
 
 def schedule(num_steps: int, kind: str = "sigmoid", *, delta: float = 4.0) -> torch.Tensor:
@@ -45,11 +47,12 @@ def _anneal(target: Target, z0: torch.Tensor, temperatures: torch.Tensor, step_s
     state = (z0, *target(z0))
     log_w = torch.zeros(z0.shape[:2], dtype=torch.float64, device=z0.device)
     accept = torch.zeros(z0.shape[1], dtype=torch.float64, device=z0.device)
-    steps = len(temperatures) - 1
+    taus = temperatures.tolist()  # read once: the loop below reads nothing back from the device
+    steps = len(taus) - 1
     for t in range(1, steps + 1):
-        log_w += (temperatures[t] - temperatures[t - 1]).item() * (state[1] - state[2])
+        log_w += (taus[t] - taus[t - 1]) * (state[1] - state[2])
         if t < steps:
-            tau = float(temperatures[t])
+            tau = taus[t]
             state, prob = transition(target, state, tau,
                                      (step_size(t, tau)[:, None] * scale).to(z0), num_leapfrog)
             a = prob.mean(0)
@@ -92,8 +95,22 @@ class AISResult(Estimate):
         return psis_khat(self.log_weights.numpy())
 
 
+def _compiled(compile: bool | str, host: Host | None, model, guide, call: tuple
+              ) -> CompiledDensities | None:
+    """The run's :class:`~pvae.infer.hmc.CompiledDensities` for ``compile`` (True: inductor, or
+    a torch.compile backend's name), None (logged) where there is no plain twin to compile."""
+    if not compile:
+        return None
+    if plain_twin(host, model, guide, call) is None:
+        log.warning("AIS: compile needs host=vae and the VAE's own model and guide; this pair "
+                    "is traced by Pyro, uncompiled")
+        return None
+    return CompiledDensities("inductor" if compile is True else str(compile))
+
+
 def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, schedule_kind,
-         target_accept, chunk_size, progress, desc, host, exact=None) -> AISResult:
+         target_accept, chunk_size, progress, desc, host, exact=None, compile=False
+         ) -> AISResult:
     """AIS over all examples in passes, timed; given ``exact`` ((B, ...) latent draws per site)
     the chains start there, anneal τ = 1 → 0 and ``log_px`` is −(logsumexp_c log w_c − log C)."""
     temperatures = schedule(num_steps, schedule_kind)
@@ -111,18 +128,19 @@ def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, 
     weights, accepts = [], []
     bar = tqdm(total=len(passes) * (num_steps + pilot_steps), desc=desc, unit="step",
                disable=not progress)
+    compiled = _compiled(compile, host, model, guide, (x, args, kwargs))
     with frozen_parameters(host), pyro.validation_enabled(False), bar:
         for b0 in passes:
             call = map_examples(lambda t: t[b0:b0 + per_pass], x, *args, **kwargs)
-            b = call[0].shape[0]
+            b, program = call[0].shape[0], plain_twin(host, model, guide, call)
             with torch.no_grad():
-                target = Target(model, guide, call, pdim, num_chains)
+                target = Target(model, guide, call, pdim, num_chains, program, compiled)
                 scale = guide_scale(guide, call, pdim, target.layout)
             pilot = StepSizePilot(b, x.device, target_accept)
             if pilot_steps:
                 with torch.no_grad():
                     pilot_target = Target(model, guide, call, pdim,
-                                          min(PILOT_CHAINS, num_chains))
+                                          min(PILOT_CHAINS, num_chains), program, compiled)
                 _anneal(pilot_target, pilot_target.z0, schedule(pilot_steps, schedule_kind),
                         pilot.current, scale, num_leapfrog, bar, adapt=pilot.adapt)
             z0, path = target.z0, temperatures
@@ -143,13 +161,15 @@ def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, 
 def ais(model: Callable, guide: Callable, x: torch.Tensor, *args, num_steps: int = 500,
         num_chains: int = 16, num_leapfrog: int = 10, schedule: str = "sigmoid",
         target_accept: float = 0.65, chunk_size: int | None = None, progress: bool = False,
-        host: Host | None = None, **kwargs) -> AISResult:
+        host: Host | None = None, compile: bool | str = False, **kwargs) -> AISResult:
     """AIS log p(x) per example, T = ``num_steps``, C = ``num_chains``, L = ``num_leapfrog``;
-    a pass holds ``chunk_size`` chains × examples."""
+    a pass holds ``chunk_size`` chains × examples. ``compile`` (True: inductor, or a backend's
+    name): with ``host=vae`` and its own pair, the leapfrog steps' log-joint and log q and their
+    z-gradients are compiled by torch.compile, a graph per pass shape."""
     x, args, kwargs = prepare_examples(host, x, *args, **kwargs)
     return _run(model, guide, x, args, kwargs, num_steps=num_steps, num_chains=num_chains,
                 num_leapfrog=num_leapfrog, schedule_kind=schedule, target_accept=target_accept,
-                chunk_size=chunk_size, progress=progress, host=host,
+                chunk_size=chunk_size, progress=progress, host=host, compile=compile,
                 desc=f"AIS T={num_steps}, C={num_chains}")
 
 
@@ -185,7 +205,7 @@ class BDMCResult(Estimate):
 def bdmc(model: Callable, guide: Callable, x: torch.Tensor, *args, num_steps: int = 500,
          num_chains: int = 16, num_leapfrog: int = 10, schedule: str = "sigmoid",
          target_accept: float = 0.65, chunk_size: int | None = None, progress: bool = False,
-         host: Host | None = None, **kwargs) -> BDMCResult:
+         host: Host | None = None, compile: bool | str = False, **kwargs) -> BDMCResult:
     """Stochastic bounds ``lower`` (forward AIS) ≤ log p(x′) ≤ ``upper`` (reverse AIS from the
     exact z) on x′ simulated from the model, ``x`` giving only the examples' number and shape
     (ConfigError unless the model observes one site fed by x); options as in :func:`ais`."""
@@ -202,7 +222,7 @@ def bdmc(model: Callable, guide: Callable, x: torch.Tensor, *args, num_steps: in
     exact = {n: sim.nodes[n]["value"].detach() for n in latent_names(sim) if n not in observed}
     options = dict(num_steps=num_steps, num_chains=num_chains, num_leapfrog=num_leapfrog,
                    target_accept=target_accept, chunk_size=chunk_size, progress=progress,
-                   host=host)
+                   host=host, compile=compile)
     forward = ais(model, guide, x_sim, *args, schedule=schedule, **options, **kwargs)
     reverse = _run(model, guide, x_sim, args, kwargs, schedule_kind=schedule, exact=exact,
                    desc=f"BDMC reverse T={num_steps}, C={num_chains}", **options)

@@ -33,6 +33,9 @@ class EvalConfig:
     ais_chains: int = setting(16, "ais/bdmc: chains per image", low=1, metavar="C")
     ais_leapfrog: int = setting(10, "ais/bdmc: leapfrog steps per HMC move", low=1,
                                 metavar="L")
+    ais_compile: bool = setting(False, "ais/bdmc: the VAE's log-joint and log q and their "
+                                "gradients compiled by torch.compile for the leapfrog steps "
+                                "(docs: evaluation)")
     ais_subset: int = setting(100, "ais/bdmc in a training run: the first N test images", low=1,
                               metavar="N")
     elbo_samples: int = setting(1000, "samples per image for L[q*] (the test ELBO of a model "
@@ -98,7 +101,8 @@ def _annealed(estimate: Callable[..., Estimate]) -> Callable[..., Estimate]:
                 **{**_fit_options(config, x.shape[0]), "elbo_samples": 1})
         return estimate(model, guide, x, *args, num_steps=config.ais_steps,
                         num_chains=config.ais_chains, num_leapfrog=config.ais_leapfrog,
-                        chunk_size=config.chunk_size, host=host, progress=progress)
+                        chunk_size=config.chunk_size, host=host, progress=progress,
+                        compile=config.ais_compile)
     return run
 
 

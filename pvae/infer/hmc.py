@@ -1,5 +1,6 @@
 """Hamiltonian Monte Carlo for :mod:`pvae.infer.annealing` on the latents of B examples at C
 chains, one move leaving f_τ = q^(1−τ) p^τ invariant (the kernel: docs/evaluation.rst)."""
+import logging
 import math
 from typing import Callable
 
@@ -10,8 +11,10 @@ from pyro.poutine.util import site_is_subsample
 
 from ..errors import ConfigError
 from .logweights import DATA_PLATE, PARTICLE_PLATE, trace_log_density
+from .sites import log_density
 
 SCALE_DRAWS = 64
+log = logging.getLogger(__name__)
 
 
 class Layout:
@@ -39,11 +42,52 @@ class Layout:
 
     def unflatten(self, z: torch.Tensor) -> dict:
         """(C, B, D) -> {site: value}."""
-        out, start = {}, 0
-        for name, pos, shape in zip(self.names, self.pos, self.shapes):
-            piece = z[..., start:start + shape.numel()].reshape(z.shape[:2] + shape)
-            out[name], start = piece.movedim(1, pos), start + shape.numel()
-        return out
+        return unflatten(z, self.key)
+
+    @property
+    def key(self) -> tuple:
+        """(names, positions, shapes) as plain tuples: what :func:`unflatten` needs."""
+        return tuple(self.names), tuple(self.pos), tuple(tuple(s) for s in self.shapes)
+
+
+def unflatten(z: torch.Tensor, key: tuple) -> dict:
+    """(C, B, D) -> {site: value} for a :attr:`Layout.key`."""
+    out, start = {}, 0
+    for name, pos, shape in zip(*key):
+        size = math.prod(shape)
+        piece = z[..., start:start + size].reshape(z.shape[:2] + tuple(shape))
+        out[name], start = piece.movedim(1, pos), start + size
+    return out
+
+
+def plain_densities(program, x: torch.Tensor, args: tuple, z: torch.Tensor, key: tuple,
+                    particle_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(x, z), log q(z|x)), float64 (C, B), from the plain twin ``program`` at the flat z
+    (C, B, D) of layout ``key``: a function of tensors and constants that torch.compile takes."""
+    guide, model = program.plain_sites(x, *args, latent_scale=1.0, values=unflatten(z, key))
+    return log_density(model, particle_dim), log_density(guide, particle_dim)
+
+
+class CompiledDensities:
+    """:func:`plain_densities` under ``torch.compile(backend=...)`` (fullgraph, a graph per
+    shape), shared by an AIS run's targets; the first failure to compile is logged once and
+    the run goes on uncompiled."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.fn: Callable | None = torch.compile(plain_densities, backend=backend,
+                                                 fullgraph=True, dynamic=False)
+
+    def __call__(self, *args) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fn is not None:
+            try:
+                return self.fn(*args)
+            except Exception as err:  # torch.compile's failures have no common base class
+                first = (str(err).strip() or type(err).__name__).splitlines()[0]
+                log.warning("AIS: torch.compile cannot take the log-joint whole (%s); the run "
+                            "goes on uncompiled", first[:200])
+                self.fn = None
+        return plain_densities(*args)
 
 
 def chain_trace(fn, call: tuple, particle_dim: int, chains: int, values: dict | None = None):
@@ -62,10 +106,15 @@ def latent_names(trace) -> list[str]:
 
 
 class Target:
-    """log p(x, z), log q(z|x) (float64, (C, B)) and their z-gradients; :attr:`z0`: guide draws."""
+    """log p(x, z), log q(z|x) (float64, (C, B)) and their z-gradients; :attr:`z0`: guide draws.
+    With ``program`` (:func:`~pvae.infer.host.plain_twin`) the densities come from its plain
+    twin, the same sums without Pyro's tracing at every leapfrog step; with ``compiled`` too,
+    those sums compiled (:class:`CompiledDensities`)."""
 
-    def __init__(self, model, guide, call: tuple, particle_dim: int, chains: int):
-        self.model, self.guide, self.call = model, guide, call
+    def __init__(self, model, guide, call: tuple, particle_dim: int, chains: int,
+                 program=None, compiled: CompiledDensities | None = None):
+        self.model, self.guide, self.call, self.program = model, guide, call, program
+        self.compiled = compiled
         self.pdim, self.chains = particle_dim, chains
         with torch.no_grad():
             tr = chain_trace(guide, call, particle_dim, chains)
@@ -75,18 +124,29 @@ class Target:
         self.q_sites = {names[0]: tr.nodes[names[0]]} if len(names) == 1 else None
         self.z0 = self.layout.flatten({n: tr.nodes[n]["value"] for n in names})
 
+    def _densities(self, values: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.program is not None:
+            x, args, _ = self.call
+            guide, model = self.program.plain_sites(x, *args, latent_scale=1.0, values=values)
+            return log_density(model, self.pdim), log_density(guide, self.pdim)
+        log_p = trace_log_density(
+            chain_trace(self.model, self.call, self.pdim, self.chains, values), self.pdim)
+        q_trace = (chain_trace(self.guide, self.call, self.pdim, self.chains, values)
+                   if self.q_sites is None else
+                   {n: dict(s, value=values[n]) for n, s in self.q_sites.items()})
+        return log_p, trace_log_density(q_trace, self.pdim)
+
     def __call__(self, z: torch.Tensor):
         """(log p, log q, ∇_z log p, ∇_z log q) at z of shape (C, B, D)."""
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
-            values = self.layout.unflatten(z)
-            log_p = trace_log_density(
-                chain_trace(self.model, self.call, self.pdim, self.chains, values), self.pdim)
-            q_trace = (chain_trace(self.guide, self.call, self.pdim, self.chains, values)
-                       if self.q_sites is None else
-                       {n: dict(s, value=values[n]) for n, s in self.q_sites.items()})
-            log_q = trace_log_density(q_trace, self.pdim)
-            grad_p, = torch.autograd.grad(log_p.sum(), z, retain_graph=self.q_sites is None)
+            if self.program is not None and self.compiled is not None:
+                x, args, _ = self.call
+                log_p, log_q = self.compiled(self.program, x, tuple(args), z, self.layout.key,
+                                             self.pdim)
+            else:
+                log_p, log_q = self._densities(self.layout.unflatten(z))
+            grad_p, = torch.autograd.grad(log_p.sum(), z, retain_graph=True)
             grad_q, = torch.autograd.grad(log_q.sum(), z)
         return log_p.detach(), log_q.detach(), grad_p, grad_q
 
@@ -140,11 +200,11 @@ class StepSizePilot:
         """ε(τ) for the main run: the pilot's ε at the nearest τ it visited."""
         if not self.temperatures:
             return self.current
-        temperatures = torch.tensor(self.temperatures, dtype=torch.float64)
-        table = torch.stack(self.table)
+        temperatures, table = self.temperatures, torch.stack(self.table)
 
         def step_size(t: int, tau: float) -> torch.Tensor:
-            return table[int(torch.argmin((temperatures - tau).abs()))].exp()
+            nearest = min(range(len(temperatures)), key=lambda i: abs(temperatures[i] - tau))
+            return table[nearest].exp()
 
         return step_size
 

@@ -35,6 +35,31 @@ class Encoder(Host, Protocol):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]: ...
 
 
+@runtime_checkable
+class Program(Host, Protocol):
+    """A host whose pair ``model``/``guide`` has a plain twin when ``plain_program`` is True:
+    ``plain_sites(x, idx, latent_scale=..., values=...)`` returns the (guide, model)
+    :class:`~pvae.infer.sites.Site` s the pair traces, computed without Pyro."""
+
+    model: Callable
+    guide: Callable
+    plain_program: bool
+
+    def plain_sites(self, x: torch.Tensor, idx: torch.Tensor | None = None, *,
+                    latent_scale, particles: int | None = None,
+                    values: dict | None = None) -> tuple[list, list]: ...
+
+
+def plain_twin(host: Host | None, model: Callable, guide: Callable, call: tuple
+               ) -> Program | None:
+    """``host`` when it is a :class:`Program` whose plain twin computes ``model``/``guide`` on
+    ``call`` = (x, args, kwargs) (its own pair, x and at most the indices), else None."""
+    _, args, kwargs = call
+    if not isinstance(host, Program) or not host.plain_program or kwargs or len(args) > 1:
+        return None
+    return host if model == host.model and guide == host.guide else None
+
+
 def map_examples(fn: Callable, x: torch.Tensor, *args, **kwargs
                  ) -> tuple[torch.Tensor, tuple, dict]:
     """``fn`` of ``x`` and of every tensor in ``args``/``kwargs`` whose leading dim is len(x)."""
@@ -60,6 +85,24 @@ def prepare_examples(host: Host | None, x: torch.Tensor, *args, **kwargs
         return x, args, kwargs
     host.check_data(x)
     return map_examples(lambda a: a.to(host.device), x, *args, **kwargs)
+
+
+class HostCopy:
+    """A copy of a tensor to the host, started now and read by :meth:`numpy` later: on CUDA a
+    non-blocking copy into pinned memory and an event, so the device's queue never drains."""
+
+    def __init__(self, t: torch.Tensor):
+        self.event = None
+        self.value = t.detach().to("cpu", non_blocking=True)
+        if t.device.type == "cuda":
+            self.event = torch.cuda.Event()
+            self.event.record(torch.cuda.current_stream(t.device))
+
+    def numpy(self):
+        """The values, once the copy is done (it waits on the copy alone)."""
+        if self.event is not None:
+            self.event.synchronize()
+        return self.value.numpy()
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 ≈ mean_k log w_k and PSIS k-hat, from the guide, or from a q* fitted to each example: ½q + ½q*
 (``"refined"``), or ½q* + ½t₃(q*) with L[q*] as the ELBO (``"local"``, a model without
 encoder) (the math: docs/evaluation.rst, docs/amortization.rst)."""
+import itertools
 import logging
 import math
 import time
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..checks import check_count
 from ..errors import ConfigError
-from .host import Encoder, Host, map_examples, prepare_examples
+from .host import Encoder, Host, HostCopy, map_examples, prepare_examples
 from .localfit import TAILS, LocalFit, fit_local
 from .logweights import check_pair, default_chunk_size, log_weights
 from .results import KHAT_BAD, Estimate, psis_khat
@@ -138,21 +139,25 @@ def importance_sampling(model: Callable, guide: Callable, x: torch.Tensor, *args
     batch_size = check_count("batch_size", batch_size)
     num_samples, x, batches = _batches(model, guide, x, args, kwargs, num_samples, chunk_size,
                                        batch_size, host)
-    rows = []  # per batch: log p(x), ELBO, ESS and k-hat of its examples
+    rows, khats, copies = [], [], []  # per batch: log p(x), ELBO, ESS (device), k-hat (host)
     with torch.no_grad(), pyro.validation_enabled(False), \
             tqdm(total=x.shape[0], disable=not progress, desc=f"log p(x), K={num_samples}",
                  unit="ex") as bar:
-        for lw in batches:
-            lse = torch.logsumexp(lw, dim=0)
-            ess = torch.exp(2 * lse - torch.logsumexp(2 * lw, dim=0))
-            rows.append([t.cpu().numpy() for t in (lse - math.log(num_samples), lw.mean(0), ess)]
-                        + [psis_khat(lw.T.cpu().numpy())])
-            bar.update(lw.shape[1])
-    log_px, elbo, ess, khat = map(np.concatenate, zip(*rows))
+        for lw in itertools.chain(batches, [None]):  # k-hat one batch behind: no queue drains
+            if lw is not None:
+                lse = torch.logsumexp(lw, dim=0)
+                ess = torch.exp(2 * lse - torch.logsumexp(2 * lw, dim=0))
+                rows.append((lse - math.log(num_samples), lw.mean(0), ess))
+                copies.append(HostCopy(lw.T))
+            if len(copies) > (lw is not None):
+                done = copies.pop(0).numpy()
+                khats.append(psis_khat(done))
+                bar.update(done.shape[0])
+    log_px, elbo, ess = (torch.cat(column).cpu().numpy() for column in zip(*rows))
     if proposal == "local":
         elbo = fit.elbo.detach().cpu().double().numpy()
-    result = EvalResult(log_px, elbo, ess, khat, num_samples=num_samples, proposal=proposal,
-                        fit=fit, seconds=time.perf_counter() - start,
+    result = EvalResult(log_px, elbo, ess, np.concatenate(khats), num_samples=num_samples,
+                        proposal=proposal, fit=fit, seconds=time.perf_counter() - start,
                         cpu_seconds=time.process_time() - cpu)
     if result.khat_frac_bad > 0:
         logger.warning(

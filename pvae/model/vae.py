@@ -11,6 +11,7 @@ from torch import nn
 
 from ..distributions import shared_flows
 from ..errors import ConfigError, DataError
+from ..infer.sites import Site, SiteRecorder
 from .config import VAEConfig, check_beta
 from .hierarchy import TOP_SITE
 from .parts import Guide, Likelihood, Prior
@@ -140,22 +141,55 @@ class VAE(PyroModule):
             self._param_statements("prior", "likelihood", "upper")
         pz = self.prior()
         with self._plate(x, idx):
-            with beta_handler(self.kl_weight):
-                if self.upper is not None:
-                    pz = self.upper.conditional(pyro.sample(TOP_SITE, pz))
-                z = pyro.sample("z", pz)
-            pyro.sample("x", self.likelihood(z), obs=x)
-        return z
+            return self._model_program(pz, x, self._pyro_sample)
 
     def guide(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         """z ~ q(z|x) (two layers: then z2 ~ q(z2|z)) in the ``"data"`` plate; returns z."""
         if not self._direct:
             self._param_statements("q", "upper")
-        with self._plate(x, idx), beta_handler(self.kl_weight):
-            z = pyro.sample("z", self.q(x, idx))
-            if self.upper is not None:
-                pyro.sample(TOP_SITE, self.upper.posterior(z))
+        with self._plate(x, idx):
+            return self._guide_program(x, idx, self._pyro_sample)
+
+    def _model_program(self, pz, x: torch.Tensor, sample) -> torch.Tensor:
+        if self.upper is not None:
+            pz = self.upper.conditional(sample(TOP_SITE, pz))
+        z = sample("z", pz)
+        sample("x", self.likelihood(z), x)
         return z
+
+    def _guide_program(self, x: torch.Tensor, idx: torch.Tensor | None, sample) -> torch.Tensor:
+        z = sample("z", self.q(x, idx))
+        if self.upper is not None:
+            sample(TOP_SITE, self.upper.posterior(z))
+        return z
+
+    def _pyro_sample(self, name: str, fn, obs: torch.Tensor | None = None) -> torch.Tensor:
+        """``pyro.sample``, a latent site scaled by :attr:`kl_weight` (the β handler)."""
+        if obs is not None:
+            return pyro.sample(name, fn, obs=obs)
+        with beta_handler(self.kl_weight):
+            return pyro.sample(name, fn)
+
+    @property
+    def plain_program(self) -> bool:
+        """Whether :meth:`plain_sites` lists what :meth:`model` and :meth:`guide` trace: they
+        are :class:`VAE`'s own, neither replaced on this instance nor overridden."""
+        return all(getattr(type(self), name) is getattr(VAE, name) and name not in self.__dict__
+                   for name in ("model", "guide", "_model_program", "_guide_program"))
+
+    def plain_sites(self, x: torch.Tensor, idx: torch.Tensor | None = None, *,
+                    latent_scale: torch.Tensor | float, particles: int | None = None,
+                    values: dict | None = None) -> tuple[list[Site], list[Site]]:
+        """The (guide, model) :class:`~pvae.infer.sites.Site` s of :meth:`guide` and
+        :meth:`model` without Pyro: z ~ q(z|x) by ``rsample`` (K = ``particles`` draws at dim
+        −2) or ``values``; ``latent_scale`` is β_t·N/B (0: masked), N/B on ``"x"``."""
+        data_scale = 1.0 if idx is None else (self.num_data or x.shape[0]) / idx.shape[0]
+        guide = SiteRecorder(latent_scale, data_scale, particles, values)
+        self._guide_program(x, idx, guide)
+        drawn = {site.name: site.value for site in guide.sites}
+        model = SiteRecorder(latent_scale, data_scale, particles, drawn)
+        self._model_program(self.prior(), x, model)
+        return guide.sites, model.sites
 
     def check_data(self, x: torch.Tensor, probabilities: bool = False) -> None:
         """DataError unless ``x`` is a finite ``(B, x_dim)`` tensor in the likelihood's support,

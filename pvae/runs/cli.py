@@ -127,7 +127,7 @@ def _record(args: argparse.Namespace, config: RunConfig, vae) -> dict:
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     _checkpoint_arguments(p, ["method", "eval_samples", "proposal", "chunk_size", "ais_steps",
-                              "ais_chains", "ais_leapfrog", *LOCAL_FIT],
+                              "ais_chains", "ais_leapfrog", "ais_compile", *LOCAL_FIT],
                           "folder for the metrics file, the per-image values and the figure "
                           "(default: the checkpoint's folder/eval)",
                           defaults={"eval_samples": 5000}, aliases=NUM_SAMPLES)

@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 PER_EXAMPLE_FILE = ESTIMATORS["is"].per_example
 _SKIP_FIELDS = {"out", "resume", "overwrite", "progress", "device", "data_dir", "chunk_size",
                 "method", "ais_steps", "ais_chains", "ais_leapfrog", "ais_subset", "x_dim",
-                "image_shape", "num_data"}
-"""Settings that change neither the trained model nor its importance-sampled numbers."""
+                "image_shape", "num_data", "compile", "ais_compile"}
+"""Settings that change neither the trained model nor its importance-sampled numbers
+(``compile``: the same loss and gradients, to float32 rounding)."""
 METRIC_FIELDS = ("test_elbo", "test_log_px", "test_log_px_stderr", "psis_khat_max",
                  "train_seconds", "train_cpu_seconds", "epochs")
 

@@ -19,7 +19,8 @@ DEFAULT_LR = 1e-3
 class TrainConfig:
     """SVI with Adam: ``epochs`` × ``batch_size``, rate ``lr``, objective ``loss`` with
     ``num_particles`` samples, β warm-up over ``beta_warmup_epochs``, a ``recipe`` compressed to
-    ``schedule_epochs`` (default ``epochs``); ``seed`` None leaves the RNGs alone."""
+    ``schedule_epochs`` (default ``epochs``); ``seed`` None leaves the RNGs alone; ``compile``
+    trains with :class:`~pvae.training.compiled.CompiledStep`."""
 
     epochs: int = setting(40, "passes over the training set", low=1)
     batch_size: int = setting(100, "examples per step (the global batch under torchrun)", low=1)
@@ -36,6 +37,9 @@ class TrainConfig:
     seed: int | None = setting(None, "seed of every RNG of the run", low=0, high=SEED_LIMIT)
     binarize: bool | None = setting(None, "binarize each training batch afresh (default: for "
                                     "a binary likelihood)")
+    compile: bool = setting(False, "train with the compiled step: Trace_ELBO's (or IWAE's) loss "
+                            "and gradients without Pyro's tracing, by torch.compile, and CUDA "
+                            "graphs on a GPU (docs: training)")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -90,9 +94,10 @@ class TrainConfig:
 
     def differences(self, saved: "TrainConfig") -> list[tuple[str, Any, Any]]:
         """``(setting, this, saved)`` for each setting in which resuming ``saved``'s run with
-        this configuration would optimise differently (``epochs`` may grow, not the horizon)."""
+        this configuration would optimise differently (``epochs`` may grow, not the horizon;
+        ``compile`` computes the same loss and gradients)."""
         keys = [f.name for f in dataclasses.fields(self)
-                if f.name not in ("epochs", "schedule_epochs", "beta_warmup_epochs")]
+                if f.name not in ("epochs", "schedule_epochs", "beta_warmup_epochs", "compile")]
         mine = {k: getattr(self, k) for k in keys}
         theirs = {k: getattr(saved, k) for k in keys}
         mine["beta_warmup_epochs"], theirs["beta_warmup_epochs"] = self.warmup, saved.warmup

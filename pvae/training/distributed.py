@@ -136,6 +136,15 @@ def all_sum(*values: float) -> tuple[float, ...]:
     return tuple(t.tolist())
 
 
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed elementwise over the ranks, float64 (``t`` itself for a single process)."""
+    if world_size() == 1:
+        return t
+    out = t.to(_comm_device(), torch.float64)
+    dist.all_reduce(out)
+    return out
+
+
 def barrier() -> None:
     """Wait until every rank reaches this point (no-op for a single process)."""
     if world_size() > 1:

@@ -28,7 +28,9 @@ from .config import TrainConfig
 from .recipes import beta_at, make_scheduler
 from .state import (EpochRecord, TrainState, data_difference, data_identity, rng_state,
                     set_rng_state)
-from .step import LossModule, make_optimizer, make_step
+from .compiled import CompiledStep
+from .guard import CHECK_EVERY, EpochLosses, diverged
+from .step import LossModule, make_capturable, make_optimizer, make_step
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -53,7 +55,7 @@ class Session:
     settings: TrainConfig
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    step: Callable[..., float]
+    step: Callable[..., torch.Tensor]
     train_x: torch.Tensor
     test_x: torch.Tensor | None
     path: Path | None
@@ -149,7 +151,8 @@ def init(vae: VAE, train_x: torch.Tensor, settings: TrainConfig, *,
     if settings.seed is not None:
         pyro.set_rng_seed((settings.seed + rank) % (SEED_LIMIT + 1))
     vae.to(dev).zero_grad(set_to_none=True)
-    optimizer = make_optimizer(vae, settings.rate, settings.adam_eps)
+    graphs = settings.compile and dev.type == "cuda" and world == 1
+    optimizer = make_optimizer(vae, settings.rate, settings.adam_eps, capturable=graphs)
     steps = round(settings.horizon * math.ceil(train_x.shape[0] / settings.batch_size))
     scheduler = make_scheduler(optimizer, settings.lr_schedule, steps)
     path, data = None if out is None else out / CHECKPOINT, data_identity(train_x)
@@ -159,6 +162,8 @@ def init(vae: VAE, train_x: torch.Tensor, settings: TrainConfig, *,
         settings = settings.replace(seed=saved.seed) if settings.seed is None else settings
         if state.scheduler:
             scheduler.load_state_dict(state.scheduler)
+        if graphs:
+            make_capturable(optimizer, dev)
     else:
         state = TrainState(0, 0, (), 0.0, {}, {}, data=data)
         if settings.seed is None:
@@ -171,18 +176,22 @@ def init(vae: VAE, train_x: torch.Tensor, settings: TrainConfig, *,
 
         module = LossModule(vae, objective, scale=world if vae.amortized else 1.0)
         ddp = DistributedDataParallel(module, device_ids=[dev] if dev.type == "cuda" else None)
-    step = make_step(vae, objective, optimizer, ddp)
+    step = _make_step(vae, settings, objective, optimizer, ddp, graphs)
     session = Session(vae, settings, optimizer, scheduler, step, train_x.to(dev),
                       None if test_x is None else test_x.to(dev), path, dict(record or {}),
                       progress and distributed.is_main(), ddp)
     return session, state
 
 
-def _diverged(what: str, epoch: int, step: int, good: Path | None) -> None:
-    kept = (f"the last good checkpoint is kept at {good}" if good and good.exists()
-            else "no checkpoint was written yet")
-    raise DivergenceError(f"training diverged at epoch {epoch}, step {step}: {what}; {kept}. "
-                          "Lower --lr, raise --batch-size, or check the data")
+def _make_step(vae: VAE, settings: TrainConfig, objective, optimizer, ddp, graphs: bool):
+    """The Pyro step, or with ``settings.compile`` the compiled one (CUDA graphs: ``graphs``)."""
+    if settings.compile and ddp is not None:
+        log.warning("--compile: data-parallel runs train with the Pyro step (the compiled step "
+                    "is not combined with DistributedDataParallel)")
+    elif settings.compile:
+        return CompiledStep(vae, settings.loss, settings.num_particles, objective, optimizer,
+                            graphs=graphs)
+    return make_step(vae, objective, optimizer, ddp)
 
 
 def _batches(session: Session, epoch: int):
@@ -205,32 +214,36 @@ def run_epoch(session: Session, state: TrainState) -> TrainState:
     plate_size = None if vae.amortized else vae.num_data
     bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{s.epochs}", leave=False,
                disable=not session.progress, dynamic_ncols=True)
-    tic, cpu_tic, total, seen = time.perf_counter(), time.process_time(), 0.0, 0
+    losses = EpochLosses(steps_per_epoch, epoch, step, session.train_x.device,
+                         session.path, session.ddp)
+    tic, cpu_tic = time.perf_counter(), time.process_time()
     with pyro.validation_enabled(False):
-        for idx, xb in bar:
-            with vae.warmup(beta_at(step, 1.0, warmup_steps)):
-                batch_loss = session.step(*((xb,) if vae.amortized else (xb, idx)))
-                kl_weight = vae.kl_weight
-            session.scheduler.step()
-            step, b = step + 1, xb.shape[0]
-            summed = batch_loss * (b / plate_size if plate_size else 1.0)  # Σ_i −ELBO_i
-            if session.ddp is not None:  # the global batch's sum; a NaN anywhere stops every rank
-                summed, b = distributed.all_sum(summed / session.ddp.module.scale, b)
-                b = int(b)
-            if not math.isfinite(summed):
-                _diverged(f"the loss is {summed}", epoch, step, session.path)
-            total, seen = total + summed, seen + b
-            if step % 10 == 0:
-                bar.set_postfix(elbo=f"{-total / seen:.2f}", beta=f"{kl_weight:.2f}")
+        try:
+            for idx, xb in bar:
+                with vae.warmup(beta_at(step, 1.0, warmup_steps)):
+                    batch_loss = session.step(*((xb,) if vae.amortized else (xb, idx)))
+                    kl_weight = vae.kl_weight
+                session.scheduler.step()
+                step, b = step + 1, xb.shape[0]
+                losses.add(batch_loss, b / plate_size if plate_size else 1.0, b)  # Σ_i −ELBO_i
+                if len(losses.factors) % CHECK_EVERY == 0:
+                    losses.check()
+                    bar.set_postfix(elbo=f"{-losses.total / losses.seen:.2f}",
+                                    beta=f"{kl_weight:.2f}")
+        except DivergenceError:
+            if session.ddp is None:  # a NaN loss before the step that raised is the first cause
+                losses.check()
+            raise
+        losses.check()
     seconds, cpu_seconds = time.perf_counter() - tic, time.process_time() - cpu_tic
     bar.close()
     bad = [n for n, p in vae.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
-        _diverged(f"parameter {bad[0]} became NaN/Inf", epoch, step, session.path)
+        diverged(f"parameter {bad[0]} became NaN/Inf", epoch, step, session.path)
     elbo = mean_elbo(vae, session.test_x) if session.test_x is not None and vae.amortized \
         else None
-    record = EpochRecord(epoch, step, kl_weight, -total / seen, elbo, seconds,
-                         session.scheduler.get_last_lr()[0], cpu_seconds)
+    record = EpochRecord(epoch, step, kl_weight, -losses.total / losses.seen, elbo, seconds,
+                         float(session.scheduler.get_last_lr()[0]), cpu_seconds)
     log.info("epoch %d: train ELBO %.2f, test ELBO %s nats/image, %.1f s", epoch,
              record.train_elbo, "n/a" if elbo is None else f"{elbo:.2f}", seconds)
     state = TrainState(epoch, step, (*state.history, record), state.train_seconds + seconds,

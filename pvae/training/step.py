@@ -5,21 +5,34 @@ from typing import Callable
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.infer.util import torch_item
 from torch import nn
 
 from ..errors import ConfigError
 from ..model.vae import VAE
 
 
-def make_optimizer(vae: VAE, lr: float, eps: float = 1e-8) -> torch.optim.Adam:
+def make_optimizer(vae: VAE, lr: float, eps: float = 1e-8,
+                   capturable: bool = False) -> torch.optim.Adam:
     """One ``torch.optim.Adam`` (fused where torch can) over the VAE's trainable parameters:
-    the update ``pyro.optim.Adam`` applies per parameter."""
+    the update ``pyro.optim.Adam`` applies per parameter. ``capturable``: safe inside a CUDA
+    graph, its learning rate a tensor on the VAE's device (the schedule fills it in place)."""
     params = [p for p in vae.parameters() if p.requires_grad]
     try:
-        return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
+        optimizer = torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
     except (RuntimeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, eps=eps)
+        optimizer = torch.optim.Adam(params, lr=lr, eps=eps)
+    if capturable:
+        make_capturable(optimizer, vae.device)
+    return optimizer
+
+
+def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Every group capturable in a CUDA graph, its learning rate a tensor on ``device`` (a
+    resumed optimiser's saved groups may hold neither)."""
+    for group in optimizer.param_groups:
+        group["capturable"] = True
+        if not isinstance(group["lr"], torch.Tensor):
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
 
 
 class LossModule(nn.Module):
@@ -34,18 +47,29 @@ class LossModule(nn.Module):
         return loss * self.scale if self.scale != 1.0 else loss
 
 
+def refuse_foreign_params(param_sites: dict, owned: set) -> None:
+    """ConfigError naming the first ``pyro.param`` site whose value is not in ``owned``."""
+    for name, site in param_sites.items():
+        value = site["value"]
+        if getattr(value, "unconstrained", lambda: value)() not in owned:
+            raise ConfigError(f"pyro.param {name!r} is not a parameter of the VAE's modules, so "
+                              "fit cannot optimise it; make it an nn.Parameter of a module or "
+                              "train with pyro.infer.SVI")
+
+
 def make_step(vae: VAE, objective: pyro.infer.ELBO, optimizer: torch.optim.Optimizer,
-              loss_module: nn.Module | None = None) -> Callable[..., float]:
-    """``step(*args) -> loss``: one gradient step on ``objective`` for ``vae``, with the loss and
-    gradients of ``pyro.infer.SVI(...).step`` and one Adam; ConfigError at the first step for a
-    ``pyro.param`` outside the VAE's modules. ``loss_module`` (DDP) all-reduces the gradients."""
+              loss_module: nn.Module | None = None) -> Callable[..., torch.Tensor]:
+    """``step(*args) -> loss`` (detached, left on the device): one gradient step on ``objective``
+    for ``vae``, with the loss and gradients of ``pyro.infer.SVI(...).step`` and one Adam;
+    ConfigError at the first step for a ``pyro.param`` outside the VAE's modules.
+    ``loss_module`` (DDP) all-reduces the gradients."""
     model, guide = vae.model, vae.guide
     compute = loss_module or (lambda *args: objective.differentiable_loss(model, guide, *args))
     owned = {p for group in optimizer.param_groups for p in group["params"]}
     optimizer.zero_grad(set_to_none=True)
     checked = False
 
-    def step(*args) -> float:
+    def step(*args) -> torch.Tensor:
         nonlocal checked
         if checked:
             with vae.direct_params():
@@ -53,17 +77,12 @@ def make_step(vae: VAE, objective: pyro.infer.ELBO, optimizer: torch.optim.Optim
         else:
             with poutine.trace(param_only=True) as capture, vae.direct_params():
                 loss = compute(*args)
-            for name, site in capture.trace.nodes.items():
-                value = site["value"]
-                if getattr(value, "unconstrained", lambda: value)() not in owned:
-                    raise ConfigError(f"pyro.param {name!r} is not a parameter of the VAE's "
-                                      "modules, so fit cannot optimise it; make it an "
-                                      "nn.Parameter of a module or train with pyro.infer.SVI")
+            refuse_foreign_params(capture.trace.nodes, owned)
             checked = True
         if loss.requires_grad:
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        return torch_item(loss)
+        return loss.detach()
 
     return step
