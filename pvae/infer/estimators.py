@@ -23,9 +23,9 @@ class EvalConfig:
                                 "is the published protocol)", low=1, metavar="K")
     proposal: str = setting("encoder", "is: draw from the encoder q(z|x), or from ½q + ½q* "
                             "with q* fitted to each image", choices=lambda: PROPOSALS)
-    chunk_size: int | None = setting(None, "latent draws (samples or chains x images) per "
-                                     "pass; bounds memory (default: by device)", low=1,
-                                     metavar="M")
+    chunk_size: int | None = setting(None, "latent draws (samples, or chains x images) per "
+                                     "pass: bounds the memory of IS and AIS (default: 8192, "
+                                     "AIS 4096; more on CUDA)", low=1, metavar="M")
     ais_steps: int = setting(500, "ais/bdmc: intermediate distributions", low=1, metavar="T")
     ais_chains: int = setting(16, "ais/bdmc: chains per image", low=1, metavar="C")
     ais_leapfrog: int = setting(10, "ais/bdmc: leapfrog steps per HMC move", low=1,
@@ -59,7 +59,7 @@ def _importance(model, guide, x, config: EvalConfig, host, progress) -> Estimate
     refine = {k: v for k, v in config.local_fit(x.shape[0]).items() if k != "init"}
     return importance_sampling(model, guide, x, num_samples=config.eval_samples,
                                chunk_size=config.chunk_size, proposal=config.proposal,
-                               refine_options=refine, host=host, progress=progress)
+                               refine_options=refine, host=host, progress=progress, warn=False)
 
 
 def _annealed(estimate: Callable[..., Estimate]) -> Callable[..., Estimate]:

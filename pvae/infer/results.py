@@ -120,6 +120,10 @@ class Estimate:
                 out[key] = _plain(value)
         return out
 
+    def warning(self) -> str | None:
+        """What a reader of the estimate must be told, in one line (None: nothing)."""
+        return None
+
     @classmethod
     def missing_metrics(cls) -> dict[str, None]:
         """The entries of :meth:`to_metrics` for an estimate that was not made: all None."""
