@@ -5,6 +5,8 @@ Without torchrun every function here is the identity of one process."""
 import contextlib
 import datetime
 import os
+import re
+import socket
 from typing import Iterator, TypeVar
 
 import numpy as np
@@ -19,8 +21,18 @@ TIMEOUT = 600.0
 T = TypeVar("T")
 
 
+TRANSPORT_FAILURE = re.compile(r"gloo|nccl|connection (closed|reset)|timed out|broken pipe|"
+                               r"by peer", re.IGNORECASE)
+"""What the message of a collective that lost a rank says."""
+
+
 class RankFailed(PvaeError):
     """Another rank of a data-parallel run failed; its own error line names the cause."""
+
+
+class RankLost(PvaeError):
+    """Another rank of a data-parallel run stopped answering (killed, frozen, its machine gone)
+    while this one waited for it in a collective."""
 
 
 def timeout() -> float:
@@ -33,8 +45,8 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {text!r}; torchrun sets it") \
-            from None
+        raise ConfigError(f"{name} must be a whole number, got {text!r}; unset it, or let "
+                          "torchrun set it") from None
 
 
 def env_world_size() -> int:
@@ -72,24 +84,73 @@ def process_group(device_type: str = "cpu") -> Iterator[int]:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout()))
     try:
-        yield world_size()
-        # every rank is done before any leaves: rank 0 hosts the store the others still use
-        # while they tear down (a rank whose store vanished aborts the process)
-        dist.barrier()
+        peers: list = [None] * world_size()
+        dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))
+        try:
+            yield world_size()
+            # every rank is done before any leaves: rank 0 hosts the store the others still
+            # use while they tear down (a rank whose store vanished aborts the process)
+            dist.barrier()
+        except RuntimeError as err:
+            if not TRANSPORT_FAILURE.search(str(err)):
+                raise
+            raise RankLost(lost_message(peers, err), "resume") from None
     finally:
         dist.destroy_process_group()
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if device == "auto":
+def _process_state(pid: int) -> str | None:
+    """"exited" or "stopped (frozen)" for a process of this machine, None if it runs."""
+    if os.path.isdir("/proc/self"):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return "exited"
+        return {"Z": "exited", "X": "exited", "T": "stopped (frozen)",
+                "t": "stopped (frozen)"}.get(state)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "exited"
+    except OSError:
+        pass
+    return None
+
+
+def lost_message(peers: list[tuple[str, int]], err: BaseException) -> str:
+    """The one line a surviving rank says when a collective failed: which rank was lost (of
+    ``peers``, each rank's (host, pid)), the transport's reason, and how to go on."""
+    here, world = socket.gethostname(), len(peers)
+    lost = [f"rank {r} of {world} (pid {pid}) " + ("has exited" if state == "exited" else
+                                                   f"is {state}")
+            for r, (host, pid) in enumerate(peers)
+            if r != rank() and host == here and (state := _process_state(pid))]
+    elsewhere = sorted({host for host, _ in peers if host != here})
+    who = " and ".join(lost) or (f"a rank on {', '.join(elsewhere)} stopped answering"
+                                 if elsewhere else "another rank stopped answering")
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", str(err).strip().splitlines()[0]).split(". ")[0]
+    return (f"{who} ({reason}), so rank {rank()} stops too; the checkpoint of the last completed "
+            "epoch is intact: rerun with resume=True (the same command and settings) to continue")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The one device check of every entry point: ``auto`` is CUDA when available, else CPU;
+    ``cuda`` or ``cuda:N`` without that GPU, or any other name, is a ConfigError."""
+    name = str(device)
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}", "device")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked for but torch sees no CUDA device; use device "
-                          "cpu or auto", "device")
-    return torch.device(device)
+    if name not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}", "device")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} was asked for but torch sees no CUDA device; use "
+                          "device cpu or auto", "device")
+    chosen = torch.device(name)
+    if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name} was asked for but torch sees "
+                          f"{torch.cuda.device_count()} GPU(s), cuda:0 to "
+                          f"cuda:{torch.cuda.device_count() - 1}", "device")
+    return chosen
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
