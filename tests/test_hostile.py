@@ -215,6 +215,12 @@ CLI_CASES = [
         "evaluate", "--checkpoint", r / "checkpoint.pt", "--out", t / "e", "--dataset",
         _npz(t, x=np.zeros((30, 20, 24), np.uint8))],
      "trained on 28×28 images and .*d.npz's are 20×24"),
+    ("conv-channels-zero", lambda r, m, t: ["train", "--data-dir", m, "--out", t / "o", *TINY,
+                                            "--guide", "conv", "--conv-channels", 0],
+     "--conv-channels must be an integer >= 1, got 0"),
+    ("device-cuda-without-gpu", lambda r, m, t: _without_gpu(
+        ["evaluate", "--checkpoint", r / "checkpoint.pt", "--device", "cuda"]),
+     "--device cuda was asked for but torch sees no GPU; use --device cpu or auto"),
 ]
 
 
@@ -232,6 +238,12 @@ def _write(path: Path, data: bytes) -> Path:
 def _old(tmp: Path) -> Path:
     old_format_file(tmp / "old.pt", tmp / "ran")
     return tmp / "old.pt"
+
+
+def _without_gpu(args: list) -> list:
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a GPU here")
+    return args
 
 
 def _npz(tmp: Path, **arrays) -> Path:

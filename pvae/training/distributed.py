@@ -143,8 +143,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if name not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}", "device")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name} was asked for but torch sees no CUDA device; use "
-                          "device cpu or auto", "device")
+        raise ConfigError(f"device {name} was asked for but torch sees no GPU; use device cpu "
+                          "or auto", "device")
     chosen = torch.device(name)
     if chosen.index is not None and chosen.index >= torch.cuda.device_count():
         raise ConfigError(f"device {name} was asked for but torch sees "
