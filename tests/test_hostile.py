@@ -641,41 +641,58 @@ def test_what_an_earlier_sweep_found_wrong_now_works(finished, tmp_path, request
 
 
 INTERRUPTED = "no results were written and the checkpoint is unchanged; rerun the command"
+
+
+def evaluate_is(run: Path, mnist_dir: Path, tmp: Path) -> list:
+    return ["evaluate", "--checkpoint", run / "checkpoint.pt", "--data-dir", mnist_dir,
+            "--out", tmp / "e", "--num-samples", 1000]
+
+
 INTERRUPT_CASES = [
-    ("evaluate-is", lambda r, m, t: ["evaluate", "--checkpoint", r / "checkpoint.pt",
-                                     "--data-dir", m, "--out", t / "e", "--num-samples", 1000],
-     INTERRUPTED),
+    ("evaluate-is", evaluate_is, signal.SIGINT, f"interrupted: {INTERRUPTED}", 130),
     ("evaluate-ais", lambda r, m, t: ["evaluate", "--checkpoint", r / "checkpoint.pt",
                                       "--data-dir", m, "--out", t / "e", "--method", "ais",
-                                      "--ais-steps", 5000], INTERRUPTED),
+                                      "--ais-steps", 5000],
+     signal.SIGINT, f"interrupted: {INTERRUPTED}", 130),
     ("gap", lambda r, m, t: ["gap", "--checkpoint", r / "checkpoint.pt", "--data-dir", m,
-                             "--out", t / "e"], INTERRUPTED),
+                             "--out", t / "e"], signal.SIGINT, f"interrupted: {INTERRUPTED}", 130),
+    ("evaluate-sigterm", evaluate_is, signal.SIGTERM, f"terminated (SIGTERM): {INTERRUPTED}",
+     143),
 ]
 
 
-@pytest.mark.parametrize("case, build, message", INTERRUPT_CASES,
+def heed_ctrl_c():
+    """In the child: SIGINT as a terminal gives it (a suite run in the background, under nohup
+    or CI, ignores it and would pass that on)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("case, build, how, message, status", INTERRUPT_CASES,
                          ids=[c[0] for c in INTERRUPT_CASES])
-def test_ctrl_c_while_evaluating_says_what_is_kept(finished, tmp_path, case, build, message):
-    """SIGINT once the command logs its progress (so it is evaluating): one line, exit 130."""
+def test_ctrl_c_while_evaluating_says_what_is_kept(finished, tmp_path, case, build, how, message,
+                                                   status):
+    """SIGINT (Ctrl-C) or SIGTERM (kill, a scheduler) once the command logs its progress (so it
+    is evaluating): one line that says what is kept, exit 130 or 143."""
     run, mnist_dir = finished
     runs = kept_runs(run, tmp_path)
     before = [snapshot(r) for r in runs]
     proc = subprocess.Popen(command(*build(run, Path(mnist_dir), tmp_path), "--device", "cpu"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env=environment(PVAE_PROGRESS_SECONDS="0.2"))
+                            env=environment(PVAE_PROGRESS_SECONDS="0.2"),
+                            preexec_fn=heed_ctrl_c)
     seen, deadline = "", time.monotonic() + 240
     try:
         while time.monotonic() < deadline and not re.search(r"\d+/\d+ \w+ \(\d+%\)", seen):
             if select.select([proc.stderr], [], [], 1)[0]:
                 seen += proc.stderr.readline()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(how)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert re.search(r"\d+/\d+ \w+ \(\d+%\)", seen), seen[-2000:]
     lines = err.strip().splitlines()
-    assert proc.returncode == 130, (proc.returncode, err[-2000:])
-    assert lines[-1] == f"interrupted: {message}" and "Traceback" not in seen + err, err[-2000:]
+    assert proc.returncode == status, (proc.returncode, err[-2000:])
+    assert lines[-1] == message and "Traceback" not in seen + err, err[-2000:]
     assert not (tmp_path / "e").exists() or not list((tmp_path / "e").glob("*.json"))
     assert [snapshot(r) for r in runs] == before
 
@@ -697,7 +714,7 @@ def _rank(rank, fn, port, out, args):
     from pvae.runs.flags import as_flags
 
     try:
-        with distributed.process_group("cpu"):
+        with distributed.process_group("cpu", out / "run" / "checkpoint.pt"):
             fn(rank, out, *args)
         outcome = "finished"
     except PvaeError as err:
@@ -764,8 +781,8 @@ def _score_with_heavy_tails(rank, out):
     estimate("is", vae, sample_data(W, b, sigma, 40), EvalConfig(eval_samples=200))
 
 
-LOST = ", so rank 0 stops too; the checkpoint of the last completed epoch is intact: rerun " \
-       r"with --resume \(the same command and settings\) to continue"
+LOST = r", so rank 0 stops too; \S+/run/checkpoint.pt, of the last completed epoch, is " \
+       r"intact: rerun with --resume \(the same command and settings\) to continue"
 
 
 @pytest.mark.parametrize("how, says", [("kill", r"has exited \(.*(reset|closed) by peer"),

@@ -4,7 +4,9 @@ stderr and exit status 2."""
 import argparse
 import logging
 import math
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -44,21 +46,41 @@ INTERRUPTED = {
 """What Ctrl-C leaves behind, by command."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a job scheduler, torchrun stopping the ranks left), raised where the
+    run is, so that it stops as it does on Ctrl-C."""
+
+
+def _terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the run is stopping already
+    raise Terminated("this rank was sent SIGTERM")
+
+
 def run_guarded(fn: Callable[[], int], command: str = "train") -> int:
-    """Run ``fn``, the work of ``command``; print a PvaeError as one line (exit 2), Ctrl-C as
-    one line that says what is kept (exit 130). Under torchrun only rank 0 logs progress; every
-    rank prints its errors."""
+    """Run ``fn``, the work of ``command``; print a PvaeError as one line (exit 2), Ctrl-C or
+    SIGTERM as one line that says what is kept (exit 130 or 143). Under torchrun only rank 0
+    logs progress; every rank prints its errors."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         logging.basicConfig(format="%(message)s", level=logging.INFO
                             if distributed.env_rank() == 0 else logging.WARNING)
         progress.interval()  # PVAE_PROGRESS_SECONDS, checked before any work
         return int(fn() or 0)
     except PvaeError as err:
+        if main_thread:  # a SIGTERM now (torchrun stopping the ranks left) cuts no line short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print(f"error: {as_flags(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"interrupted: {INTERRUPTED[command]}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        print(f"{how}: {INTERRUPTED[command]}", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

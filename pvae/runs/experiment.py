@@ -16,7 +16,7 @@ from ..infer.importance import EvalResult
 from ..model.likelihoods import LIKELIHOODS
 from ..model.vae import VAE
 from ..training import distributed
-from ..training.loop import fit, resolve_device
+from ..training.loop import CHECKPOINT, fit, resolve_device
 from ..training.state import TrainState, train_cpu_seconds
 from .config import RunConfig
 from .evaluation import draw, estimate, plan, versions, write, write_json
@@ -34,7 +34,7 @@ def workspace(config: RunConfig) -> Iterator[tuple[Path, torch.device, int]]:
     """``(out, device, world size)``: the run folder (locked by rank 0, which alone writes),
     this rank's device, and the process group of a torchrun run (W = 1 without one)."""
     device = resolve_device(config.device)
-    with distributed.process_group(device.type) as world:
+    with distributed.process_group(device.type, Path(config.out) / CHECKPOINT) as world:
         folder = run_lock(config.out) if distributed.is_main() else \
             contextlib.nullcontext(Path(config.out))
         with folder as out:

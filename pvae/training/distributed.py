@@ -7,6 +7,8 @@ import datetime
 import os
 import re
 import socket
+import time
+from pathlib import Path
 from typing import Iterator, TypeVar
 
 import numpy as np
@@ -65,9 +67,12 @@ def env_local_rank() -> int:
 
 
 @contextlib.contextmanager
-def process_group(device_type: str = "cpu") -> Iterator[int]:
+def process_group(device_type: str = "cpu", checkpoint: str | Path | None = None
+                  ) -> Iterator[int]:
     """Join torchrun's process group (NCCL for CUDA, each rank on GPU ``LOCAL_RANK``, else
-    gloo) if it has several ranks and none is joined; leave it on exit. Yields the world size."""
+    gloo) if it has several ranks and none is joined; leave it on exit. Yields the world size.
+    A rank lost on the way (a collective that failed, or torchrun stopping this one) is a
+    :class:`RankLost` that names it and says what ``checkpoint`` (the run's) holds."""
     if env_world_size() == 1 or (dist.is_available() and dist.is_initialized()):
         yield world_size()
         return
@@ -91,10 +96,15 @@ def process_group(device_type: str = "cpu") -> Iterator[int]:
             # every rank is done before any leaves: rank 0 hosts the store the others still
             # use while they tear down (a rank whose store vanished aborts the process)
             dist.barrier()
-        except RuntimeError as err:
-            if not TRANSPORT_FAILURE.search(str(err)):
+        except (RuntimeError, KeyboardInterrupt) as err:
+            try:  # a signal counts when torchrun stops us for a lost rank
+                lost = lost_ranks(peers)
+            except KeyboardInterrupt:  # torchrun stopping this rank while it looks
+                lost = lost_ranks(peers, wait=0)
+            if not (lost if isinstance(err, KeyboardInterrupt) else
+                    TRANSPORT_FAILURE.search(str(err))):
                 raise
-            raise RankLost(lost_message(peers, err), "resume") from None
+            raise RankLost(lost_message(peers, lost, err, checkpoint), "resume") from None
     finally:
         dist.destroy_process_group()
 
@@ -118,20 +128,42 @@ def _process_state(pid: int) -> str | None:
     return None
 
 
-def lost_message(peers: list[tuple[str, int]], err: BaseException) -> str:
-    """The one line a surviving rank says when a collective failed: which rank was lost (of
-    ``peers``, each rank's (host, pid)), the transport's reason, and how to go on."""
-    here, world = socket.gethostname(), len(peers)
-    lost = [f"rank {r} of {world} (pid {pid}) " + ("has exited" if state == "exited" else
-                                                   f"is {state}")
+def lost_ranks(peers: list[tuple[str, int]], wait: float = 2.0) -> list[str]:
+    """The ranks of this machine among ``peers`` (each rank's (host, pid)) that have exited or
+    are stopped, e.g. ``rank 1 of 2 (pid 4242) has exited``, looked at for up to ``wait``
+    seconds (a killed process closes its sockets before it is seen to exit)."""
+    here, deadline = socket.gethostname(), time.monotonic() + wait
+    while True:
+        lost = [f"rank {r} of {len(peers)} (pid {pid}) " + (
+            "has exited" if state == "exited" else f"is {state}")
             for r, (host, pid) in enumerate(peers)
             if r != rank() and host == here and (state := _process_state(pid))]
+        if lost or time.monotonic() > deadline:
+            return lost
+        time.sleep(0.1)
+
+
+def lost_message(peers: list[tuple[str, int]], lost: list[str], err: BaseException,
+                 checkpoint: str | Path | None = None) -> str:
+    """The one line a surviving rank says when a collective failed or it was stopped: the
+    ranks ``lost`` (else the hosts of ``peers`` it could not look at), the reason ``err``
+    gives, and how to go on from ``checkpoint`` (the run's, if known)."""
+    here = socket.gethostname()
     elsewhere = sorted({host for host, _ in peers if host != here})
     who = " and ".join(lost) or (f"a rank on {', '.join(elsewhere)} stopped answering"
                                  if elsewhere else "another rank stopped answering")
-    reason = re.sub(r"^\[[^\]]*\]\s*", "", str(err).strip().splitlines()[0]).split(". ")[0]
-    return (f"{who} ({reason}), so rank {rank()} stops too; the checkpoint of the last completed "
-            "epoch is intact: rerun with resume=True (the same command and settings) to continue")
+    text = str(err).strip() or ("this rank was interrupted" if isinstance(err, KeyboardInterrupt)
+                                else type(err).__name__)
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0]).split(". ")[0]
+    if checkpoint is None:
+        kept = "the checkpoints written so far are intact: rerun with resume=True (the same " \
+               "command and settings) to continue"
+    elif Path(checkpoint).exists():
+        kept = f"{checkpoint}, of the last completed epoch, is intact: rerun with resume=True " \
+               "(the same command and settings) to continue"
+    else:
+        kept = "no epoch had finished, so no checkpoint was written: rerun the command"
+    return f"{who} ({reason}), so rank {rank()} stops too; {kept}"
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
