@@ -713,6 +713,8 @@ def _rank(rank, fn, port, out, args):
     from pvae import distributed
     from pvae.runs.flags import as_flags
 
+    if rank == 1 and getattr(fn, "rank_1_freezes_as_it_starts", False):
+        os.kill(os.getpid(), signal.SIGSTOP)
     try:
         with distributed.process_group("cpu", out / "run" / "checkpoint.pt"):
             fn(rank, out, *args)
@@ -802,6 +804,24 @@ def test_a_lost_rank_is_one_line_and_the_checkpoint_resumes(tmp_path, how, says)
                 batch_size=16, out_dir=tmp_path / "run", resume=True, device="cpu", seed=7,
                 progress=False)
     assert state.epoch == 2 and math.isfinite(state.history[-1].train_elbo)
+
+
+def _never_trains(rank, out):
+    """Rank 1 is stopped (frozen) before it joins the process group, so no rank gets here."""
+    raise AssertionError(f"rank {rank} joined a group whose rank 1 is frozen")
+
+
+_never_trains.rank_1_freezes_as_it_starts = True
+
+
+def test_a_rank_frozen_as_it_starts_is_one_line(tmp_path):
+    """Rank 1 frozen before the process group is formed: rank 0 gives up after the timeout
+    (5 s) with one line instead of the store's DistStoreError."""
+    outcomes = two_ranks(_never_trains, tmp_path)
+    assert re.fullmatch(r"RankLost: one of the 2 ranks did not join the run \((?i:.*time.*)\), "
+                        r"so rank 0 stops too; no epoch had run: rerun the command", outcomes[0]), \
+        outcomes
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_sharded_khat_warning_is_said_once_with_the_total(tmp_path):

@@ -23,8 +23,8 @@ TIMEOUT = 600.0
 T = TypeVar("T")
 
 
-TRANSPORT_FAILURE = re.compile(r"gloo|nccl|connection (closed|reset)|timed out|broken pipe|"
-                               r"by peer", re.IGNORECASE)
+TRANSPORT_FAILURE = re.compile(r"gloo|nccl|connection (closed|reset)|timed out|timeout|"
+                               r"broken pipe|by peer", re.IGNORECASE)
 """What the message of a collective that lost a rank says."""
 
 
@@ -87,10 +87,8 @@ def process_group(device_type: str = "cpu", checkpoint: str | Path | None = None
     backend = "nccl" if device_type == "cuda" else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout()))
+    peers = _join(backend)
     try:
-        peers: list = [None] * world_size()
-        dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))
         try:
             yield world_size()
             # every rank is done before any leaves: rank 0 hosts the store the others still
@@ -107,6 +105,33 @@ def process_group(device_type: str = "cpu", checkpoint: str | Path | None = None
             raise RankLost(lost_message(peers, lost, err, checkpoint), "resume") from None
     finally:
         dist.destroy_process_group()
+
+
+def _join(backend: str) -> list[tuple[str, int]]:
+    """Start the process group; each rank's (host, pid). A rank that does not join within
+    ``PVAE_DIST_TIMEOUT`` seconds (killed or frozen as it starts) is a :class:`RankLost`."""
+    started = False
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout()))
+        started = True
+        peers: list = [None] * world_size()
+        dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))
+        return peers
+    except RuntimeError as err:
+        if started:
+            dist.destroy_process_group()
+        if not TRANSPORT_FAILURE.search(str(err)):
+            raise
+        raise RankLost(f"one of the {env_world_size()} ranks did not join the run "
+                       f"({_reason(err)}), so rank {env_rank()} stops too; no epoch had run: "
+                       "rerun the command") from None
+
+
+def _reason(err: BaseException) -> str:
+    """The first sentence of ``err``'s message, without a ``[file:line]`` prefix."""
+    text = str(err).strip() or ("this rank was interrupted" if isinstance(err, KeyboardInterrupt)
+                                else type(err).__name__)
+    return re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0]).split(". ")[0]
 
 
 def _process_state(pid: int) -> str | None:
@@ -152,9 +177,7 @@ def lost_message(peers: list[tuple[str, int]], lost: list[str], err: BaseExcepti
     elsewhere = sorted({host for host, _ in peers if host != here})
     who = " and ".join(lost) or (f"a rank on {', '.join(elsewhere)} stopped answering"
                                  if elsewhere else "another rank stopped answering")
-    text = str(err).strip() or ("this rank was interrupted" if isinstance(err, KeyboardInterrupt)
-                                else type(err).__name__)
-    reason = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0]).split(". ")[0]
+    reason = _reason(err)
     if checkpoint is None:
         kept = "the checkpoints written so far are intact: rerun with resume=True (the same " \
                "command and settings) to continue"
