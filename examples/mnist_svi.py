@@ -29,11 +29,12 @@ def main(argv=None) -> int:
         # an atomic checkpoint after every epoch (--resume continues from it).
         state = fit(vae, data.train_x, config.train, test_x=data.test_x, out_dir=out,
                     resume=config.resume, overwrite=config.overwrite, device=str(device),
-                    progress=config.progress and sys.stderr.isatty(), record=config.to_dict())
+                    progress=config.progress, record=config.to_dict())
         # log p(x) ≈ logsumexp_k [log p(x, z_k) − log q(z_k|x)] − log K with PSIS k-hat on
         # the test set; AIS and BDMC as well with --method ais|bdmc.
         metrics = experiment.training_metrics(state)
-        metrics.update(experiment.evaluate_model(vae, data.test_x.to(device), config, out))
+        metrics.update(experiment.evaluate_model(vae, data.test_x.to(device), config, out,
+                                                 config.progress and distributed.is_main()))
         metrics = experiment.finish(vae, data, state, metrics, config, out, world)
     if distributed.env_rank() == 0:  # under torchrun, rank 0 reports
         print(cli.summary(metrics))

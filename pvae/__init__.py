@@ -30,8 +30,8 @@ from .training.step import make_optimizer, make_step
 
 __version__ = "0.3.0"
 
-LAYERS = (("errors", "checks", "files", "distributions"), ("infer",), ("model",), ("data",),
-          ("training",), ("runs",), ("evaluate", "__main__"))
+LAYERS = (("errors", "checks", "files", "distributions", "progress"), ("infer",), ("model",),
+          ("data",), ("training",), ("runs",), ("evaluate", "__main__"))
 """The package's floors, bottom first: a module imports only from its own floor's earlier
 entries (the helpers) or from floors below; inside a folder, from its own folder too."""
 

@@ -2,7 +2,13 @@
 
 
 class PvaeError(Exception):
-    """Base class: an error a user can fix; the CLI prints it without a traceback."""
+    """Base class: an error a user can fix; the CLI prints it without a traceback. ``fields``
+    are the arguments the message names (written as Python's ``name`` or ``name=True``), which
+    the command line shows as its flags."""
+
+    def __init__(self, message: str, *fields: str):
+        super().__init__(message)
+        self.fields = fields
 
 
 class DataError(PvaeError, ValueError):
@@ -10,12 +16,7 @@ class DataError(PvaeError, ValueError):
 
 
 class ConfigError(PvaeError, ValueError):
-    """A nonsensical flag or argument, such as an unknown prior name. ``fields`` are the
-    configuration fields the message names, which the command line shows as its flags."""
-
-    def __init__(self, message: str, *fields: str):
-        super().__init__(message)
-        self.fields = fields
+    """A nonsensical flag or argument, such as an unknown prior name."""
 
 
 class CheckpointError(PvaeError):

@@ -39,7 +39,7 @@ def atomic_write(path: str | Path, data: bytes) -> None:
                 f"no {path.name} was written"
             raise StorageError(f"the disk holding {path.parent} is full ({err.strerror}) while "
                                f"writing {path.name}; {kept}. Free some space and rerun "
-                               "(with --resume to continue training)") from err
+                               "(with resume=True to continue training)", "resume") from err
         raise
 
 

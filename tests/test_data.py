@@ -76,7 +76,7 @@ def test_minibatches_cover_the_epoch_and_binarize_afresh():
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(train_subset=0), "--train-subset"),
+    (dict(train_subset=0), "train_subset must be a positive number"),
     (dict(test_subset=10001), "larger than the 10000"),
 ])
 def test_bad_subsets_are_named(mnist_dir, kw, message):
@@ -149,7 +149,7 @@ def test_damaged_raw_files_are_refused(mnist_dir, tmp_path, name, how, problem):
     with pytest.raises(DataError) as err:
         data.load_mnist(tmp_path, train_subset=10, test_subset=10)
     assert str(err.value).startswith(f"{raw / name} does not match MNIST ({problem}")
-    assert str(err.value).endswith(f"delete the folder {tmp_path / 'MNIST'} under --data-dir and "
+    assert str(err.value).endswith(f"delete the folder {tmp_path / 'MNIST'} under data_dir and "
                                    "run again to fetch it afresh")
     assert (raw / name).read_bytes() == damaged  # refused, not deleted or repaired
     mnist.check_raw_files(mnist_dir)  # the shared copy is untouched

@@ -69,7 +69,7 @@ def test_iwae_is_registered_and_make_loss_validates():
     assert isinstance(make_loss("iwae", 4), IWAE) and make_loss("iwae", 4).num_particles == 4
     with pytest.raises(ConfigError, match="unknown loss"):
         make_loss("renyi")
-    with pytest.raises(ConfigError, match="num-particles"):
+    with pytest.raises(ConfigError, match="num_particles must be >= 1"):
         make_loss("iwae", 0)
 
 

@@ -222,7 +222,7 @@ def _imports(path: Path) -> list[tuple[str, list[str]]]:
 
 def test_the_log_weights_and_local_fits_import_no_model_code():
     allowed = {"logweights": {"torch", "pyro", "..errors", ".host"},
-               "localfit": {"torch", "pyro", "tqdm", "..checks", "..distributions", "..errors",
+               "localfit": {"torch", "pyro", "..progress", "..checks", "..distributions", "..errors",
                             ".host", ".logweights", "time"}}
     for name, ok in allowed.items():
         for module, _ in _imports(PVAE / "infer" / f"{name}.py"):

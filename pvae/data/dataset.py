@@ -21,13 +21,14 @@ class Dataset:
     image_shape: tuple[int, ...]
 
 
-def check_subset(flag: str, n: int | None, total: int | None, source: str = "") -> None:
-    """DataError unless ``n`` (a ``--*-subset`` flag's value) is None or 1 ≤ n ≤ ``total``."""
+def check_subset(name: str, n: int | None, total: int | None, source: str = "") -> None:
+    """DataError unless ``n`` (the argument ``name``, e.g. ``train_subset``) is None or
+    1 ≤ n ≤ ``total``."""
     if n is not None and int(n) < 1:
-        raise DataError(f"{flag} must be a positive number of examples, got {n}")
+        raise DataError(f"{name} must be a positive number of examples, got {n}", name)
     if n is not None and total is not None and int(n) > total:
-        raise DataError(f"{flag} {n} is larger than the {total} examples available"
-                        + (f" in {source}" if source else ""))
+        raise DataError(f"{name} {n} is larger than the {total} examples available"
+                        + (f" in {source}" if source else ""), name)
 
 
 def binarize_once(x: torch.Tensor) -> torch.Tensor:

@@ -63,7 +63,8 @@ def check_raw_files(data_dir: str | Path) -> None:
             problem = f"unreadable: {err.strerror or err}"
         if problem:
             raise DataError(f"{path} does not match MNIST ({problem}); delete the folder "
-                            f"{raw.parent} under --data-dir and run again to fetch it afresh")
+                            f"{raw.parent} under data_dir and run again to fetch it afresh",
+                            "data_dir")
 
 
 def network_timeout() -> float:
@@ -142,7 +143,7 @@ def _fetch(data_dir: Path) -> None:
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DataError(f"cannot create --data-dir {data_dir}: {err}") from err
+        raise DataError(f"cannot create data_dir {data_dir}: {err}", "data_dir") from err
     log.info("MNIST not found in %s; trying torchvision's download", raw_dir(data_dir))
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)

@@ -1,5 +1,8 @@
 """One's own images: an ``.npy`` or ``.npz`` file or an image folder (docs/own_data.rst)."""
+import logging
 import math
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -7,27 +10,24 @@ import torch
 
 from ..errors import DataError
 
+log = logging.getLogger(__name__)
 HOLDOUT_SEED = 0
+NUMPY_MAGIC = {".npy": (b"\x93NUMPY",), ".npz": (b"PK\x03\x04", b"PK\x05\x06")}
+"""How NumPy's files start: an ``.npy`` array, an ``.npz`` zip archive (or an empty one)."""
 
 
 def read_path(path: Path):
     """``(train_x, train_y, test_x, test_y, image_shape)`` of the file or folder ``path``."""
     if not path.exists():
-        raise DataError(f"--dataset {path}: no such file or folder; give mnist, fashion-mnist, "
-                        "kmnist, or the path of an .npy/.npz file or of an image folder")
+        raise DataError(f"dataset {path}: no such file or folder; give mnist, fashion-mnist, "
+                        "kmnist, or the path of an .npy/.npz file or of an image folder", "dataset")
     if path.is_dir():
         return _image_folder(path)
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".npz"):
         raise DataError(f"{path}: unknown data file type {suffix or '(none)'!r}; give an .npy "
                         "or .npz file of images, or an image folder")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if suffix == ".npz":
-            with loaded:
-                loaded = {k: loaded[k] for k in loaded.files}
-    except (OSError, ValueError, EOFError) as err:
-        raise DataError(f"{path} cannot be read as {suffix} ({str(err).splitlines()[0]})") from None
+    loaded = _load_numpy(path, suffix)
     if suffix == ".npy":
         return _hold_out(*as_images(loaded, str(path)), None, str(path))
     if set(loaded) >= {"train", "test"}:
@@ -44,32 +44,91 @@ def read_path(path: Path):
                     "one array 'x' (of which a tenth is held out as the test set)")
 
 
-def _image_folder(path: Path):
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.datasets import ImageFolder
+def _load_numpy(path: Path, suffix: str):
+    """The array of an ``.npy`` file or the arrays of an ``.npz`` archive, read without pickle;
+    DataError for a file that is neither or that holds Python objects."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if not head.startswith(NUMPY_MAGIC[suffix]):
+        kind = "an .npy array file" if suffix == ".npy" else "an .npz archive (a zip file)"
+        raise DataError(f"{path} is not {kind}; write the images with "
+                        f"np.{'save' if suffix == '.npy' else 'savez'}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if suffix == ".npz":
+            with loaded:
+                loaded = {k: loaded[k] for k in loaded.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "pickle" in text:
+            raise DataError(f"{path} holds Python objects (an object array), which pvae does not "
+                            "load; save the images as an array of numbers") from None
+        raise DataError(f"{path} cannot be read as {suffix} ({text})") from None
+    return loaded
+
+
+def folder_images(path: Path) -> list[tuple[Path, int]]:
+    """``(file, class index)`` of every image under the class subfolders of ``path`` (sorted,
+    as torchvision's ``ImageFolder`` lists them), following links but reading no folder twice:
+    a link to a folder already read (a loop) is skipped, with a warning."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
     try:
-        folder = ImageFolder(str(path), loader=lambda p: p)
+        classes, index = find_classes(str(path))
     except (FileNotFoundError, OSError) as err:
         raise DataError(f"{path}: not an image folder ({str(err).splitlines()[0]}); it needs "
                         f"one subfolder of images per class, e.g. {path}/cats/1.png") from None
+    seen, found = {path.resolve()}, []
+    for name in classes:
+        for root, dirs, files in os.walk(path / name, followlinks=True):
+            real = Path(root).resolve()
+            if real in seen:
+                log.warning("skipped %s: it leads to %s, a folder already read", root, real)
+                dirs.clear()
+                continue
+            seen.add(real)
+            found.append((root, [(Path(root) / f, index[name]) for f in sorted(files)
+                                 if f.lower().endswith(IMG_EXTENSIONS)]))
+    return [sample for _, samples in sorted(found, key=lambda item: item[0])
+            for sample in samples]
+
+
+def gray_pixels(img, file: Path) -> np.ndarray:
+    """One image's gray levels as float32 in [0, 1], scaled by its bit depth (8 or 16 bits)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        pixels = np.asarray(img, dtype=np.float64)
+        if pixels.min() < 0 or pixels.max() > 65535:
+            raise DataError(f"{file} holds 32-bit pixel values (up to {pixels.max():g}); save "
+                            "it with 8 or 16 bits per pixel")
+        return (pixels / 65535).astype(np.float32)
+    if img.mode == "F":
+        raise DataError(f"{file} holds floating-point pixels; save it with 8 or 16 bits per "
+                        "pixel, or put the images in an .npy file")
+    return np.asarray(img.convert("L")).astype(np.float32) / np.float32(255)
+
+
+def _image_folder(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    samples = folder_images(path)
     images, size = [], None
-    for file, _ in folder.samples:
+    for file, _ in samples:
         try:
             with Image.open(file) as img:
-                pixels = np.asarray(img.convert("L"))
+                pixels = gray_pixels(img, file)
         except (OSError, UnidentifiedImageError) as err:
             raise DataError(f"{file} is not a readable image ({err})") from None
         size = size or pixels.shape
         if pixels.shape != size:
             raise DataError(f"{file} is {pixels.shape[1]}x{pixels.shape[0]} pixels but "
-                            f"{folder.samples[0][0]} is {size[1]}x{size[0]}; all images must "
+                            f"{samples[0][0]} is {size[1]}x{size[0]}; all images must "
                             "have one size")
         images.append(pixels)
     if not images:
         raise DataError(f"{path} holds no images")
     x, shape = as_images(np.stack(images), str(path))
-    return _hold_out(x, shape, torch.tensor(folder.targets, dtype=torch.int64), str(path))
+    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    return _hold_out(x, shape, labels, str(path))
 
 
 def _hold_out(x: torch.Tensor, shape: tuple[int, ...], y: torch.Tensor | None, source: str):

@@ -1,12 +1,13 @@
 """The one dataset registry: the data a run trains on, picked by name or given by path."""
 import dataclasses
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..checks import setting, validate
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .dataset import Dataset, binarize_once, check_subset
 from .mnist import network_timeout, read_mnist
 from .own import as_images, read_path
@@ -49,14 +50,14 @@ def load_dataset(dataset: str = "mnist", data_dir: str | Path = "data", binarize
                  train_subset: int | None = None, test_subset: int | None = None) -> Dataset:
     """The :class:`Dataset` ``dataset`` (a name of :data:`DATASETS` or a path), the first
     ``*_subset`` examples of each split; with ``binarize`` the test images binarized once."""
-    for flag, n in (("--train-subset", train_subset), ("--test-subset", test_subset)):
-        check_subset(flag, n, None)
+    for name, n in (("train_subset", train_subset), ("test_subset", test_subset)):
+        check_subset(name, n, None)
     loader = DATASETS.get(dataset)
     train_x, train_y, test_x, test_y, shape = (loader(data_dir) if loader is not None else
                                                read_path(Path(dataset)))
-    for flag, n, x in (("--train-subset", train_subset, train_x),
-                       ("--test-subset", test_subset, test_x)):
-        check_subset(flag, n, x.shape[0], str(dataset))
+    for name, n, x in (("train_subset", train_subset, train_x),
+                       ("test_subset", test_subset, test_x)):
+        check_subset(name, n, x.shape[0], str(dataset))
     ntr, nte = int(train_subset or train_x.shape[0]), int(test_subset or test_x.shape[0])
     train_x, test_x = train_x[:ntr], test_x[:nte]
     if binarize:
@@ -73,18 +74,25 @@ def load_mnist(data_dir: str | Path = "data", binarize: bool = True,
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The data section of a run's configuration: which data, where, how much of it."""
+    """The data section of a run's configuration: which data, where, how much of it. A
+    ``dataset`` that is no registry name is a path, kept absolute (from wherever it is read)."""
 
     dataset: str = setting("mnist", "mnist, fashion-mnist, kmnist, or an .npy/.npz file or an "
                            "image folder of one's own", metavar="NAME|PATH")
     data_dir: str = setting("data", "where the named datasets live or are fetched to")
-    train_subset: int | None = setting(None, "train on the first N training images", low=1,
-                                       metavar="N")
-    test_subset: int | None = setting(None, "evaluate on the first N test images", low=1,
-                                      metavar="N")
+    train_subset: int | None = setting(None, "train on the first N training images (default: "
+                                       "all)", low=1, metavar="N")
+    test_subset: int | None = setting(None, "evaluate on the first N test images (default: "
+                                      "all)", low=1, metavar="N")
 
     def __post_init__(self) -> None:
         validate(self)
+        if not self.dataset.strip():
+            raise ConfigError("dataset is empty; give mnist, fashion-mnist, kmnist, or the path "
+                              "of an .npy/.npz file or of an image folder", "dataset")
+        if self.dataset not in DATASETS:
+            path = os.path.abspath(os.path.expanduser(self.dataset))
+            object.__setattr__(self, "dataset", path)
 
     def load(self, binarize: bool) -> Dataset:
         """The :class:`Dataset` this section names (:func:`load_dataset`)."""

@@ -13,19 +13,22 @@ import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
-from tqdm.auto import tqdm
 
 from ..checks import check_count
 from ..errors import ConfigError
+from ..progress import progress_bar
 from .hmc import CompiledDensities, StepSizePilot, Target, guide_scale, latent_names, transition
 from .host import Host, frozen_parameters, map_examples, plain_twin, prepare_examples
 from .logweights import check_pair
 from .results import Estimate, psis_khat
 
+log = logging.getLogger(__name__)
 DEFAULT_AIS_CHUNK = 4096
 CUDA_AIS_CHUNK = 2**16
 PILOT_CHAINS = 4
-log = logging.getLogger(__name__)
+LARGE_BUDGET = 10**7
+"""Gradient evaluations (examples × chains × moves × leapfrog steps) above which AIS says up
+front how much work its budget asks for."""
 
 
 def schedule(num_steps: int, kind: str = "sigmoid", *, delta: float = 4.0) -> torch.Tensor:
@@ -108,6 +111,16 @@ def _compiled(compile: bool | str, host: Host | None, model, guide, call: tuple
     return CompiledDensities("inductor" if compile is True else str(compile))
 
 
+def _announce(n: int, chains: int, steps: int, leapfrog: int, passes: int, chunk: int) -> None:
+    """Say up front, in one log line, how much work a large AIS budget asks for."""
+    work = n * chains * max(steps - 1, 1) * leapfrog
+    if work >= LARGE_BUDGET:
+        log.info("AIS on %d example(s): %d chains x %d HMC moves x %d leapfrog steps = %.1e "
+                 "gradient evaluations, in %d pass(es) of at most %d chains (chunk_size); "
+                 "fewer chains or steps finish sooner", n, chains, max(steps - 1, 1), leapfrog,
+                 work, passes, chunk)
+
+
 def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, schedule_kind,
          target_accept, chunk_size, progress, desc, host, exact=None, compile=False
          ) -> AISResult:
@@ -121,20 +134,23 @@ def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, 
         raise ConfigError(f"target_accept must lie in (0, 1), got {target_accept}")
     start, cpu = time.perf_counter(), time.process_time()
     pdim = check_pair(model, guide, x, *args, **kwargs).particle_dim
-    default = CUDA_AIS_CHUNK if x.device.type == "cuda" else DEFAULT_AIS_CHUNK
-    per_pass = max(1, (chunk_size or default) // num_chains)
+    chunk = chunk_size or (CUDA_AIS_CHUNK if x.device.type == "cuda" else DEFAULT_AIS_CHUNK)
+    group = min(num_chains, chunk)  # chains annealed together: a pass holds ≤ chunk chains
+    per_pass = max(1, chunk // group)
+    groups = range(0, num_chains, group)
     pilot_steps = max(10, num_steps // 10) if num_steps > 1 else 0
     passes = range(0, x.shape[0], per_pass)
+    _announce(x.shape[0], num_chains, num_steps, num_leapfrog, len(passes) * len(groups), chunk)
     weights, accepts = [], []
-    bar = tqdm(total=len(passes) * (num_steps + pilot_steps), desc=desc, unit="step",
-               disable=not progress)
+    bar = progress_bar(total=len(passes) * (len(groups) * num_steps + pilot_steps), desc=desc,
+                       unit="steps", enabled=progress)
     compiled = _compiled(compile, host, model, guide, (x, args, kwargs))
     with frozen_parameters(host), pyro.validation_enabled(False), bar:
         for b0 in passes:
             call = map_examples(lambda t: t[b0:b0 + per_pass], x, *args, **kwargs)
             b, program = call[0].shape[0], plain_twin(host, model, guide, call)
             with torch.no_grad():
-                target = Target(model, guide, call, pdim, num_chains, program, compiled)
+                target = Target(model, guide, call, pdim, group, program, compiled)
                 scale = guide_scale(guide, call, pdim, target.layout)
             pilot = StepSizePilot(b, x.device, target_accept)
             if pilot_steps:
@@ -143,14 +159,22 @@ def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, 
                                           min(PILOT_CHAINS, num_chains), program, compiled)
                 _anneal(pilot_target, pilot_target.z0, schedule(pilot_steps, schedule_kind),
                         pilot.current, scale, num_leapfrog, bar, adapt=pilot.adapt)
-            z0, path = target.z0, temperatures
-            if exact is not None:
-                rows = {k: v[b0:b0 + b].expand((num_chains, *v[b0:b0 + b].shape))
-                        for k, v in exact.items()}
-                z0, path = target.layout.flatten(rows), temperatures.flip(0)
-            log_w, acc = _anneal(target, z0, path, pilot.frozen(), scale, num_leapfrog, bar)
-            weights.append(log_w.T.cpu())
-            accepts.append(acc.cpu())
+            log_w, acc = [], 0.0
+            for c0 in groups:
+                chains = min(group, num_chains - c0)
+                if c0:
+                    with torch.no_grad():
+                        target = Target(model, guide, call, pdim, chains, program, compiled)
+                z0, path = target.z0, temperatures
+                if exact is not None:
+                    rows = {k: v[b0:b0 + b].expand((chains, *v[b0:b0 + b].shape))
+                            for k, v in exact.items()}
+                    z0, path = target.layout.flatten(rows), temperatures.flip(0)
+                w, a = _anneal(target, z0, path, pilot.frozen(), scale, num_leapfrog, bar)
+                log_w.append(w.cpu())
+                acc = acc + a.cpu() * (chains / num_chains)
+            weights.append(torch.cat(log_w).T)
+            accepts.append(acc)
     log_w = torch.cat(weights)
     log_px = torch.logsumexp(log_w, dim=1) - math.log(num_chains)
     return AISResult(log_px if exact is None else -log_px, log_w, torch.cat(accepts), num_steps,
@@ -163,8 +187,9 @@ def ais(model: Callable, guide: Callable, x: torch.Tensor, *args, num_steps: int
         target_accept: float = 0.65, chunk_size: int | None = None, progress: bool = False,
         host: Host | None = None, compile: bool | str = False, **kwargs) -> AISResult:
     """AIS log p(x) per example, T = ``num_steps``, C = ``num_chains``, L = ``num_leapfrog``;
-    a pass holds ``chunk_size`` chains × examples. ``compile`` (True: inductor, or a backend's
-    name): with ``host=vae`` and its own pair, the leapfrog steps' log-joint and log q and their
+    a pass holds at most ``chunk_size`` chains × examples (the chains of one example in several
+    passes when they are more). ``compile`` (True: inductor, or a backend's name): with
+    ``host=vae`` and its own pair, the leapfrog steps' log-joint and log q and their
     z-gradients are compiled by torch.compile, a graph per pass shape."""
     x, args, kwargs = prepare_examples(host, x, *args, **kwargs)
     return _run(model, guide, x, args, kwargs, num_steps=num_steps, num_chains=num_chains,

@@ -26,9 +26,9 @@ class EvalConfig:
                             "½q* with q* fitted to each image from q (refined), or from ½q* + "
                             "½t₃(q*) fitted from N(0, I) (local: the one for a model without "
                             "encoder)", choices=lambda: PROPOSALS)
-    chunk_size: int | None = setting(None, "latent draws (samples or chains x images) per "
-                                     "pass; bounds memory (default: by device)", low=1,
-                                     metavar="M")
+    chunk_size: int | None = setting(None, "latent draws (samples, or chains x images) per "
+                                     "pass: bounds the memory of IS and AIS (default: 8192, "
+                                     "AIS 4096; more on CUDA)", low=1, metavar="M")
     ais_steps: int = setting(500, "ais/bdmc: intermediate distributions", low=1, metavar="T")
     ais_chains: int = setting(16, "ais/bdmc: chains per image", low=1, metavar="C")
     ais_leapfrog: int = setting(10, "ais/bdmc: leapfrog steps per HMC move", low=1,
@@ -82,7 +82,7 @@ def _importance(model, guide, x, config: EvalConfig, host, progress) -> Estimate
     return importance_sampling(model, guide, x, num_samples=config.eval_samples,
                                chunk_size=config.chunk_size, proposal=proposal,
                                refine_options=_fit_options(config, x.shape[0]), host=host,
-                               progress=progress)
+                               progress=progress, warn=False)
 
 
 def _annealed(estimate: Callable[..., Estimate]) -> Callable[..., Estimate]:

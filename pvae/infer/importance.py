@@ -12,10 +12,10 @@ from typing import Callable
 import numpy as np
 import pyro
 import torch
-from tqdm.auto import tqdm
 
 from ..checks import check_count
 from ..errors import ConfigError
+from ..progress import progress_bar
 from .host import Encoder, Host, HostCopy, map_examples, prepare_examples
 from .localfit import TAILS, LocalFit, fit_local
 from .logweights import check_pair, default_chunk_size, log_weights
@@ -65,6 +65,16 @@ class EvalResult(Estimate):
     def elbo_mean(self) -> float:
         """Mean ELBO estimate over the examples."""
         return self.mean("elbo")
+
+    def warning(self) -> str | None:
+        """What to say when some examples have k-hat > 0.7 (None when none has)."""
+        if not self.khat_frac_bad > 0:
+            return None
+        return (f"PSIS k-hat > {KHAT_BAD} for {int(round(self.khat_frac_bad * self.n))} of "
+                f"{self.n} examples (max {self.khat_max:.2f}): the log p(x) estimate for those "
+                "examples is unreliable, because the guide's tails are too light for the "
+                "posterior and a few huge importance weights dominate; raise K or improve the "
+                "guide")
 
 
 def _batches(model, guide, x, args, kwargs, num_samples, chunk_size, batch_size, host):
@@ -120,11 +130,11 @@ def importance_sampling(model: Callable, guide: Callable, x: torch.Tensor, *args
                         num_samples: int, chunk_size: int | None = None,
                         batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
                         proposal: str = "encoder", refine_options: dict | None = None,
-                        host: Host | None = None, **kwargs) -> EvalResult:
+                        host: Host | None = None, warn: bool = True, **kwargs) -> EvalResult:
     """log p(x), ELBO, ESS and k-hat per example from the same K draws, ``batch_size`` examples
-    at a time; warns if k-hat > 0.7. ``proposal`` ``"refined"`` or ``"local"`` draws from
-    :func:`fitted_proposal`'s (it needs ``host``; ``refine_options`` go to its fits); the ELBO
-    is then the refined proposal's, or the fitted L[q*] (``"local"``)."""
+    at a time; with ``warn``, logs :meth:`EvalResult.warning`. ``proposal`` ``"refined"`` or
+    ``"local"`` draws from :func:`fitted_proposal`'s (it needs ``host``; ``refine_options`` go
+    to its fits); the ELBO is then the refined proposal's, or the fitted L[q*] (``"local"``)."""
     if proposal not in PROPOSALS:
         raise ConfigError(f"proposal must be one of {PROPOSALS}, got {proposal!r}", "proposal")
     start, cpu, fit = time.perf_counter(), time.process_time(), None
@@ -141,8 +151,8 @@ def importance_sampling(model: Callable, guide: Callable, x: torch.Tensor, *args
                                        batch_size, host)
     rows, khats, copies = [], [], []  # per batch: log p(x), ELBO, ESS (device), k-hat (host)
     with torch.no_grad(), pyro.validation_enabled(False), \
-            tqdm(total=x.shape[0], disable=not progress, desc=f"log p(x), K={num_samples}",
-                 unit="ex") as bar:
+            progress_bar(total=x.shape[0], enabled=progress, desc=f"log p(x), K={num_samples}",
+                         unit="images") as bar:
         for lw in itertools.chain(batches, [None]):  # k-hat one batch behind: no queue drains
             if lw is not None:
                 lse = torch.logsumexp(lw, dim=0)
@@ -159,11 +169,6 @@ def importance_sampling(model: Callable, guide: Callable, x: torch.Tensor, *args
     result = EvalResult(log_px, elbo, ess, np.concatenate(khats), num_samples=num_samples,
                         proposal=proposal, fit=fit, seconds=time.perf_counter() - start,
                         cpu_seconds=time.process_time() - cpu)
-    if result.khat_frac_bad > 0:
-        logger.warning(
-            "PSIS k-hat > %.1f for %d of %d examples (max %.2f): the log p(x) estimate for "
-            "those examples is unreliable, because the guide's tails are too light for the "
-            "posterior and a few huge importance weights dominate; raise K or improve the "
-            "guide", KHAT_BAD, int(round(result.khat_frac_bad * result.n)), result.n,
-            result.khat_max)
+    if warn and result.warning():
+        logger.warning("%s", result.warning())
     return result

@@ -11,13 +11,13 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
-from pyro.poutine.util import is_validation_enabled
-from tqdm.auto import tqdm
+from pyro.poutine.util import is_validation_enabled, site_is_subsample
 
 from ..checks import check_count
 from ..distributions import MIN_SCALE, EvenMixture, inv_softplus
 from ..errors import ConfigError, DivergenceError
-from .host import Encoder, Host, frozen_parameters, prepare_examples
+from ..progress import progress_bar
+from .host import Encoder, Host, frozen_parameters, map_examples, prepare_examples
 from .logweights import DATA_PLATE, check_pair, log_weights
 
 FAMILIES = {"normal": "diagonal Normal", "flow": "the guide's flow of a diagonal Normal"}
@@ -70,8 +70,8 @@ def optimise_local(log_weight_fn: Callable, loc0: torch.Tensor, scale0: torch.Te
     best, bad, acc, history, converged, step = -math.inf, 0, 0.0, [], False, 0
     validate = is_validation_enabled()
     sum_loc, sum_raw, avg_loc, avg_raw = 0.0, 0.0, None, None
-    with torch.enable_grad(), tqdm(total=max_steps, desc=desc, disable=not progress,
-                                   leave=False) as bar:
+    with torch.enable_grad(), progress_bar(total=max_steps, desc=desc, enabled=progress,
+                                           leave=False, unit="step") as bar:
         for step in range(1, max_steps + 1):
             with pyro.validation_enabled(validate and step == 1):
                 elbo = log_weight_fn(loc, F.softplus(raw) + MIN_SCALE, num_particles).mean(0)
@@ -150,6 +150,20 @@ def _start(model: Callable, x: torch.Tensor, args: tuple, host: Host | None, ini
     return loc, torch.ones_like(loc), flows
 
 
+def _check_one_latent(model: Callable, x: torch.Tensor, args: tuple) -> None:
+    """ConfigError unless the model's one latent site per example is ``"z"``."""
+    first, a, _ = map_examples(lambda t: t[:1], x, *args)
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(model).get_trace(first, *a)
+    latent = [n for n, s in trace.nodes.items() if s["type"] == "sample"
+              and not s["is_observed"] and not site_is_subsample(s)]
+    if latent != ["z"]:
+        raise ConfigError(f"a local fit q*(z) covers one latent site, 'z', and this model has "
+                          f"the latent sites {latent} (two stochastic layers?); the local fits "
+                          "(the refined proposal, the amortization gap) support models of one "
+                          "stochastic layer: use the encoder proposal or AIS for this one")
+
+
 def fit_local(model: Callable, x: torch.Tensor, *, host: Host | None = None, init=None,
               num_particles: int = 16, lr: float = 1e-2, max_steps: int = 5000,
               patience: int | None = 5, window: int = 50, elbo_samples: int = 1000,
@@ -162,6 +176,7 @@ def fit_local(model: Callable, x: torch.Tensor, *, host: Host | None = None, ini
     check_count("elbo_samples", elbo_samples)
     check_count("chunk_size", chunk_size, allow_none=True)
     x, args, _ = prepare_examples(host, x, *model_args)
+    _check_one_latent(model, x, args)
     if init is None:
         init = "encoder" if isinstance(host, Encoder) and host.amortized else "prior"
     loc0, scale0, flows = _start(model, x, args, host, init)

@@ -83,5 +83,5 @@ def make_loss(name: str = "elbo", num_particles: int = 1) -> pyro.infer.ELBO:
         raise ConfigError(
             f"unknown loss {name!r}; choose one of: {', '.join(sorted(OBJECTIVES))}")
     if int(num_particles) < 1:
-        raise ConfigError(f"--num-particles must be >= 1, got {num_particles}")
+        raise ConfigError(f"num_particles must be >= 1, got {num_particles}", "num_particles")
     return OBJECTIVES[name](num_particles=int(num_particles))

@@ -119,3 +119,7 @@ class Estimate:
             else:
                 out[key] = _plain(value)
         return out
+
+    def warning(self) -> str | None:
+        """What a reader of the estimate must be told, in one line (None: nothing)."""
+        return None

@@ -4,6 +4,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..checks import check_count
 from ..errors import ConfigError
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "elu": nn.ELU}
@@ -81,7 +82,8 @@ class ConvEncoder(nn.Module):
                  activation: str = "tanh", channels: int = 32,
                  image_shape: Sequence[int] | None = None):
         super().__init__()
-        self.hw, c, act = image_hw(x_dim, image_shape), int(channels), _activation(activation)
+        c = check_count("conv_channels", channels)
+        self.hw, act = image_hw(x_dim, image_shape), _activation(activation)
         self.pad = tuple(-s % 4 for s in self.hw)
         cells = ((self.hw[0] + self.pad[0]) // 4) * ((self.hw[1] + self.pad[1]) // 4)
         self.conv = nn.Sequential(nn.Conv2d(1, c, 4, 2, 1), act(),
@@ -102,7 +104,8 @@ class ConvDecoder(nn.Module):
                  activation: str = "tanh", channels: int = 32,
                  image_shape: Sequence[int] | None = None):
         super().__init__()
-        self.hw, self.c, act = image_hw(x_dim, image_shape), int(channels), _activation(activation)
+        self.c = check_count("conv_channels", channels)
+        self.hw, act = image_hw(x_dim, image_shape), _activation(activation)
         self.cells = tuple(-(-s // 4) for s in self.hw)
         self.head = nn.Sequential(mlp(z_dim, hidden_dims, 2 * self.c * self.cells[0]
                                       * self.cells[1], activation), act())

@@ -1,6 +1,7 @@
 """The VAE as a Pyro program, the only module that samples ``"z"``, ``"z2"`` and ``"x"``: it carries
 its :class:`~pvae.model.config.VAEConfig` and is the :class:`pvae.infer.host.Host` of inference."""
 import contextlib
+import math
 from typing import Any, Sequence
 
 import pyro
@@ -197,8 +198,15 @@ class VAE(PyroModule):
         if not isinstance(x, torch.Tensor):
             raise DataError(f"data must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 2 or x.shape[1] != self.x_dim:
+            shape = self.config.image_shape
+            values = math.prod(x.shape[1:]) if x.dim() > 1 else 0
+            built = (f"{'×'.join(map(str, shape))} images ({self.x_dim} values)" if shape
+                     else f"{self.x_dim} values per example")
+            fix = ("flatten each image with x.reshape(len(x), -1)" if values == self.x_dim else
+                   f"the model was built for {built} and these data have {values} values per "
+                   "example: give data of the model's size, or a model built for these")
             raise DataError(f"data must have shape (batch, {self.x_dim}) (flattened examples), "
-                            f"got {tuple(x.shape)}; flatten each image with x.reshape(len(x), -1)")
+                            f"got {tuple(x.shape)}; {fix}")
         if probabilities:
             lo, hi = (float(v) for v in torch.aminmax(x)) if x.numel() else (0.0, 0.0)
             if lo != lo or hi != hi:

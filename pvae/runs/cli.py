@@ -3,13 +3,17 @@
 stderr and exit status 2."""
 import argparse
 import logging
+import math
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
 import pyro
 
-from ..errors import ConfigError, PvaeError
+from .. import progress
+from ..errors import ConfigError, DataError, PvaeError
 from ..files import check_writable
 from ..infer.amortization import gap_report
 from ..training import checkpoint, distributed
@@ -30,21 +34,53 @@ LOCAL_FIT = ("local_steps", "local_lr", "local_particles", "local_window", "loca
 NUM_SAMPLES = {"eval_samples": "--num-samples"}
 
 
-def run_guarded(fn: Callable[[], int]) -> int:
-    """Run ``fn``; print a PvaeError as one line (exit 2), Ctrl-C as exit 130. Under torchrun
-    only rank 0 logs progress; every rank prints its errors."""
-    logging.basicConfig(level=logging.INFO if distributed.env_rank() == 0 else logging.WARNING,
-                        format="%(message)s")
+INTERRUPTED = {
+    "train": "the checkpoint of the last completed epoch is kept; rerun with --resume to "
+             "continue (or to finish the evaluation)",
+    "evaluate": "no results were written and the checkpoint is unchanged; rerun the command",
+    "gap": "no results were written and the checkpoint is unchanged; rerun the command",
+    "plot": "the figures drawn so far are written and the checkpoint is unchanged; rerun the "
+            "command for the rest",
+    "compare": "the configurations that finished are kept; rerun with --reuse to skip them",
+}
+"""What Ctrl-C leaves behind, by command."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a job scheduler, torchrun stopping the ranks left), raised where the
+    run is, so that it stops as it does on Ctrl-C."""
+
+
+def _terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the run is stopping already
+    raise Terminated("this rank was sent SIGTERM")
+
+
+def run_guarded(fn: Callable[[], int], command: str = "train") -> int:
+    """Run ``fn``, the work of ``command``; print a PvaeError as one line (exit 2), Ctrl-C or
+    SIGTERM as one line that says what is kept (exit 130 or 143). Under torchrun only rank 0
+    logs progress; every rank prints its errors."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
+        logging.basicConfig(format="%(message)s", level=logging.INFO
+                            if distributed.env_rank() == 0 else logging.WARNING)
+        progress.interval()  # PVAE_PROGRESS_SECONDS, checked before any work
         return int(fn() or 0)
     except PvaeError as err:
-        print(f"error: {as_flags(err) if isinstance(err, ConfigError) else err}",
-              file=sys.stderr)
+        if main_thread:  # a SIGTERM now (torchrun stopping the ranks left) cuts no line short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print(f"error: {as_flags(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: the last completed epoch's checkpoint is kept; rerun with --resume",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        print(f"{how}: {INTERRUPTED[command]}", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # refused by the subcommand, so the error names its --help
         sub.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
-    return run_guarded(lambda: COMMANDS[args.command][1](args))
+    return run_guarded(lambda: COMMANDS[args.command][1](args), args.command)
 
 
 def parse(prog: str, argv: Sequence[str] | None = None, description: str = "",
@@ -116,6 +152,12 @@ def open_checkpoint(args: argparse.Namespace, default_out: str | None = None):
         dataset=args.dataset or base.data.dataset)
     out = check_writable(args.out or Path(args.checkpoint).parent / (default_out or ""))
     data = config.data.replace(train_subset=1).load(vae.likelihood.data_kind == "binary")
+    if math.prod(data.image_shape) != vae.x_dim:
+        trained, given = ("×".join(map(str, shape)) for shape in (
+            vae.config.image_shape or (vae.x_dim,), data.image_shape))
+        raise DataError(f"the model of {args.checkpoint} was trained on {trained} images and "
+                        f"{config.data.dataset}'s are {given}; evaluate it on images of the "
+                        "size it was trained on")
     pyro.set_rng_seed(config.train.seed or 0)
     return vae, config, out, data, ckpt.state
 
@@ -140,8 +182,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("proposal applies to method is only", "proposal", "method")
     vae, config, out, data, _ = open_checkpoint(args, "eval")
     method = config.eval.method
-    progress = config.progress and sys.stderr.isatty()
-    result = estimate(method, vae, data.test_x.to(vae.device), config.eval, progress)
+    result = estimate(method, vae, data.test_x.to(vae.device), config.eval, config.progress)
     metrics = {**result.to_metrics(), **_record(args, config, vae)}
     write_json(out / f"metrics_{method}.json", metrics)
     files = write(method, result, out)
@@ -164,7 +205,7 @@ def run_gap(args: argparse.Namespace) -> int:
     vae, config, out, data, _ = open_checkpoint(args)
     e, x = config.eval, data.test_x.to(vae.device)
     report = gap_report(vae, x, num_samples=e.eval_samples, elbo_samples=e.elbo_samples,
-                        chunk_size=e.chunk_size, progress=config.progress and sys.stderr.isatty(),
+                        chunk_size=e.chunk_size, progress=config.progress,
                         **e.local_fit(x.shape[0]))
     s = report.to_metrics()
     write_json(out / "gap.json", {**s, **_record(args, config, vae)})
@@ -196,9 +237,10 @@ def _plot_arguments(p: argparse.ArgumentParser) -> None:
 def run_plot(args: argparse.Namespace) -> int:
     """Draw a checkpoint's reconstructions, samples, latent embedding and ELBO curves
     (evaluation.png comes from pvae evaluate)."""
-    vae, _, out, data, state = open_checkpoint(args)
+    vae, config, out, data, state = open_checkpoint(args)
     written = experiment.draw_figures(vae, data.test_x.to(vae.device), data.test_y,
-                                      state.history if state is not None else (), out)
+                                      state.history if state is not None else (), out,
+                                      experiment.label_name(config))
     print(f"wrote {', '.join(path.name for path in written)} to {out}")
     return 0
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import ConfigError, DivergenceError
-from ..files import run_marker
+from ..files import check_writable, run_marker
 from ..infer.estimators import ESTIMATORS
 from ..model.config import all_options
 from ..model.parts import options_taken
@@ -168,7 +168,7 @@ def compare(base: RunConfig, settings: Sequence[dict], out: str | Path, reuse: b
     matching finished one), a diverged run a failed row; write compare.md, .csv and .png."""
     out = Path(out)
     configs = plan(base, settings, out, reuse, options)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
     rows: list[CompareRow] = []
     for setting, cfg in zip(settings, configs):
         name, error = setting_name(setting), None

@@ -27,7 +27,8 @@ class RunConfig:
     resume: bool = setting(False, "continue the run in OUT from its checkpoint.pt")
     overwrite: bool = setting(False, "replace the run already in OUT (without it, such a "
                               "folder is refused)")
-    progress: bool = setting(True, "progress bars on a terminal")
+    progress: bool = setting(True, "show progress (default: on): bars on a terminal, else a "
+                             "log line every PVAE_PROGRESS_SECONDS seconds (30 unless set)")
     data: DataConfig = field(default_factory=DataConfig)
     model: VAEConfig = field(default_factory=VAEConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(seed=0))

@@ -41,10 +41,14 @@ def gather_result(result):
 
 def estimate(name: str, vae: VAE, x: torch.Tensor, config: EvalConfig,
              progress: bool = False) -> Estimate:
-    """The registered estimator ``name`` on ``x``, sharded across the ranks and gathered."""
+    """The registered estimator ``name`` on ``x``, sharded across the ranks and gathered; its
+    warning (on the whole of ``x``) logged once, by rank 0."""
     est = ESTIMATORS[name]
-    return gather_result(est.run(vae.model, vae.guide, distributed.shard(x), config, vae,
-                                 progress))
+    result = gather_result(est.run(vae.model, vae.guide, distributed.shard(x), config, vae,
+                                   progress))
+    if distributed.is_main() and result.warning():
+        log.warning("%s", result.warning())
+    return result
 
 
 def plan(method: str) -> list[str]:
@@ -137,6 +141,8 @@ def ais_rows(metrics: dict) -> list[tuple[str, str]]:
     return [("test images (AIS)", str(metrics["ais_n_test"])),
             *estimate_rows(metrics, [(f"test log p(x), AIS {budget}", "test_log_px_ais")]),
             ("HMC acceptance", format_number(metrics["ais_accept_rate"])),
+            ("s.e. across chains (mean)", format_number(metrics.get("ais_chain_stderr"))
+             + ("" if metrics.get("ais_chain_stderr") is not None else ": one chain per image")),
             ("AIS seconds", f"{metrics['ais_seconds']:.0f}")]
 
 

@@ -3,7 +3,6 @@ out: :func:`workspace`, :func:`load_data`, :func:`build_model`, ``fit``, :func:`
 and :func:`finish` (``metrics.json``, then the figures)."""
 import contextlib
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -15,7 +14,7 @@ from ..files import claim, run_lock
 from ..model.likelihoods import LIKELIHOODS
 from ..model.vae import VAE
 from ..training import distributed
-from ..training.loop import fit, resolve_device
+from ..training.loop import CHECKPOINT, fit, resolve_device
 from ..training.state import TrainState, train_cpu_seconds
 from .config import RunConfig
 from .evaluation import draw, estimate, plan, versions, write, write_json
@@ -28,7 +27,7 @@ def workspace(config: RunConfig) -> Iterator[tuple[Path, torch.device, int]]:
     """``(out, device, world size)``: the run folder (locked by rank 0, which alone writes),
     this rank's device, and the process group of a torchrun run (W = 1 without one)."""
     device = resolve_device(config.device)
-    with distributed.process_group(device.type) as world:
+    with distributed.process_group(device.type, Path(config.out) / CHECKPOINT) as world:
         folder = run_lock(config.out) if distributed.is_main() else \
             contextlib.nullcontext(Path(config.out))
         with folder as out:
@@ -96,7 +95,8 @@ def finish(vae: VAE, data: Dataset, state: TrainState, metrics: dict, config: Ru
         "world_size": world}
     if distributed.is_main():
         write_json(out / "metrics.json", metrics)
-        draw_figures(vae, data.test_x.to(vae.device), data.test_y, state.history, out)
+        draw_figures(vae, data.test_x.to(vae.device), data.test_y, state.history, out,
+                     label_name(config))
     return metrics
 
 
@@ -106,21 +106,26 @@ def run(config: RunConfig) -> dict:
     with workspace(config) as (out, device, world):
         data = load_data(config, out)
         config, vae = build_model(config, data)
-        progress = config.progress and sys.stderr.isatty()
         state = fit(vae, data.train_x, config.train, test_x=data.test_x, out_dir=out,
                     resume=config.resume, overwrite=config.overwrite, device=str(device),
-                    progress=progress, record=config.to_dict())
+                    progress=config.progress, record=config.to_dict())
         metrics = training_metrics(state)
         metrics.update(evaluate_model(vae, data.test_x.to(device), config, out,
-                                      progress and distributed.is_main()))
+                                      config.progress and distributed.is_main()))
         return finish(vae, data, state, metrics, config, out, world)
+
+
+def label_name(config: RunConfig) -> str:
+    """What the data's labels are, for the latent figure's colour bar."""
+    return "digit" if config.data.dataset == "mnist" else "class"
 
 
 @torch.no_grad()
 def draw_figures(vae: VAE, test_x: torch.Tensor, test_y: torch.Tensor, history,
-                 out: Path) -> list[Path]:
+                 out: Path, labels: str = "class") -> list[Path]:
     """Samples, ELBO curves and, with an encoder, reconstructions and the latent embedding of
-    ``test_x`` (≤ 2000 images); the files drawn (a figure that fails is a warning)."""
+    ``test_x`` (≤ 2000 images, coloured by ``test_y``, whose meaning ``labels`` names); the
+    files drawn (a figure that fails is a warning)."""
     shape = vae.config.image_shape
     figures = {"samples.png": lambda p: plot_samples(vae.sample(64), p, image_shape=shape)}
     if vae.amortized:
@@ -128,7 +133,7 @@ def draw_figures(vae: VAE, test_x: torch.Tensor, test_y: torch.Tensor, history,
         figures["reconstructions.png"] = lambda p: plot_reconstructions(
             test_x[:16], vae.reconstruct(test_x[:16]), p, image_shape=shape)
         figures["latent.png"] = lambda p: plot_latent(_posterior_means(vae, test_x[:n]),
-                                                      test_y[:n], p)
+                                                      test_y[:n], p, labels)
     if history:
         figures["elbo_curves.png"] = lambda p: plot_elbo_curves(history, p)
     drawn = [draw(lambda make=make, name=name: make(out / name), name)

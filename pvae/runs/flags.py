@@ -9,7 +9,7 @@ import typing
 from typing import Any, Iterable, Mapping
 
 from ..checks import value_type
-from ..errors import ConfigError
+from ..errors import PvaeError
 from ..model.config import all_options
 from .config import SECTIONS, RunConfig, flag_fields
 
@@ -26,11 +26,12 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def as_flags(err: ConfigError) -> str:
-    """The message of ``err`` with the settings it names written as their flags."""
+def as_flags(err: PvaeError) -> str:
+    """The message of ``err`` with the arguments it names (``name`` or ``name=True``, not a
+    part of a path or of another word) written as their flags."""
     text = str(err)
     for name in getattr(err, "fields", ()):
-        text = re.sub(rf"(?<![\w-]){name}(=True)?(?![\w])", flag(name), text)
+        text = re.sub(rf"(?<![\w/.-]){name}(=True)?(?![\w/-]|\.\w)", flag(name), text)
     return text
 
 
@@ -80,8 +81,10 @@ def add_settings(parser: argparse.ArgumentParser, names: Iterable[str] | None = 
         default = defaults.get(f.name, base[f.name])
         arg = _argument(kind, default, f.metadata.get("choices"))
         strings = [flag(f.name)] + ([aliases[f.name]] if f.name in aliases else [])
+        text = f.metadata["help"]
+        text += "" if "(default:" in text else " (default: %(default)s)"
         groups[section].add_argument(*strings, dest=f.name, metavar=f.metadata.get("metavar"),
-                                     help=f"{f.metadata['help']} (default: %(default)s)", **arg)
+                                     help=text, **arg)
         added.append(f.name)
     return added
 

@@ -68,23 +68,44 @@ def plot_samples(samples: torch.Tensor, path: str | Path, nrow: int = 8,
                        (nrow * 0.6, samples.shape[0] / nrow * 0.6 + 0.3), image_shape)
 
 
-def plot_latent(z: torch.Tensor, labels: torch.Tensor, path: str | Path) -> Path:
-    """Posterior means of test images in 2-D (first 2 principal components), coloured by digit."""
+def principal_components(z: torch.Tensor) -> tuple[torch.Tensor, list[float | None]]:
+    """The centred rows of ``z`` (n, d), d > 2, on their first two principal components, and
+    the share of the variance each explains (None where there is no variance to share, and
+    zeros for a component that n points do not have)."""
+    proj = z - z.mean(0)
+    _, s, v = torch.linalg.svd(proj, full_matrices=False)
+    axes = torch.zeros(2, z.shape[1], dtype=z.dtype)
+    axes[:min(2, v.shape[0])] = v[:2]
+    total = float((s**2).sum())
+    shares = [float(s[i] ** 2) / total if i < len(s) and total > 0 else None for i in range(2)]
+    return proj @ axes.T, shares
+
+
+def plot_latent(z: torch.Tensor, labels: torch.Tensor | None, path: str | Path,
+                label_name: str = "class") -> Path:
+    """Posterior means of test images in 2-D (first 2 principal components), coloured by their
+    label (``label_name``: "digit" for MNIST) when they have more than one."""
     z = z.detach().float().cpu()
     proj = z - z.mean(0)
     title = f"posterior means of {len(z)} test images"
     axis_labels = ["z 1", "z 2"]
     if z.shape[1] > 2:
-        _, s, v = torch.linalg.svd(proj, full_matrices=False)
-        proj, explained = proj @ v[:2].T, (s[:2] ** 2) / (s**2).sum()
-        axis_labels = [f"PC {i + 1} ({100 * explained[i]:.0f}% of variance)" for i in range(2)]
+        proj, shares = principal_components(z)
+        axis_labels = [f"PC {i + 1}" + (f" ({100 * share:.0f}% of variance)" if share is not None
+                                        else "") for i, share in enumerate(shares)]
         title += f" (z_dim = {z.shape[1]})"
     elif z.shape[1] == 1:
         proj = torch.cat([proj, torch.zeros_like(proj)], 1)
     fig, ax = _plt().subplots(figsize=(5.5, 4.5))
-    sc = ax.scatter(proj[:, 0], proj[:, 1], c=labels.cpu(), cmap="tab10", s=4, alpha=0.7,
-                    vmin=-0.5, vmax=9.5)
-    fig.colorbar(sc, ax=ax, ticks=range(10), label="digit")
+    labels = None if labels is None else labels.cpu()
+    if labels is not None and len(labels) and int(labels.min()) != int(labels.max()):
+        top = int(labels.max())
+        sc = ax.scatter(proj[:, 0], proj[:, 1], c=labels, cmap="tab10" if top < 10 else "turbo",
+                        s=4, alpha=0.7, vmin=-0.5, vmax=max(9, top) + 0.5)
+        fig.colorbar(sc, ax=ax, ticks=range(0, max(9, top) + 1, 1 + top // 10), label=label_name)
+    else:
+        ax.scatter(proj[:, 0], proj[:, 1], s=4, alpha=0.7)
+        title += " (one label for all: one colour)"
     ax.set(xlabel=axis_labels[0], ylabel=axis_labels[1])
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
@@ -147,7 +168,11 @@ def plot_ais(result, path: str | Path) -> Path:
     ax1.set_title(f"T = {result.num_steps}, C = {result.num_chains}, L = {result.num_leapfrog}",
                   fontsize=9)
     se = result.chain_stderr.numpy()
-    ax2.hist(se, bins=40, color="tab:green", alpha=0.8)
+    if np.isfinite(se).any():
+        ax2.hist(se[np.isfinite(se)], bins=40, color="tab:green", alpha=0.8)
+    else:
+        ax2.text(0.5, 0.5, f"n/a: C = {result.num_chains} chain per example has no spread\n"
+                 "(needs C >= 2)", ha="center", va="center", transform=ax2.transAxes)
     ax2.set_xlabel("s.e. of log p̂(x) across chains (nats)")
     ax2.set_title(f"mean log p(x) {result.log_px_mean:.2f} ± {result.log_px_stderr:.2f} over "
                   f"{result.n} examples", fontsize=9)

@@ -28,6 +28,7 @@ from ..files import atomic_write
 from ..model.config import VAEConfig
 from ..model.vae import VAE
 from .config import TrainConfig
+from .distributed import resolve_device
 from .state import TrainState
 
 MAGIC = b"pvae checkpoint\n"
@@ -162,19 +163,35 @@ def _what_it_is(raw: bytes, path: Path) -> str:
     return f"{path} is not a pvae checkpoint (it does not start with pvae's header)"
 
 
+def weights_mismatch(vae: VAE, weights: dict[str, torch.Tensor]) -> str | None:
+    """The first way ``weights`` do not fit ``vae``'s modules (None: they fit)."""
+    own = vae.state_dict()
+    for name, value in own.items():
+        if name not in weights:
+            return f"it has no {name}, which this model has"
+        if tuple(weights[name].shape) != tuple(value.shape):
+            return (f"its {name} has shape {tuple(weights[name].shape)} and this model's "
+                    f"{tuple(value.shape)}")
+    extra = [name for name in weights if name not in own]
+    return f"its {extra[0]} has no place in this model" if extra else None
+
+
 def restore_weights(vae: VAE, weights: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Copy ``weights`` into ``vae``; CheckpointError when they do not fit its modules."""
-    try:
-        vae.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {path} does not fit this model "
-                              f"({str(err).splitlines()[0]}); it was written for another "
-                              "configuration") from err
+    """Copy ``weights`` into ``vae``; CheckpointError naming the first parameter that does not
+    fit its modules."""
+    mismatch = weights_mismatch(vae, weights)
+    if mismatch:
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {mismatch}; it was "
+                              "written for another configuration (pvae.load rebuilds the "
+                              "checkpoint's own model when no vae is given)")
+    vae.load_state_dict(weights)
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", vae: VAE | None = None) -> VAE:
-    """The VAE of checkpoint ``path`` on ``device``, rebuilt from its configuration or loaded
-    into ``vae`` (needed for a VAE of one's own modules)."""
+    """The VAE of checkpoint ``path`` on ``device`` (ConfigError for a device torch does not
+    see), rebuilt from its configuration or loaded into ``vae`` (needed for a VAE of one's own
+    modules)."""
+    device = resolve_device(str(device))
     return to_vae(read(path), path, device, vae)
 
 

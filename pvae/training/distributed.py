@@ -5,6 +5,10 @@ Without torchrun every function here is the identity of one process."""
 import contextlib
 import datetime
 import os
+import re
+import socket
+import time
+from pathlib import Path
 from typing import Iterator, TypeVar
 
 import numpy as np
@@ -19,8 +23,18 @@ TIMEOUT = 600.0
 T = TypeVar("T")
 
 
+TRANSPORT_FAILURE = re.compile(r"gloo|nccl|connection (closed|reset)|timed out|timeout|"
+                               r"broken pipe|by peer", re.IGNORECASE)
+"""What the message of a collective that lost a rank says."""
+
+
 class RankFailed(PvaeError):
     """Another rank of a data-parallel run failed; its own error line names the cause."""
+
+
+class RankLost(PvaeError):
+    """Another rank of a data-parallel run stopped answering (killed, frozen, its machine gone)
+    while this one waited for it in a collective."""
 
 
 def timeout() -> float:
@@ -33,8 +47,8 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {text!r}; torchrun sets it") \
-            from None
+        raise ConfigError(f"{name} must be a whole number, got {text!r}; unset it, or let "
+                          "torchrun set it") from None
 
 
 def env_world_size() -> int:
@@ -53,9 +67,12 @@ def env_local_rank() -> int:
 
 
 @contextlib.contextmanager
-def process_group(device_type: str = "cpu") -> Iterator[int]:
+def process_group(device_type: str = "cpu", checkpoint: str | Path | None = None
+                  ) -> Iterator[int]:
     """Join torchrun's process group (NCCL for CUDA, each rank on GPU ``LOCAL_RANK``, else
-    gloo) if it has several ranks and none is joined; leave it on exit. Yields the world size."""
+    gloo) if it has several ranks and none is joined; leave it on exit. Yields the world size.
+    A rank lost on the way (a collective that failed, or torchrun stopping this one) is a
+    :class:`RankLost` that names it and says what ``checkpoint`` (the run's) holds."""
     if env_world_size() == 1 or (dist.is_available() and dist.is_initialized()):
         yield world_size()
         return
@@ -70,26 +87,125 @@ def process_group(device_type: str = "cpu") -> Iterator[int]:
     backend = "nccl" if device_type == "cuda" else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout()))
+    peers = _join(backend)
     try:
-        yield world_size()
-        # every rank is done before any leaves: rank 0 hosts the store the others still use
-        # while they tear down (a rank whose store vanished aborts the process)
-        dist.barrier()
+        try:
+            yield world_size()
+            # every rank is done before any leaves: rank 0 hosts the store the others still
+            # use while they tear down (a rank whose store vanished aborts the process)
+            dist.barrier()
+        except (RuntimeError, KeyboardInterrupt) as err:
+            try:  # a signal counts when torchrun stops us for a lost rank
+                lost = lost_ranks(peers)
+            except KeyboardInterrupt:  # torchrun stopping this rank while it looks
+                lost = lost_ranks(peers, wait=0)
+            if not (lost if isinstance(err, KeyboardInterrupt) else
+                    TRANSPORT_FAILURE.search(str(err))):
+                raise
+            raise RankLost(lost_message(peers, lost, err, checkpoint), "resume") from None
     finally:
         dist.destroy_process_group()
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if device == "auto":
+def _join(backend: str) -> list[tuple[str, int]]:
+    """Start the process group; each rank's (host, pid). A rank that does not join within
+    ``PVAE_DIST_TIMEOUT`` seconds (killed or frozen as it starts) is a :class:`RankLost`."""
+    started = False
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout()))
+        started = True
+        peers: list = [None] * world_size()
+        dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))
+        return peers
+    except RuntimeError as err:
+        if started:
+            dist.destroy_process_group()
+        if not TRANSPORT_FAILURE.search(str(err)):
+            raise
+        raise RankLost(f"one of the {env_world_size()} ranks did not join the run "
+                       f"({_reason(err)}), so rank {env_rank()} stops too; no epoch had run: "
+                       "rerun the command") from None
+
+
+def _reason(err: BaseException) -> str:
+    """The first sentence of ``err``'s message, without a ``[file:line]`` prefix."""
+    text = str(err).strip() or ("this rank was interrupted" if isinstance(err, KeyboardInterrupt)
+                                else type(err).__name__)
+    return re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0]).split(". ")[0]
+
+
+def _process_state(pid: int) -> str | None:
+    """"exited" or "stopped (frozen)" for a process of this machine, None if it runs."""
+    if os.path.isdir("/proc/self"):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return "exited"
+        return {"Z": "exited", "X": "exited", "T": "stopped (frozen)",
+                "t": "stopped (frozen)"}.get(state)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "exited"
+    except OSError:
+        pass
+    return None
+
+
+def lost_ranks(peers: list[tuple[str, int]], wait: float = 2.0) -> list[str]:
+    """The ranks of this machine among ``peers`` (each rank's (host, pid)) that have exited or
+    are stopped, e.g. ``rank 1 of 2 (pid 4242) has exited``, looked at for up to ``wait``
+    seconds (a killed process closes its sockets before it is seen to exit)."""
+    here, deadline = socket.gethostname(), time.monotonic() + wait
+    while True:
+        lost = [f"rank {r} of {len(peers)} (pid {pid}) " + (
+            "has exited" if state == "exited" else f"is {state}")
+            for r, (host, pid) in enumerate(peers)
+            if r != rank() and host == here and (state := _process_state(pid))]
+        if lost or time.monotonic() > deadline:
+            return lost
+        time.sleep(0.1)
+
+
+def lost_message(peers: list[tuple[str, int]], lost: list[str], err: BaseException,
+                 checkpoint: str | Path | None = None) -> str:
+    """The one line a surviving rank says when a collective failed or it was stopped: the
+    ranks ``lost`` (else the hosts of ``peers`` it could not look at), the reason ``err``
+    gives, and how to go on from ``checkpoint`` (the run's, if known)."""
+    here = socket.gethostname()
+    elsewhere = sorted({host for host, _ in peers if host != here})
+    who = " and ".join(lost) or (f"a rank on {', '.join(elsewhere)} stopped answering"
+                                 if elsewhere else "another rank stopped answering")
+    reason = _reason(err)
+    if checkpoint is None:
+        kept = "the checkpoints written so far are intact: rerun with resume=True (the same " \
+               "command and settings) to continue"
+    elif Path(checkpoint).exists():
+        kept = f"{checkpoint}, of the last completed epoch, is intact: rerun with resume=True " \
+               "(the same command and settings) to continue"
+    else:
+        kept = "no epoch had finished, so no checkpoint was written: rerun the command"
+    return f"{who} ({reason}), so rank {rank()} stops too; {kept}"
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The one device check of every entry point: ``auto`` is CUDA when available, else CPU;
+    ``cuda`` or ``cuda:N`` without that GPU, or any other name, is a ConfigError."""
+    name = str(device)
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}", "device")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked for but torch sees no CUDA device; use device "
-                          "cpu or auto", "device")
-    return torch.device(device)
+    if name not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}", "device")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} was asked for but torch sees no GPU; use device cpu "
+                          "or auto", "device")
+    chosen = torch.device(name)
+    if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name} was asked for but torch sees "
+                          f"{torch.cuda.device_count()} GPU(s), cuda:0 to "
+                          f"cuda:{torch.cuda.device_count() - 1}", "device")
+    return chosen
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:

@@ -19,7 +19,7 @@ def diverged(what: str, epoch: int, step: int, good: Path | None) -> None:
     kept = (f"the last good checkpoint is kept at {good}" if good and good.exists()
             else "no checkpoint was written yet")
     raise DivergenceError(f"training diverged at epoch {epoch}, step {step}: {what}; {kept}. "
-                          "Lower --lr, raise --batch-size, or check the data")
+                          "Lower lr, raise batch_size, or check the data", "lr", "batch_size")
 
 
 class EpochLosses:

@@ -13,7 +13,6 @@ from typing import Any, Callable, Mapping
 import pyro
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..checks import SEED_LIMIT
 from ..data.dataset import minibatches
@@ -22,6 +21,7 @@ from ..files import claim, run_lock
 from ..infer.importance import log_likelihood
 from ..infer.objectives import make_loss
 from ..model.vae import VAE
+from ..progress import progress_bar
 from . import checkpoint, distributed
 from .distributed import resolve_device
 from .config import TrainConfig
@@ -127,6 +127,11 @@ def _resume(vae: VAE, optimizer, path: Path, settings: TrainConfig, data: dict
         raise ConfigError(f"cannot resume {path.parent} with changed training settings: "
                           f"{', '.join(diff)}; resume with the checkpoint's settings, or start "
                           "a new run in another folder", *(d.split()[0] for d in diff))
+    if ckpt.state.epoch > settings.epochs:
+        raise ConfigError(f"cannot resume {path.parent} to epochs {settings.epochs}: it is "
+                          f"trained to epoch {ckpt.state.epoch} already; give epochs "
+                          f"{ckpt.state.epoch + 1} or more to train further, or evaluate it as "
+                          "it is (pvae evaluate, pvae.load)", "epochs")
     checkpoint.restore_weights(vae, ckpt.weights, path)
     optimizer.load_state_dict(ckpt.state.optimizer)
     set_rng_state(ckpt.state.rng)
@@ -212,8 +217,8 @@ def run_epoch(session: Session, state: TrainState) -> TrainState:
     batches, steps_per_epoch = _batches(session, epoch)
     warmup_steps = round(s.warmup * steps_per_epoch)
     plate_size = None if vae.amortized else vae.num_data
-    bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{s.epochs}", leave=False,
-               disable=not session.progress, dynamic_ncols=True)
+    bar = progress_bar(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{s.epochs}",
+                       leave=False, enabled=session.progress, unit="steps")
     losses = EpochLosses(steps_per_epoch, epoch, step, session.train_x.device,
                          session.path, session.ddp)
     tic, cpu_tic = time.perf_counter(), time.process_time()
