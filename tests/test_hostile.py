@@ -511,9 +511,9 @@ def _ais_chunk_bounds_a_pass(f):
     x, vae, sizes = sample_data(W, b, sigma, 3), make_vae(W, b, sigma), []
 
     class Counted(annealing.Target):
-        def __init__(self, model, guide, call, pdim, chains):
+        def __init__(self, model, guide, call, pdim, chains, *compiled):
             sizes.append(chains * call[0].shape[0])
-            super().__init__(model, guide, call, pdim, chains)
+            super().__init__(model, guide, call, pdim, chains, *compiled)
 
     f.monkeypatch.setattr(annealing, "Target", Counted)
     f.monkeypatch.setattr(annealing, "LARGE_BUDGET", 1)

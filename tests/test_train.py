@@ -268,7 +268,7 @@ def test_device_choice():
     with pytest.raises(ConfigError, match="device must be"):
         resolve_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="no CUDA"):
+        with pytest.raises(ConfigError, match="sees no GPU"):
             resolve_device("cuda")
 
 
