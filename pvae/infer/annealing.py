@@ -18,7 +18,7 @@ from ..checks import check_count
 from ..errors import ConfigError
 from .hmc import StepSizePilot, Target, guide_scale, latent_names, transition
 from .host import Host, frozen_parameters, map_examples, prepare_examples
-from .logweights import check_pair
+from .logweights import check_pair, summed_pairs
 from .results import Estimate, psis_khat
 
 DEFAULT_AIS_CHUNK = 4096
@@ -145,12 +145,23 @@ def ais(model: Callable, guide: Callable, x: torch.Tensor, *args, num_steps: int
         target_accept: float = 0.65, chunk_size: int | None = None, progress: bool = False,
         host: Host | None = None, **kwargs) -> AISResult:
     """AIS log p(x) per example, T = ``num_steps``, C = ``num_chains``, L = ``num_leapfrog``;
-    a pass holds ``chunk_size`` chains × examples."""
+    a pass holds ``chunk_size`` chains × examples. Enumerated discrete sites are summed
+    exactly: one AIS run per value v, chain c's weight w_c = Σ_v w_cv."""
     x, args, kwargs = prepare_examples(host, x, *args, **kwargs)
-    return _run(model, guide, x, args, kwargs, num_steps=num_steps, num_chains=num_chains,
-                num_leapfrog=num_leapfrog, schedule_kind=schedule, target_accept=target_accept,
-                chunk_size=chunk_size, progress=progress, host=host,
-                desc=f"AIS T={num_steps}, C={num_chains}")
+    pairs = summed_pairs(model, guide, check_pair(model, guide, x, *args, **kwargs))
+    runs = [_run(m, g, x, args, kwargs, num_steps=num_steps, num_chains=num_chains,
+                 num_leapfrog=num_leapfrog, schedule_kind=schedule, target_accept=target_accept,
+                 chunk_size=chunk_size, progress=progress, host=host,
+                 desc=f"AIS T={num_steps}, C={num_chains}" + (f", value {v + 1}/{len(pairs)}"
+                                                              if len(pairs) > 1 else ""))
+            for v, (m, g) in enumerate(pairs)]
+    if len(runs) == 1:
+        return runs[0]
+    log_w = torch.stack([r.log_weights for r in runs]).logsumexp(0)
+    return AISResult(torch.logsumexp(log_w, dim=1) - math.log(num_chains), log_w,
+                     torch.stack([r.accept_rate for r in runs]).mean(0), num_steps, num_chains,
+                     num_leapfrog, schedule, seconds=sum(r.seconds for r in runs),
+                     cpu_seconds=sum(r.cpu_seconds for r in runs))
 
 
 def ais_log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args,
@@ -190,7 +201,10 @@ def bdmc(model: Callable, guide: Callable, x: torch.Tensor, *args, num_steps: in
     exact z) on x′ simulated from the model, ``x`` giving only the examples' number and shape
     (ConfigError unless the model observes one site fed by x); options as in :func:`ais`."""
     x, args, kwargs = prepare_examples(host, x, *args, **kwargs)
-    check_pair(model, guide, x, *args, **kwargs)
+    if check_pair(model, guide, x, *args, **kwargs).enumerated:
+        raise ConfigError("BDMC does not handle enumerated discrete sites (its reverse chains "
+                          "would start at the exact latents of every value); use AIS (method "
+                          "ais), which sums them exactly", "method")
     with torch.no_grad(), pyro.validation_enabled(False):
         observed = [n for n, s in poutine.trace(model).get_trace(x, *args, **kwargs).nodes.items()
                     if s["type"] == "sample" and s["is_observed"]]

@@ -3,11 +3,8 @@ module and one entry here), and the settings of their budgets (:class:`EvalConfi
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-
 from ..checks import setting, validate
 from .annealing import ais, bdmc
-from .host import Host
 from .importance import PROPOSALS, importance_sampling
 from .results import Estimate
 
@@ -55,27 +52,28 @@ class EvalConfig:
                     patience=self.local_patience, max_seconds=self.local_seconds * n)
 
 
-def _importance(model, guide, x, config: EvalConfig, host, progress) -> Estimate:
+def _importance(model, guide, x, config: EvalConfig, host, progress, **kwargs) -> Estimate:
     refine = {k: v for k, v in config.local_fit(x.shape[0]).items() if k != "init"}
     return importance_sampling(model, guide, x, num_samples=config.eval_samples,
                                chunk_size=config.chunk_size, proposal=config.proposal,
-                               refine_options=refine, host=host, progress=progress)
+                               refine_options=refine, host=host, progress=progress, **kwargs)
 
 
 def _annealed(estimate: Callable[..., Estimate]) -> Callable[..., Estimate]:
-    return lambda model, guide, x, config, host, progress: estimate(
+    return lambda model, guide, x, config, host, progress, **kwargs: estimate(
         model, guide, x, num_steps=config.ais_steps, num_chains=config.ais_chains,
         num_leapfrog=config.ais_leapfrog, chunk_size=config.chunk_size, host=host,
-        progress=progress)
+        progress=progress, **kwargs)
 
 
 @dataclass(frozen=True)
 class Estimator:
-    """A registered estimator: ``run(model, guide, x, config, host, progress) -> Estimate``, the
-    files a run writes (``figure``, ``per_example`` ``.npy``) and methods run before (``also``)."""
+    """A registered estimator: ``run(model, guide, x, config, host, progress, **kwargs) ->
+    Estimate`` (``kwargs``, such as labels ``y``, go to the model and guide), the files a run
+    writes (``figure``, ``per_example`` ``.npy``) and methods run before (``also``)."""
 
     name: str
-    run: Callable[[Callable, Callable, torch.Tensor, EvalConfig, Host | None, bool], Estimate]
+    run: Callable[..., Estimate]
     summary: str
     figure: str
     per_example: str
