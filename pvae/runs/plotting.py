@@ -67,6 +67,15 @@ def plot_samples(samples: torch.Tensor, path: str | Path, nrow: int = 8,
                        (nrow * 0.6, samples.shape[0] / nrow * 0.6 + 0.3), image_shape)
 
 
+def plot_conditional_samples(images: torch.Tensor, num_classes: int, path: str | Path,
+                             image_shape: Sequence[int] | None = None) -> Path:
+    """E[x|z, y] with one row per class y and the same z down each column."""
+    n = images.shape[0] // num_classes
+    return _image_grid(images, n, f"E[x|z, y]: one row per class y = 0 … {num_classes - 1}, one "
+                       "z ~ p(z) per column", path, (n * 0.6, num_classes * 0.6 + 0.3),
+                       image_shape)
+
+
 def plot_latent(z: torch.Tensor, labels: torch.Tensor, path: str | Path) -> Path:
     """Posterior means of test images in 2-D (first 2 principal components), coloured by digit."""
     z = z.detach().float().cpu()
