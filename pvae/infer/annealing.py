@@ -93,9 +93,11 @@ class AISResult(Estimate):
 
 
 def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, schedule_kind,
-         target_accept, chunk_size, progress, desc, host, exact=None) -> AISResult:
+         target_accept, chunk_size, progress, desc, host, exact=None,
+         pdim=None) -> AISResult:
     """AIS over all examples in passes, timed; given ``exact`` ((B, ...) latent draws per site)
-    the chains start there, anneal τ = 1 → 0 and ``log_px`` is −(logsumexp_c log w_c − log C)."""
+    the chains start there, anneal τ = 1 → 0 and ``log_px`` is −(logsumexp_c log w_c − log C).
+    ``pdim``: the particle dim of :func:`check_pair`, found here (drawing from the RNG) if None."""
     temperatures = schedule(num_steps, schedule_kind)
     check_count("num_chains (C)", num_chains)
     check_count("num_leapfrog (L)", num_leapfrog)
@@ -103,7 +105,7 @@ def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, 
     if not 0 < target_accept < 1:
         raise ConfigError(f"target_accept must lie in (0, 1), got {target_accept}")
     start, cpu = time.perf_counter(), time.process_time()
-    pdim = check_pair(model, guide, x, *args, **kwargs).particle_dim
+    pdim = check_pair(model, guide, x, *args, **kwargs).particle_dim if pdim is None else pdim
     default = CUDA_AIS_CHUNK if x.device.type == "cuda" else DEFAULT_AIS_CHUNK
     per_pass = max(1, (chunk_size or default) // num_chains)
     pilot_steps = max(10, num_steps // 10) if num_steps > 1 else 0
@@ -148,10 +150,12 @@ def ais(model: Callable, guide: Callable, x: torch.Tensor, *args, num_steps: int
     a pass holds ``chunk_size`` chains × examples. Enumerated discrete sites are summed
     exactly: one AIS run per value v, chain c's weight w_c = Σ_v w_cv."""
     x, args, kwargs = prepare_examples(host, x, *args, **kwargs)
-    pairs = summed_pairs(model, guide, check_pair(model, guide, x, *args, **kwargs))
+    structure = check_pair(model, guide, x, *args, **kwargs)
+    pairs = summed_pairs(model, guide, structure)
     runs = [_run(m, g, x, args, kwargs, num_steps=num_steps, num_chains=num_chains,
                  num_leapfrog=num_leapfrog, schedule_kind=schedule, target_accept=target_accept,
                  chunk_size=chunk_size, progress=progress, host=host,
+                 pdim=structure.particle_dim,
                  desc=f"AIS T={num_steps}, C={num_chains}" + (f", value {v + 1}/{len(pairs)}"
                                                               if len(pairs) > 1 else ""))
             for v, (m, g) in enumerate(pairs)]
