@@ -221,7 +221,41 @@ CLI_CASES = [
     ("device-cuda-without-gpu", lambda r, m, t: _without_gpu(
         ["evaluate", "--checkpoint", r / "checkpoint.pt", "--device", "cuda"]),
      "--device cuda was asked for but torch sees no GPU; use --device cpu or auto"),
+    # labels
+    ("semi-without-labels", lambda r, m, t: [*_own(t, np.zeros((600, 16))), "--supervision",
+                                             "semi"], "supervision semi needs labels.*train_y"),
+    ("labelled-without-semi", lambda r, m, t: ["train", "--labelled", 100],
+     "--labelled applies to --supervision semi"),
+    ("semi-with-iwae", lambda r, m, t: ["train", "--supervision", "semi", "--loss", "iwae"],
+     "use --loss elbo"),
+    ("conditional-conv-guide", lambda r, m, t: ["train", "--supervision", "conditional",
+                                                "--guide", "conv"],
+     "--guide 'conv' cannot be used with --supervision 'conditional'"),
+    ("labelled-more-than-the-data", lambda r, m, t: ["train", "--data-dir", m, "--out", t / "o",
+                                                     *TINY, "--supervision", "semi",
+                                                     "--labelled", 300],
+     "--labelled 300 asks for more labels than the 200"),
+    ("labels-float", lambda r, m, t: _labelled(t, np.arange(20) / 2), "holds float64 values"),
+    ("labels-nan", lambda r, m, t: _labelled(t, np.full(20, np.nan)), "20 NaN labels"),
+    ("labels-negative", lambda r, m, t: _labelled(t, np.arange(20) - 3), "holds the label -3"),
+    ("labels-wrong-length", lambda r, m, t: _labelled(t, np.arange(19)),
+     r"has shape \(19,\); labels need one class per image, shape \(20,\)"),
+    ("labels-for-one-split", lambda r, m, t: _own_npz(t, train=np.zeros((20, 16)),
+                                                      test=np.zeros((5, 16)),
+                                                      train_y=np.zeros(20, dtype=int)),
+     "has train_y but not the other"),
 ]
+
+
+def _labelled(tmp: Path, labels) -> list:
+    """``pvae train --supervision semi`` on an .npz of 20 images ``x`` and the labels ``y``."""
+    return [*_own_npz(tmp, x=np.zeros((20, 16)), y=labels), "--supervision", "semi"]
+
+
+def _own_npz(tmp: Path, **arrays) -> list:
+    """``pvae train`` on the user's own .npz file holding ``arrays``."""
+    np.savez(tmp / "x.npz", **arrays)
+    return ["train", "--dataset", tmp / "x.npz", "--out", tmp / "o", *TINY]
 
 
 def _own(tmp: Path, array) -> list:
@@ -385,7 +419,34 @@ API_CASES = [
     ("other-image-size", lambda t: _score(build_vae(z_dim=2, hidden_dims=(8,),
                                                     image_shape=(28, 28)), torch.rand(5, 480)),
      DataError, r"built for 28×28 images \(784 values\) and these data have 480 values"),
+    # labels
+    ("labels-out-of-range", lambda t: fit(labelled_vae(), X, y=torch.arange(64) % 11, epochs=1,
+                                        device="cpu", progress=False), DataError,
+     "must lie in 0 … 9 or -1 \\(unlabelled\\).*from 0 to 10"),
+    ("labels-float", lambda t: fit(labelled_vae(), X, y=torch.zeros(64), epochs=1, device="cpu",
+                                 progress=False), DataError, "y.long\\(\\)"),
+    ("labels-nan", lambda t: fit(labelled_vae(), X, y=torch.full((64,), math.nan), epochs=1,
+                               device="cpu", progress=False), DataError, "contain NaN"),
+    ("labels-wrong-length", lambda t: fit(labelled_vae(), X, y=torch.zeros(63, dtype=torch.long),
+                                        epochs=1, device="cpu", progress=False), DataError,
+     "shape \\(64,\\), got \\(63,\\)"),
+    ("labels-for-an-unlabelled-vae", lambda t: fit(tiny_vae(), X, y=torch.zeros(64, dtype=int),
+                                                 epochs=1, device="cpu", progress=False),
+     ConfigError, "this VAE has none"),
+    ("conditional-without-labels", lambda t: fit(labelled_vae("conditional"), X, epochs=1,
+                                               device="cpu", progress=False), ConfigError,
+     "fit\\(..., y=labels"),
+    ("conditional-unlabelled-example", lambda t: fit(
+        labelled_vae("conditional"), X, y=torch.arange(64) % 10 - 1, epochs=1, device="cpu",
+        progress=False), DataError, "must lie in 0 … 9 for 10 classes"),
+    ("semi-without-classes", lambda t: build_vae(supervision="semi"), ConfigError,
+     "num_classes=K"),
 ]
+
+
+def labelled_vae(supervision="semi"):
+    torch.manual_seed(0)
+    return build_vae(z_dim=3, hidden_dims=(16,), supervision=supervision, num_classes=10)
 
 
 @pytest.mark.parametrize("case, call, error, message", API_CASES, ids=[c[0] for c in API_CASES])

@@ -8,10 +8,15 @@ import torch
 from ..errors import DataError
 
 
+UNLABELLED = -1
+"""The training label of an example whose label was dropped (``--labelled N``)."""
+
+
 @dataclass(frozen=True)
 class Dataset:
     """Flattened float32 images (N, D) in [0, 1], ``test_x`` binarized once for a binary
-    likelihood; labels are 0 where the data have none; ``image_shape`` is (H, W) or (D,)."""
+    likelihood; int64 labels 0 … ``num_classes`` − 1 (:data:`UNLABELLED` where dropped), all 0
+    and ``num_classes`` 0 where the data have none; ``image_shape`` is (H, W) or (D,)."""
 
     name: str
     train_x: torch.Tensor
@@ -19,6 +24,31 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
     image_shape: tuple[int, ...]
+    num_classes: int = 0
+
+
+def keep_labels(y: torch.Tensor, n: int, num_classes: int, seed: int = 0) -> torch.Tensor:
+    """``y`` with ``n`` labels kept, balanced over the classes (⌊n/K⌋ each, one more for the
+    first n mod K classes), drawn with ``seed``, the rest :data:`UNLABELLED`; DataError when a
+    class has too few examples for its share."""
+    counts = torch.bincount(y[y >= 0], minlength=num_classes)
+    if n > int(counts.sum()):
+        raise DataError(f"--labelled {n} asks for more labels than the {int(counts.sum())} "
+                        "labelled training examples; lower it (or drop it to keep all)")
+    if n == int(counts.sum()):
+        return y.clone()
+    gen, kept = torch.Generator().manual_seed(seed), torch.full_like(y, UNLABELLED)
+    for c in range(num_classes):
+        share = n // num_classes + (c < n % num_classes)
+        if share > int(counts[c]):
+            most = int(counts.min()) * num_classes
+            raise DataError(f"--labelled {n} keeps {share} labels of class {c}, but the training "
+                            f"set has only {int(counts[c])} of them; use --labelled {most} or "
+                            "fewer (balanced), or drop it to keep every label")
+        rows = torch.nonzero(y == c).flatten()
+        chosen = rows[torch.randperm(rows.shape[0], generator=gen)[:share]]
+        kept[chosen] = c
+    return kept
 
 
 def check_subset(name: str, n: int | None, total: int | None, source: str = "") -> None:

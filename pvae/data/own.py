@@ -36,12 +36,20 @@ def read_path(path: Path):
         if test_shape != shape:
             raise DataError(f"{path}: 'train' images have shape {shape} but 'test' images "
                             f"{test_shape}; both must be the same size")
-        return (train, torch.zeros(len(train), dtype=torch.int64), test,
-                torch.zeros(len(test), dtype=torch.int64), shape)
+        if ("train_y" in loaded) != ("test_y" in loaded):
+            raise DataError(f"{path} has {'train_y' if 'train_y' in loaded else 'test_y'} but "
+                            "not the other; give labels for both splits (train_y, test_y) or "
+                            "for neither")
+        train_y, test_y = ((as_labels(loaded[k], len(v), f"{path}['{k}']") if k in loaded
+                            else None) for k, v in (("train_y", train), ("test_y", test)))
+        return train, train_y, test, test_y, shape
     if "x" in loaded:
-        return _hold_out(*as_images(loaded["x"], f"{path}['x']"), None, f"{path}['x']")
-    raise DataError(f"{path} holds the arrays {sorted(loaded)}; it needs 'train' and 'test', or "
-                    "one array 'x' (of which a tenth is held out as the test set)")
+        x, shape = as_images(loaded["x"], f"{path}['x']")
+        y = as_labels(loaded["y"], len(x), f"{path}['y']") if "y" in loaded else None
+        return _hold_out(x, shape, y, f"{path}['x']")
+    raise DataError(f"{path} holds the arrays {sorted(loaded)}; it needs 'train' and 'test' "
+                    "(labels: 'train_y', 'test_y'), or one array 'x' (labels: 'y'), of which a "
+                    "tenth is held out as the test set")
 
 
 def _load_numpy(path: Path, suffix: str):
@@ -136,10 +144,29 @@ def _hold_out(x: torch.Tensor, shape: tuple[int, ...], y: torch.Tensor | None, s
     if n < 2:
         raise DataError(f"{source} holds {n} image, too few to hold a test set out; give at "
                         "least 2")
-    y = torch.zeros(n, dtype=torch.int64) if y is None else y
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
     test, train = perm[:max(1, n // 10)].sort().values, perm[max(1, n // 10):].sort().values
-    return x[train], y[train], x[test], y[test], shape
+    return x[train], None if y is None else y[train], x[test], None if y is None else y[test], \
+        shape
+
+
+def as_labels(array, n: int, source: str) -> torch.Tensor:
+    """The labels ``array`` as int64 class indices, one per image of ``n``; DataError naming
+    ``source`` for another length, floats (NaN among them) or negative values."""
+    a = np.asarray(array)
+    if a.ndim != 1 or a.shape[0] != n:
+        raise DataError(f"{source} has shape {a.shape}; labels need one class per image, "
+                        f"shape ({n},)")
+    if a.dtype.kind == "f" and np.isnan(a).any():
+        raise DataError(f"{source} contains {int(np.isnan(a).sum())} NaN labels; drop those "
+                        "images or give their classes")
+    if a.dtype.kind not in "iu":
+        raise DataError(f"{source} holds {a.dtype} values; labels must be whole class indices "
+                        "0, 1, 2, ... (an integer array)")
+    if n and a.min() < 0:
+        raise DataError(f"{source} holds the label {int(a.min())}; classes are numbered 0, 1, "
+                        "2, ...")
+    return torch.from_numpy(a.astype(np.int64))
 
 
 def as_images(array, source: str) -> tuple[torch.Tensor, tuple[int, ...]]:

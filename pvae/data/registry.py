@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..checks import setting, validate
+import torch
+
+from ..checks import SEED_LIMIT, setting, validate
 from ..errors import ConfigError, DataError
-from .dataset import Dataset, binarize_once, check_subset
+from .dataset import Dataset, binarize_once, check_subset, keep_labels
 from .mnist import network_timeout, read_mnist
 from .own import as_images, read_path
 
@@ -43,13 +45,15 @@ DATASETS: dict[str, Callable] = {
     "fashion-mnist": torchvision_dataset("fashion-mnist", "FashionMNIST"),
     "kmnist": torchvision_dataset("kmnist", "KMNIST"),
 }
-"""Loaders by name: ``loader(data_dir) -> (train_x, train_y, test_x, test_y, image_shape)``."""
+"""Loaders by name: ``loader(data_dir) -> (train_x, train_y, test_x, test_y, image_shape)``, the
+labels int64 class indices, or None for data without labels."""
 
 
 def load_dataset(dataset: str = "mnist", data_dir: str | Path = "data", binarize: bool = True,
                  train_subset: int | None = None, test_subset: int | None = None) -> Dataset:
     """The :class:`Dataset` ``dataset`` (a name of :data:`DATASETS` or a path), the first
-    ``*_subset`` examples of each split; with ``binarize`` the test images binarized once."""
+    ``*_subset`` examples of each split; with ``binarize`` the test images binarized once. With
+    labels, ``num_classes`` is the largest label of either split plus one."""
     for name, n in (("train_subset", train_subset), ("test_subset", test_subset)):
         check_subset(name, n, None)
     loader = DATASETS.get(dataset)
@@ -58,12 +62,17 @@ def load_dataset(dataset: str = "mnist", data_dir: str | Path = "data", binarize
     for name, n, x in (("train_subset", train_subset, train_x),
                        ("test_subset", test_subset, test_x)):
         check_subset(name, n, x.shape[0], str(dataset))
+    classes = 0
+    if train_y is None:
+        train_y, test_y = (torch.zeros(len(v), dtype=torch.int64) for v in (train_x, test_x))
+    else:
+        classes = int(torch.cat([train_y, test_y]).max()) + 1
     ntr, nte = int(train_subset or train_x.shape[0]), int(test_subset or test_x.shape[0])
     train_x, test_x = train_x[:ntr], test_x[:nte]
     if binarize:
         test_x = binarize_once(test_x)
     return Dataset(str(dataset), train_x, train_y[:ntr].clone(), test_x, test_y[:nte].clone(),
-                   tuple(shape))
+                   tuple(shape), classes)
 
 
 def load_mnist(data_dir: str | Path = "data", binarize: bool = True,
@@ -84,6 +93,11 @@ class DataConfig:
                                        "all)", low=1, metavar="N")
     test_subset: int | None = setting(None, "evaluate on the first N test images (default: "
                                       "all)", low=1, metavar="N")
+    labelled: int | None = setting(None, "supervision semi: keep N training labels, balanced "
+                                   "over the classes, and drop the rest (0: none, clustering; "
+                                   "default: all)", low=0, metavar="N")
+    labelled_seed: int = setting(0, "supervision semi: seed of the choice of the labels kept",
+                                 low=0, high=SEED_LIMIT)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -95,9 +109,14 @@ class DataConfig:
             object.__setattr__(self, "dataset", path)
 
     def load(self, binarize: bool) -> Dataset:
-        """The :class:`Dataset` this section names (:func:`load_dataset`)."""
-        return load_dataset(self.dataset, self.data_dir, binarize, self.train_subset,
+        """The :class:`Dataset` this section names (:func:`load_dataset`), ``labelled`` of its
+        training labels kept (:func:`~pvae.data.dataset.keep_labels`)."""
+        data = load_dataset(self.dataset, self.data_dir, binarize, self.train_subset,
                             self.test_subset)
+        if self.labelled is None or not data.num_classes:
+            return data
+        return dataclasses.replace(data, train_y=keep_labels(
+            data.train_y, self.labelled, data.num_classes, self.labelled_seed))
 
     def replace(self, **changes) -> "DataConfig":
         """A copy with ``changes``, checked again."""

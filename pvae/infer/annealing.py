@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..progress import progress_bar
 from .hmc import CompiledDensities, StepSizePilot, Target, guide_scale, latent_names, transition
 from .host import Host, frozen_parameters, map_examples, plain_twin, prepare_examples
-from .logweights import check_pair
+from .logweights import check_pair, summed_pairs
 from .results import Estimate, psis_khat
 
 log = logging.getLogger(__name__)
@@ -122,10 +122,11 @@ def _announce(n: int, chains: int, steps: int, leapfrog: int, passes: int, chunk
 
 
 def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, schedule_kind,
-         target_accept, chunk_size, progress, desc, host, exact=None, compile=False
-         ) -> AISResult:
+         target_accept, chunk_size, progress, desc, host, exact=None, compile=False,
+         pdim=None) -> AISResult:
     """AIS over all examples in passes, timed; given ``exact`` ((B, ...) latent draws per site)
-    the chains start there, anneal τ = 1 → 0 and ``log_px`` is −(logsumexp_c log w_c − log C)."""
+    the chains start there, anneal τ = 1 → 0 and ``log_px`` is −(logsumexp_c log w_c − log C).
+    ``pdim``: the particle dim of :func:`check_pair`, found here (drawing from the RNG) if None."""
     temperatures = schedule(num_steps, schedule_kind)
     check_count("num_chains (C)", num_chains)
     check_count("num_leapfrog (L)", num_leapfrog)
@@ -133,7 +134,8 @@ def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, 
     if not 0 < target_accept < 1:
         raise ConfigError(f"target_accept must lie in (0, 1), got {target_accept}")
     start, cpu = time.perf_counter(), time.process_time()
-    pdim = check_pair(model, guide, x, *args, **kwargs).particle_dim
+    if pdim is None:
+        pdim = check_pair(model, guide, x, *args, **kwargs).particle_dim
     chunk = chunk_size or (CUDA_AIS_CHUNK if x.device.type == "cuda" else DEFAULT_AIS_CHUNK)
     group = min(num_chains, chunk)  # chains annealed together: a pass holds ≤ chunk chains
     per_pass = max(1, chunk // group)
@@ -190,12 +192,25 @@ def ais(model: Callable, guide: Callable, x: torch.Tensor, *args, num_steps: int
     a pass holds at most ``chunk_size`` chains × examples (the chains of one example in several
     passes when they are more). ``compile`` (True: inductor, or a backend's name): with
     ``host=vae`` and its own pair, the leapfrog steps' log-joint and log q and their
-    z-gradients are compiled by torch.compile, a graph per pass shape."""
+    z-gradients are compiled by torch.compile, a graph per pass shape. Enumerated discrete
+    sites are summed exactly: one AIS run per value v, chain c's weight w_c = Σ_v w_cv."""
     x, args, kwargs = prepare_examples(host, x, *args, **kwargs)
-    return _run(model, guide, x, args, kwargs, num_steps=num_steps, num_chains=num_chains,
-                num_leapfrog=num_leapfrog, schedule_kind=schedule, target_accept=target_accept,
-                chunk_size=chunk_size, progress=progress, host=host, compile=compile,
-                desc=f"AIS T={num_steps}, C={num_chains}")
+    structure = check_pair(model, guide, x, *args, **kwargs)
+    pairs = summed_pairs(model, guide, structure)
+    runs = [_run(m, g, x, args, kwargs, num_steps=num_steps, num_chains=num_chains,
+                 num_leapfrog=num_leapfrog, schedule_kind=schedule, target_accept=target_accept,
+                 chunk_size=chunk_size, progress=progress, host=host, compile=compile,
+                 pdim=structure.particle_dim,
+                 desc=f"AIS T={num_steps}, C={num_chains}" + (f", value {v + 1}/{len(pairs)}"
+                                                              if len(pairs) > 1 else ""))
+            for v, (m, g) in enumerate(pairs)]
+    if len(runs) == 1:
+        return runs[0]
+    log_w = torch.stack([r.log_weights for r in runs]).logsumexp(0)
+    return AISResult(torch.logsumexp(log_w, dim=1) - math.log(num_chains), log_w,
+                     torch.stack([r.accept_rate for r in runs]).mean(0), num_steps, num_chains,
+                     num_leapfrog, schedule, seconds=sum(r.seconds for r in runs),
+                     cpu_seconds=sum(r.cpu_seconds for r in runs))
 
 
 def ais_log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args,
@@ -235,7 +250,10 @@ def bdmc(model: Callable, guide: Callable, x: torch.Tensor, *args, num_steps: in
     exact z) on x′ simulated from the model, ``x`` giving only the examples' number and shape
     (ConfigError unless the model observes one site fed by x); options as in :func:`ais`."""
     x, args, kwargs = prepare_examples(host, x, *args, **kwargs)
-    check_pair(model, guide, x, *args, **kwargs)
+    if check_pair(model, guide, x, *args, **kwargs).enumerated:
+        raise ConfigError("BDMC does not handle enumerated discrete sites (its reverse chains "
+                          "would start at the exact latents of every value); use AIS (method "
+                          "ais), which sums them exactly", "method")
     with torch.no_grad(), pyro.validation_enabled(False):
         observed = [n for n, s in poutine.trace(model).get_trace(x, *args, **kwargs).nodes.items()
                     if s["type"] == "sample" and s["is_observed"]]

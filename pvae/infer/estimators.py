@@ -3,8 +3,6 @@ module and one entry here), and the settings of their budgets (:class:`EvalConfi
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-
 from ..checks import setting, validate
 from ..errors import ConfigError
 from .annealing import ais, bdmc
@@ -71,7 +69,8 @@ def _fit_options(config: EvalConfig, n: int) -> dict:
             "elbo_samples": config.elbo_samples}
 
 
-def _importance(model, guide, x, config: EvalConfig, host, progress) -> Estimate:
+def _importance(model, guide, x, config: EvalConfig, host, progress, **kwargs
+                ) -> Estimate:
     proposal = config.proposal
     if without_encoder(host):
         if proposal == "refined":
@@ -82,14 +81,14 @@ def _importance(model, guide, x, config: EvalConfig, host, progress) -> Estimate
     return importance_sampling(model, guide, x, num_samples=config.eval_samples,
                                chunk_size=config.chunk_size, proposal=proposal,
                                refine_options=_fit_options(config, x.shape[0]), host=host,
-                               progress=progress, warn=False)
+                               progress=progress, warn=False, **kwargs)
 
 
 def _annealed(estimate: Callable[..., Estimate]) -> Callable[..., Estimate]:
     """AIS or BDMC with the run's budget; for a model without encoder AIS's chains start from
     q* fitted to each image from N(0, I) (BDMC's simulated images would need fits of their
     own, so it refuses)."""
-    def run(model, guide, x, config: EvalConfig, host, progress) -> Estimate:
+    def run(model, guide, x, config: EvalConfig, host, progress, **kwargs) -> Estimate:
         args = ()
         if without_encoder(host):
             if estimate is bdmc:
@@ -102,17 +101,18 @@ def _annealed(estimate: Callable[..., Estimate]) -> Callable[..., Estimate]:
         return estimate(model, guide, x, *args, num_steps=config.ais_steps,
                         num_chains=config.ais_chains, num_leapfrog=config.ais_leapfrog,
                         chunk_size=config.chunk_size, host=host, progress=progress,
-                        compile=config.ais_compile)
+                        compile=config.ais_compile, **kwargs)
     return run
 
 
 @dataclass(frozen=True)
 class Estimator:
-    """A registered estimator: ``run(model, guide, x, config, host, progress) -> Estimate``, the
-    files a run writes (``figure``, ``per_example`` ``.npy``) and methods run before (``also``)."""
+    """A registered estimator: ``run(model, guide, x, config, host, progress, **kwargs) ->
+    Estimate`` (``kwargs``, such as labels ``y``, go to the model and guide), the files a run
+    writes (``figure``, ``per_example`` ``.npy``) and methods run before (``also``)."""
 
     name: str
-    run: Callable[[Callable, Callable, torch.Tensor, EvalConfig, Host | None, bool], Estimate]
+    run: Callable[..., Estimate]
     summary: str
     figure: str
     per_example: str

@@ -7,6 +7,9 @@ import torch
 
 from ..errors import DataError
 
+LABELS = "y"
+"""The keyword of the labels a host checks with the data (the label site's name)."""
+
 
 @runtime_checkable
 class Host(Protocol):
@@ -73,8 +76,9 @@ def map_examples(fn: Callable, x: torch.Tensor, *args, **kwargs
 
 def prepare_examples(host: Host | None, x: torch.Tensor, *args, **kwargs
                      ) -> tuple[torch.Tensor, tuple, dict]:
-    """``x`` and the tensors cut with it, on ``host``'s device and checked by it (if given);
-    DataError unless x is a tensor of one or more examples along dim 0."""
+    """``x`` and the tensors cut with it, on ``host``'s device and checked by it (if given; with
+    labels ``y=``, ``host.check_data(x, y=y)``); DataError unless x is a tensor of one or more
+    examples along dim 0."""
     if not isinstance(x, torch.Tensor):
         raise DataError(f"x must be a torch.Tensor with the examples along dim 0, "
                         f"got {type(x).__name__}")
@@ -83,7 +87,7 @@ def prepare_examples(host: Host | None, x: torch.Tensor, *args, **kwargs
                         f"example, got shape {tuple(x.shape)}")
     if host is None:
         return x, args, kwargs
-    host.check_data(x)
+    host.check_data(x, **{k: v for k, v in kwargs.items() if k == LABELS and v is not None})
     return map_examples(lambda a: a.to(host.device), x, *args, **kwargs)
 
 

@@ -1,7 +1,9 @@
 """Importance log-weights log w_bk = log p(x_b, z_bk) − log q(z_bk|x_b), z_bk ~ q(z|x_b), a
 ``(K, B)`` matrix for K draws of each of B examples, shared by the importance-sampled log p(x),
 the ELBO and the IWAE loss, for a pair whose sites all lie in ``pyro.plate("data")`` over x's
-leading dim (the contract: docs/evaluation.rst)."""
+leading dim (the contract: docs/evaluation.rst). Discrete sites marked for enumeration are summed
+exactly: w_bk = Σ_y p(x_b, y, z_bky) / q(z_bky|x_b, y), K draws of z for each value y."""
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -23,9 +25,11 @@ CUDA_CHUNK_SIZE = 2**17
 
 @dataclass(frozen=True)
 class Structure:
-    """A checked pair (:func:`check_pair`): the particle plate's dim, left of the pair's plates."""
+    """A checked pair (:func:`check_pair`): the particle plate's dim, left of the pair's plates,
+    and each enumerated site's name with its support (values along dim 0)."""
 
     particle_dim: int
+    enumerated: tuple[tuple[str, torch.Tensor], ...] = ()
 
 
 def default_chunk_size(device) -> int:
@@ -73,7 +77,8 @@ def check_pair(model: Callable, guide: Callable, x: torch.Tensor, *args, **kwarg
     model_sites, guide_sites = ({n: s for n, s in prune_subsample_sites(tr).nodes.items()
                                  if s["type"] == "sample"} for tr in (model_tr, guide_tr))
     latent = [n for n, s in model_sites.items() if not s["is_observed"]]
-    missing = [n for n in latent if n not in guide_sites]
+    enumerated = _enumerated({**model_sites, **guide_sites})
+    missing = [n for n in latent if n not in guide_sites and n not in enumerated]
     extra = [n for n in guide_sites if n not in model_sites]
     if missing or extra:
         raise ConfigError(f"the guide must sample exactly the model's latent sites: the model's "
@@ -88,9 +93,6 @@ def check_pair(model: Callable, guide: Callable, x: torch.Tensor, *args, **kwarg
                           "x observed inside pyro.plate('data')")
     dims = []
     for name, site in (*model_sites.items(), *guide_sites.items()):
-        if site["infer"].get("enumerate"):
-            raise ConfigError(f"site {name!r} is enumerated; enumeration is not supported "
-                              "by the importance-sampling estimator")
         frame = _data_frame(name, site)
         dims += [f.dim for f in site["cond_indep_stack"] if f.vectorized]
         shape = site["fn"].batch_shape
@@ -99,7 +101,34 @@ def check_pair(model: Callable, guide: Callable, x: torch.Tensor, *args, **kwarg
             raise DataError(f"site {name!r} has {size} entries along the 'data' plate for "
                             f"{n_try} examples of x (shape {tuple(x.shape)}); the 'data' "
                             "plate must be sized by the leading dim of x")
-    return Structure(particle_dim=min(dims) - 1)
+    return Structure(particle_dim=min(dims) - 1, enumerated=tuple(enumerated.items()))
+
+
+def _enumerated(sites: dict) -> dict[str, torch.Tensor]:
+    """{name: support} of the unobserved sites marked ``infer={"enumerate": ...}``."""
+    out = {}
+    for name, site in sites.items():
+        if site["infer"].get("enumerate") and not site["is_observed"]:
+            if not site["fn"].has_enumerate_support:
+                raise ConfigError(f"site {name!r} is marked for enumeration but "
+                                  f"{type(site['fn']).__name__} has no finite support to sum")
+            out[name] = site["fn"].enumerate_support(expand=False).detach()
+    return out
+
+
+def summed_pairs(model: Callable, guide: Callable, structure: Structure) -> list[tuple]:
+    """One (model, guide) pair per joint value v of the enumerated sites, both conditioned on v
+    and the guide's own draw of them hidden, so Σ_v of their weights sums those sites exactly;
+    ``[(model, guide)]`` without enumerated sites."""
+    if not structure.enumerated:
+        return [(model, guide)]
+    names = [name for name, _ in structure.enumerated]
+    pairs = []
+    for values in itertools.product(*(support for _, support in structure.enumerated)):
+        data = dict(zip(names, values))
+        pairs.append((poutine.condition(model, data=data),
+                      poutine.block(poutine.condition(guide, data=data), hide=names)))
+    return pairs
 
 
 def particle_traces(model: Callable, guide: Callable, k: int, particle_dim: int, *args,
@@ -148,9 +177,10 @@ def log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_samples: 
     """log w_bk for K = ``num_samples`` draws per example: shape (K, B), differentiable.
     ``scaled=False``: the β = 1 model in float64; ``scaled=True``: log p(x|z) + β·(log p(z) −
     log q(z|x)) with masks, N/B left to the caller. A pass holds at most ``chunk_size`` draws
-    (None: :func:`default_chunk_size`); ``structure``: :func:`check_pair`'s."""
+    (None: :func:`default_chunk_size`); ``structure``: :func:`check_pair`'s. Enumerated sites:
+    log w_bk = logsumexp_v log w_bkv over their values v (:func:`summed_pairs`)."""
     structure = structure or check_pair(model, guide, x, *args, **kwargs)
-    pdim = structure.particle_dim
+    pdim, pairs = structure.particle_dim, summed_pairs(model, guide, structure)
     chunk = chunk_size or default_chunk_size(x.device)
     per_pass, k_pass = max(1, chunk // num_samples), min(num_samples, chunk)
     columns = []
@@ -159,7 +189,8 @@ def log_weights(model: Callable, guide: Callable, x: torch.Tensor, num_samples: 
         rows = []
         for k0 in range(0, num_samples, k_pass):
             k = min(k_pass, num_samples - k0)
-            traces = particle_traces(model, guide, k, pdim, xb, *a, **kw)
-            rows.append(trace_log_weights(*traces, pdim, scaled).expand(k, xb.shape[0]))
+            lw = [trace_log_weights(*particle_traces(m, g, k, pdim, xb, *a, **kw), pdim, scaled)
+                  .expand(k, xb.shape[0]) for m, g in pairs]
+            rows.append(lw[0] if len(lw) == 1 else torch.stack(lw).logsumexp(0))
         columns.append(torch.cat(rows, dim=0))
     return torch.cat(columns, dim=1)

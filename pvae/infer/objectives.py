@@ -77,11 +77,25 @@ OBJECTIVES: dict[str, Callable[..., pyro.infer.ELBO]] = {
     "elbo": elbo, "meanfield": meanfield, "iwae": IWAE}
 
 
-def make_loss(name: str = "elbo", num_particles: int = 1) -> pyro.infer.ELBO:
-    """The objective ``name`` with ``num_particles`` samples per example."""
+def enumerated_elbo(num_particles: int = 1) -> pyro.infer.ELBO:
+    """Loss = −ELBO with the sites marked ``infer={"enumerate": "parallel"}`` summed exactly
+    (``TraceEnum_ELBO``, one plate: ``"data"``): for a guide q(y|x) q(z|x,y),
+    −Σ_y q(y|x) E_q(z|x,y)[log p(x, y, z) − log q(y|x) − log q(z|x,y)]."""
+    return pyro.infer.TraceEnum_ELBO(num_particles=num_particles, max_plate_nesting=1,
+                                     vectorize_particles=num_particles > 1)
+
+
+def make_loss(name: str = "elbo", num_particles: int = 1,
+              enumerated: bool = False) -> pyro.infer.ELBO:
+    """The objective ``name`` with ``num_particles`` samples per example; ``enumerated``: for a
+    model with enumerated discrete sites (``"elbo"`` then is :func:`enumerated_elbo`)."""
     if name not in OBJECTIVES:
         raise ConfigError(
             f"unknown loss {name!r}; choose one of: {', '.join(sorted(OBJECTIVES))}")
     if int(num_particles) < 1:
         raise ConfigError(f"num_particles must be >= 1, got {num_particles}", "num_particles")
-    return OBJECTIVES[name](num_particles=int(num_particles))
+    if enumerated and name != "elbo":
+        raise ConfigError(f"loss {name} cannot sum an enumerated discrete latent (the label y "
+                          "of supervision semi); use loss elbo, which is then TraceEnum_ELBO",
+                          "loss")
+    return (enumerated_elbo if enumerated else OBJECTIVES[name])(num_particles=int(num_particles))

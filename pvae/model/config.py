@@ -11,6 +11,7 @@ from ..checks import as_dict, from_dict, real_number, setting, validate
 from ..errors import ConfigError
 from .guides import GUIDES
 from .hierarchy import UpperLayer
+from .labels import SUPERVISIONS, Classifier
 from .likelihoods import LIKELIHOODS
 from .nets import ACTIVATIONS
 from .parts import declared_options, shared_arguments, split_options
@@ -24,6 +25,14 @@ TWO_LAYER_REFUSED = {
     ("guide", "semi"): "its refinement runs p(z) and p(x|z), and p(z) is not one distribution "
                        "with two layers"}
 """(role, name) of parts that ``stochastic_layers=2`` refuses, and why."""
+FLAT_INPUT = "its encoder reads x as an image, not the vector [x, one-hot(y)]"
+LABEL_REFUSED = {
+    ("guide", "conv"): FLAT_INPUT, ("guide", "local"): "it has no encoder of (x, y)",
+    ("guide", "semi"): "its refinement runs p(x|z) without the label",
+    ("prior", "vamp"): "its pseudo-inputs go through q(z|x), which now reads (x, y)",
+    ("stochastic_layers", 2): "two stochastic layers are built for unlabelled data only"}
+"""(setting, value) that a supervision other than ``"none"`` refuses, and why."""
+ALPHA = 50.0
 
 
 def check_beta(beta: Any) -> float:
@@ -63,10 +72,18 @@ class VAEConfig:
                                                "p(z|z2) and q(z2|z)", low=1, metavar="H")
     beta: float = setting(1.0, "weight of the KL term (poutine.scale on the latent sites)",
                           low=0.0)
+    supervision: str = setting("none", "labels: none; conditional: p(x|z,y) and q(z|x,y), y "
+                               "given (Sohn et al. 2015); semi: M2, p(y)p(z)p(x|y,z) with q(y|x) "
+                               "q(z|x,y), y summed by enumeration where unlabelled (Kingma et al. "
+                               "2014)", choices=lambda: SUPERVISIONS)
+    alpha: float = setting(ALPHA, "semi: weight α of the classifier's loss −α·log q(y|x) per "
+                           "labelled example (poutine.scale)", low=0.0)
     x_dim: int = setting(784, "values per example", low=1, flag=False)
     image_shape: tuple[int, ...] | None = setting(None, "one example's shape", low=1, flag=False)
     num_data: int | None = setting(None, "training examples (a local guide's rows)", low=1,
                                    flag=False)
+    num_classes: int | None = setting(None, "classes of the label y (read from the data)",
+                                      low=2, flag=False)
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -83,6 +100,11 @@ class VAEConfig:
             if self.stochastic_layers == 2 and getattr(self, role) == name:
                 raise ConfigError(f"{role} {name!r} cannot be used with two stochastic layers: "
                                   f"{why}; use one layer, or another {role}", role)
+        for (role, name), why in LABEL_REFUSED.items():
+            if self.supervision != "none" and getattr(self, role) == name:
+                raise ConfigError(f"{role} {name!r} cannot be used with supervision "
+                                  f"{self.supervision!r}: {why}; use supervision none, or "
+                                  f"another {role}", role, "supervision")
         if not isinstance(self.options, Mapping):
             raise ConfigError(f"options must be a mapping of names to values, got {self.options!r}")
         merged = {k: v for opts in split_options(self.parts(), self.options).values()
@@ -121,14 +143,35 @@ class VAEConfig:
             raise ConfigError("this configuration names no parts (a VAE of one's own modules): "
                               "build the modules in Python")
         options, made = split_options(self.parts(), self.options), {}
+        labels = self.label_classes()
         for role in ("guide", "prior", "likelihood"):
             cls = REGISTRIES[role][getattr(self, role)]
             args = {k: made["guide"] if k == "guide" else getattr(self, k)
                     for k in shared_arguments(cls)}
             if role == "prior" and self.stochastic_layers == 2:
                 args["z_dim"] = self.top_z_dim
+            widened = {"guide": "x_dim", "likelihood": "z_dim"}.get(role)
+            if labels and widened in args:
+                args[widened] += labels
             made[role] = cls(**args, **options[role])
         return made["prior"], made["likelihood"], made["guide"]
+
+    def label_classes(self) -> int:
+        """K, the classes of y the nets read (one-hot), 0 without supervision; ConfigError
+        when a supervised model does not know K."""
+        if self.supervision == "none":
+            return 0
+        if self.num_classes is None:
+            raise ConfigError(f"supervision {self.supervision!r} needs the number of classes of "
+                              "the labels: build_vae(..., num_classes=K) (a run reads it from "
+                              "the data)", "num_classes")
+        return self.num_classes
+
+    def build_classifier(self) -> Classifier | None:
+        """A new classifier q(y|x) for the semi-supervised model, else None."""
+        if self.supervision != "semi":
+            return None
+        return Classifier(self.x_dim, self.label_classes(), self.hidden_dims, self.activation)
 
     def build_upper(self) -> UpperLayer | None:
         """A new :class:`~pvae.model.hierarchy.UpperLayer` with two stochastic layers, else None."""

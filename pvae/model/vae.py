@@ -5,6 +5,7 @@ import math
 from typing import Any, Sequence
 
 import pyro
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.nn import PyroModule
@@ -15,6 +16,7 @@ from ..errors import ConfigError, DataError
 from ..infer.sites import Site, SiteRecorder
 from .config import VAEConfig, check_beta
 from .hierarchy import TOP_SITE
+from .labels import LABEL_SITE, check_labels, join_label
 from .parts import Guide, Likelihood, Prior
 
 
@@ -31,11 +33,14 @@ def beta_handler(beta: float):
 class VAE(PyroModule):
     """A VAE with prior p(z), likelihood p(x|z) and guide q(z|x) (:mod:`pvae.model.parts`) and,
     with ``upper``, two stochastic layers (docs/training.rst); the latent sites are scaled by
-    :attr:`kl_weight` (loss E_q[-log p(x|z)] + β·KL), its parameters ``pyro.param`` s for SVI."""
+    :attr:`kl_weight` (loss E_q[-log p(x|z)] + β·KL), its parameters ``pyro.param`` s for SVI.
+    With labels (``config.supervision``, docs/labels.rst) p(x|z,y) and q(z|x,y) read [·, one-hot
+    y]; the semi-supervised model adds y ~ p(y) and the ``classifier`` q(y|x)."""
 
     def __init__(self, prior: nn.Module, likelihood: nn.Module, guide: nn.Module,
                  x_dim: int | None = None, num_data: int | None = None, beta: float = 1.0,
-                 config: VAEConfig | None = None, upper: nn.Module | None = None):
+                 config: VAEConfig | None = None, upper: nn.Module | None = None,
+                 classifier: nn.Module | None = None):
         super().__init__()
         for part, protocol in ((prior, Prior), (likelihood, Likelihood), (guide, Guide)):
             if not isinstance(part, protocol):
@@ -49,7 +54,11 @@ class VAE(PyroModule):
         if config is None:
             config = VAEConfig(prior=None, guide=None, likelihood=None, z_dim=self.z_dim,
                                x_dim=x_dim, num_data=num_data, beta=beta)
+        if (classifier is not None) != (config.supervision == "semi"):
+            raise ConfigError("a classifier q(y|x) belongs to the semi-supervised model only: "
+                              "pass one exactly when config.supervision is 'semi'")
         self.prior, self.likelihood, self.q, self.upper = prior, likelihood, guide, upper
+        self.classifier = classifier
         self._direct, self._warmup = 0, 1.0
         object.__setattr__(self, "config", config)
         if guide.uses_model:
@@ -58,7 +67,8 @@ class VAE(PyroModule):
     @classmethod
     def from_config(cls, config: VAEConfig) -> "VAE":
         """A new VAE (fresh weights from the global torch RNG) built from ``config``."""
-        return cls(*config.build(), config=config, upper=config.build_upper())
+        return cls(*config.build(), config=config, upper=config.build_upper(),
+                   classifier=config.build_classifier())
 
     @property
     def x_dim(self) -> int:
@@ -100,6 +110,16 @@ class VAE(PyroModule):
             self._warmup = previous
 
     @property
+    def supervision(self) -> str:
+        """How the model uses labels: ``"none"``, ``"conditional"`` or ``"semi"``."""
+        return self.config.supervision
+
+    @property
+    def num_classes(self) -> int:
+        """K, the classes of the label y; 0 for a model without labels."""
+        return self.config.label_classes()
+
+    @property
     def amortized(self) -> bool:
         """False when the guide owns per-example parameters and needs dataset indices."""
         return bool(self.q.amortized)
@@ -136,30 +156,46 @@ class VAE(PyroModule):
             return pyro.plate("data", x.shape[0])
         return pyro.plate("data", self.num_data or x.shape[0], subsample=idx)
 
-    def model(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """z ~ p(z) (two layers: z2 ~ p(z2), z ~ p(z|z2)), x ~ p(x|z) in the plate; returns z."""
+    def model(self, x: torch.Tensor, idx: torch.Tensor | None = None,
+              y: torch.Tensor | None = None) -> torch.Tensor:
+        """z ~ p(z) (two layers: z2 ~ p(z2), z ~ p(z|z2)), x ~ p(x|z) in the plate; returns z.
+        Conditional: x ~ p(x|z,y), y given; semi: y ~ p(y) = 1/K as well, observed if given."""
         if not self._direct:
             self._param_statements("prior", "likelihood", "upper")
         pz = self.prior()
         with self._plate(x, idx):
-            return self._model_program(pz, x, self._pyro_sample)
+            return self._model_program(pz, x, self._pyro_sample, y)
 
-    def guide(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """z ~ q(z|x) (two layers: then z2 ~ q(z2|z)) in the ``"data"`` plate; returns z."""
+    def guide(self, x: torch.Tensor, idx: torch.Tensor | None = None,
+              y: torch.Tensor | None = None) -> torch.Tensor:
+        """z ~ q(z|x) (two layers: then z2 ~ q(z2|z)) in the ``"data"`` plate; returns z. With
+        labels z ~ q(z|x,y); semi without y: first y ~ q(y|x), enumerated in parallel."""
         if not self._direct:
-            self._param_statements("q", "upper")
+            self._param_statements("q", "upper", "classifier")
         with self._plate(x, idx):
-            return self._guide_program(x, idx, self._pyro_sample)
+            return self._guide_program(x, idx, self._pyro_sample, y)
 
-    def _model_program(self, pz, x: torch.Tensor, sample) -> torch.Tensor:
+    def _model_program(self, pz, x: torch.Tensor, sample, y: torch.Tensor | None = None
+                       ) -> torch.Tensor:
         if self.upper is not None:
             pz = self.upper.conditional(sample(TOP_SITE, pz))
-        z = sample("z", pz)
-        sample("x", self.likelihood(z), x)
+        z = code = sample("z", pz)
+        if self.num_classes:  # labelled models run through Pyro only (not plain_program)
+            if self.supervision == "semi":
+                y = pyro.sample(LABEL_SITE, dist.Categorical(logits=x.new_zeros(
+                    self.num_classes)), obs=y)
+            code = join_label(z, self._given(y), self.num_classes)
+        sample("x", self.likelihood(code), x)
         return z
 
-    def _guide_program(self, x: torch.Tensor, idx: torch.Tensor | None, sample) -> torch.Tensor:
-        z = sample("z", self.q(x, idx))
+    def _guide_program(self, x: torch.Tensor, idx: torch.Tensor | None, sample,
+                       y: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = x
+        if self.num_classes:
+            if y is None and self.classifier is not None:
+                y = pyro.sample(LABEL_SITE, self.classifier(x), infer={"enumerate": "parallel"})
+            inputs = join_label(x, self._given(y), self.num_classes)
+        z = sample("z", self.q(inputs, idx))
         if self.upper is not None:
             sample(TOP_SITE, self.upper.posterior(z))
         return z
@@ -174,9 +210,10 @@ class VAE(PyroModule):
     @property
     def plain_program(self) -> bool:
         """Whether :meth:`plain_sites` lists what :meth:`model` and :meth:`guide` trace: they
-        are :class:`VAE`'s own, neither replaced on this instance nor overridden."""
-        return all(getattr(type(self), name) is getattr(VAE, name) and name not in self.__dict__
-                   for name in ("model", "guide", "_model_program", "_guide_program"))
+        are :class:`VAE`'s own, neither replaced on this instance nor overridden, with no label."""
+        return not self.num_classes and all(
+            getattr(type(self), name) is getattr(VAE, name) and name not in self.__dict__
+            for name in ("model", "guide", "_model_program", "_guide_program"))
 
     def plain_sites(self, x: torch.Tensor, idx: torch.Tensor | None = None, *,
                     latent_scale: torch.Tensor | float, particles: int | None = None,
@@ -192,9 +229,34 @@ class VAE(PyroModule):
         self._model_program(self.prior(), x, model)
         return guide.sites, model.sites
 
-    def check_data(self, x: torch.Tensor, probabilities: bool = False) -> None:
+    def _given(self, y: torch.Tensor | None) -> torch.Tensor:
+        if y is None:
+            raise ConfigError("this VAE is conditional (supervision 'conditional'): it models "
+                              "p(x|y) and needs the labels; pass y= (one class per example)")
+        return y
+
+    def classifier_model(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The classifier's auxiliary term as a Pyro model: y observed under q(y|x), scaled by
+        α with ``poutine.scale`` (its loss, −α·Σ log q(y|x), pairs it with an empty guide)."""
+        if self.classifier is None:
+            raise ConfigError("only the semi-supervised model has a classifier q(y|x)")
+        if not self._direct:
+            self._param_statements("classifier")
+        with pyro.plate("data", x.shape[0]), beta_handler(self.config.alpha):
+            pyro.sample("y_aux", self.classifier(x), obs=y)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """argmax_y q(y|x) per example (the semi-supervised model's classifier)."""
+        if self.classifier is None:
+            raise ConfigError("only the semi-supervised model (supervision 'semi') classifies")
+        return self.classifier(x).logits.argmax(-1)
+
+    def check_data(self, x: torch.Tensor, probabilities: bool = False,
+                   y: torch.Tensor | None = None, unlabelled: bool = False) -> None:
         """DataError unless ``x`` is a finite ``(B, x_dim)`` tensor in the likelihood's support,
-        or with ``probabilities`` (training data to binarize) one of values in [0, 1]."""
+        or with ``probabilities`` (training data to binarize) one of values in [0, 1], and
+        labels ``y`` pass :func:`~pvae.model.labels.check_labels` (-1 too if ``unlabelled``)."""
         if not isinstance(x, torch.Tensor):
             raise DataError(f"data must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 2 or x.shape[1] != self.x_dim:
@@ -215,19 +277,36 @@ class VAE(PyroModule):
                 raise DataError(f"training data must lie in [0, 1] to be binarized (Bernoulli "
                                 f"probabilities), got values in [{lo:g}, {hi:g}]; rescale the "
                                 "images, e.g. x / 255")
-            return
-        if not bool(torch.isfinite(x).all()):
+        elif not bool(torch.isfinite(x).all()):
             raise DataError(f"data contains {int((~torch.isfinite(x)).sum())} NaN/Inf values; "
                             "clean or drop those examples")
-        self.likelihood.check(x)
+        else:
+            self.likelihood.check(x)
+        if y is not None and not self.num_classes:
+            raise ConfigError("this VAE has no labels (supervision 'none'): drop y, or build it "
+                              "with supervision='conditional' or 'semi' and num_classes=K")
+        if y is not None:
+            check_labels(y, x.shape[0], self.num_classes, unlabelled)
+
+    def guide_input(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """What q(z|·) reads: x, or with labels [x, one-hot y], y the classifier's argmax when
+        the semi-supervised model is not given one."""
+        if not self.num_classes:
+            return x
+        if y is None and self.classifier is not None:
+            y = self.predict(x)
+        return join_label(x, self._given(y), self.num_classes)
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
-        """``(loc, scale, flows)``: q(z|x) = f(N(loc, scale²)), ``flows`` f shared by all x (else
-        []), or another family's mean and standard deviation; ConfigError without an encoder."""
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """``(loc, scale, flows)``: q(z|x) (with labels, q(z|x,y)) = f(N(loc, scale²)), ``flows``
+        f shared by all x (else []), or another family's mean and standard deviation;
+        ConfigError without an encoder."""
         if not self.amortized:
             raise ConfigError("this VAE's guide owns per-example parameters and has no encoder "
                               "for new data")
+        x = self.guide_input(x, y)
         own = getattr(self.q, "encode", None)
         if own is not None:
             return (*own(x), [])
@@ -242,15 +321,27 @@ class VAE(PyroModule):
             return z.mean(0), z.std(0), []
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """E[x|z] at one sample z ~ q(z|x) (the image a reconstruction figure shows)."""
-        return self.likelihood.mean(self.q(x, idx).sample())
+    def reconstruct(self, x: torch.Tensor, idx: torch.Tensor | None = None,
+                    y: torch.Tensor | None = None) -> torch.Tensor:
+        """E[x|z] (with labels, E[x|z,y]) at one sample z ~ q(z|x) (q(z|x,y)): the image a
+        reconstruction figure shows; the semi-supervised model uses y = argmax q(y|x)."""
+        if self.num_classes and y is None and self.classifier is not None:
+            y = self.predict(x)
+        z = self.q(self.guide_input(x, y), idx).sample()
+        return self.likelihood.mean(join_label(z, y, self.num_classes) if self.num_classes
+                                    else z)
 
     @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        """E[x|z] for ``n`` draws z ~ p(z) (two layers: z2 ~ p(z2), z ~ p(z|z2))."""
+    def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
+        """E[x|z] for ``n`` draws z ~ p(z) (two layers: z2 ~ p(z2), z ~ p(z|z2)); with labels
+        E[x|z,y] for the classes ``y`` (default: y ~ 1/K)."""
         z = self.prior().sample((n,))
-        return self.likelihood.mean(z if self.upper is None else self.upper.conditional(z).sample())
+        z = z if self.upper is None else self.upper.conditional(z).sample()
+        if not self.num_classes:
+            return self.likelihood.mean(z)
+        if y is None:
+            y = torch.randint(self.num_classes, (n,), device=z.device)
+        return self.likelihood.mean(join_label(z, y, self.num_classes))
 
 
 def build_vae(prior: str = "standard", guide: str = "mlp", likelihood: str = "bernoulli",
@@ -258,6 +349,7 @@ def build_vae(prior: str = "standard", guide: str = "mlp", likelihood: str = "be
               activation: str = "tanh", num_data: int | None = None, beta: float = 1.0,
               image_shape: Sequence[int] | None = None, stochastic_layers: int = 1,
               top_z_dim: int = 50, top_hidden_dims: Sequence[int] = (100, 100),
+              supervision: str = "none", num_classes: int | None = None, alpha: float = 50.0,
               **options: Any) -> VAE:
     """A new :class:`VAE` whose ``config`` holds these arguments, ``options`` for the parts."""
     return VAE.from_config(VAEConfig(**locals()))  # the arguments are VAEConfig's fields

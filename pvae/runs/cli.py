@@ -25,6 +25,7 @@ from .flags import Parser, add_part_options, add_settings, as_flags, parsed, run
 from .plotting import plot_gap
 from .evaluation import (ROWS, estimate, estimate_rows, format_number, format_rows, train_rows,
                          versions, write, write_json)
+from .labels import accuracy_metrics, evaluation_labels, given_y, label_rows
 
 DATA_FLAGS = ("data_dir", "test_subset", "device", "seed", "progress")
 """The settings of a command that reads a checkpoint, besides its own."""
@@ -129,7 +130,7 @@ def summary(metrics: dict) -> str:
     rows = train_rows(metrics)
     for rows_of in ROWS.values():
         rows += rows_of(metrics)
-    return format_rows(rows)
+    return format_rows(rows + label_rows(metrics))
 
 
 def _checkpoint_arguments(p: argparse.ArgumentParser, names: Sequence[str], out_help: str, *,
@@ -151,7 +152,8 @@ def open_checkpoint(args: argparse.Namespace, default_out: str | None = None):
     config = run_config(args, args.settings, base=base).replace(
         dataset=args.dataset or base.data.dataset)
     out = check_writable(args.out or Path(args.checkpoint).parent / (default_out or ""))
-    data = config.data.replace(train_subset=1).load(vae.likelihood.data_kind == "binary")
+    data = config.data.replace(train_subset=1, labelled=None).load(
+        vae.likelihood.data_kind == "binary")
     if math.prod(data.image_shape) != vae.x_dim:
         trained, given = ("×".join(map(str, shape)) for shape in (
             vae.config.image_shape or (vae.x_dim,), data.image_shape))
@@ -182,11 +184,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("proposal applies to method is only", "proposal", "method")
     vae, config, out, data, _ = open_checkpoint(args, "eval")
     method = config.eval.method
-    result = estimate(method, vae, data.test_x.to(vae.device), config.eval, config.progress)
-    metrics = {**result.to_metrics(), **_record(args, config, vae)}
+    if vae.supervision != "none" and config.eval.proposal != "encoder":
+        raise ConfigError("proposal refined fits q* to x alone and does not handle labels yet; "
+                          "use proposal encoder", "proposal")
+    x, y = data.test_x.to(vae.device), data.test_y.to(vae.device)
+    result = estimate(method, vae, x, config.eval, config.progress,
+                      **evaluation_labels(vae, y))
+    metrics = result.to_metrics()
+    metrics = {**(given_y(metrics) if vae.supervision == "conditional" else metrics),
+               **accuracy_metrics(vae, x, y), **_record(args, config, vae)}
     write_json(out / f"metrics_{method}.json", metrics)
     files = write(method, result, out)
-    print(format_rows(ROWS[method](metrics)))
+    print(format_rows(ROWS[method](metrics) + label_rows(metrics)))
     print(f"wrote {out / f'metrics_{method}.json'} and {', '.join(p.name for p in files)}")
     return 0
 
@@ -203,6 +212,9 @@ def _gap_arguments(p: argparse.ArgumentParser) -> None:
 def run_gap(args: argparse.Namespace) -> int:
     """Approximation and amortization gaps of a checkpoint on test images."""
     vae, config, out, data, _ = open_checkpoint(args)
+    if vae.supervision != "none":
+        raise ConfigError(f"the gaps are implemented for models without labels; this one has "
+                          f"supervision {vae.supervision}")
     e, x = config.eval, data.test_x.to(vae.device)
     report = gap_report(vae, x, num_samples=e.eval_samples, elbo_samples=e.elbo_samples,
                         chunk_size=e.chunk_size, progress=config.progress,

@@ -32,7 +32,8 @@ _SKIP_FIELDS = {"out", "resume", "overwrite", "progress", "device", "data_dir", 
 """Settings that change neither the trained model nor its importance-sampled numbers
 (``compile``: the same loss and gradients, to float32 rounding)."""
 METRIC_FIELDS = ("test_elbo", "test_log_px", "test_log_px_stderr", "psis_khat_max",
-                 "train_seconds", "train_cpu_seconds", "epochs")
+                 "train_seconds", "train_cpu_seconds", "epochs", "test_accuracy",
+                 "test_log_px_given_y")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class CompareRow:
     error: str | None = None
     train_cpu_seconds: float | None = None
     epochs: int | None = None
+    test_accuracy: float | None = None
+    test_log_px_given_y: float | None = None
 
 
 def _value(text: str):
@@ -192,8 +195,10 @@ def compare(base: RunConfig, settings: Sequence[dict], out: str | Path, reuse: b
 
 def format_table(rows: Sequence[CompareRow], base: RunConfig) -> str:
     """The comparison as a Markdown table, with notes on the test and the shared budget."""
+    accuracy = any(r.test_accuracy is not None for r in rows)
     lines = ["| config | epochs | test ELBO | test log p(x) ± s.e. | Δ vs baseline ± s.e. "
-             "| k-hat max | train s | train CPU s |", "|---|---|---|---|---|---|---|---|"]
+             "| k-hat max | train s | train CPU s |" + (" test accuracy |" if accuracy else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if accuracy else "")]
     for i, r in enumerate(rows):
         if r.error:
             delta = f"failed: {r.error}"
@@ -209,6 +214,8 @@ def format_table(rows: Sequence[CompareRow], base: RunConfig) -> str:
                    format_number(r.test_log_px) + " ± " + format_number(r.test_log_px_stderr),
                    delta, "unknown" if unknown else format_number(r.psis_khat_max),
                    format_number(r.train_seconds, 0), format_number(r.train_cpu_seconds, 0)]
+        if accuracy:
+            numbers.append("n/a" if r.test_accuracy is None else f"{100 * r.test_accuracy:.2f}%")
         lines.append(f"| {r.name} | {' | '.join(numbers)} |")
     khats = [r.psis_khat_max for r in rows if r.psis_khat_max is not None]
     ran = {r.epochs for r in rows if r.epochs is not None}
@@ -221,6 +228,9 @@ def format_table(rows: Sequence[CompareRow], base: RunConfig) -> str:
               "images, so this overstates the s.e. and the test is conservative."),
              (any(r.paired for r in rows[1:]),
               "(paired): s.e. of the mean per-image difference on the same test images."),
+             (any(r.test_log_px_given_y is not None for r in rows),
+              "A conditional row models p(x|y): its test_log_px_given_y (metrics.json) is not "
+              "a log p(x), so it has none here."),
              (bool(khats) and max(khats) > 0.7,
               "k-hat max above 0.7: some examples' log p(x) estimates are unreliable "
               "(too few importance samples for the guide); read those rows with care."),

@@ -42,6 +42,15 @@ class RunConfig:
         if self.resume and self.overwrite:
             raise ConfigError("resume and overwrite exclude each other: continue the run or "
                               "replace it", "resume", "overwrite")
+        supervision = self.model.supervision
+        if self.data.labelled is not None and supervision != "semi":
+            raise ConfigError(f"labelled applies to supervision semi (the labels kept for "
+                              f"semi-supervised training), not {supervision}; drop labelled or "
+                              "use supervision semi", "labelled", "supervision")
+        if supervision == "semi" and self.train.loss != "elbo":
+            raise ConfigError(f"supervision semi sums the label y by enumeration, which loss "
+                              f"{self.train.loss} cannot; use loss elbo (TraceEnum_ELBO)",
+                              "loss", "supervision")
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting's value, flat and JSON-ready (the model's ``options`` a dict)."""

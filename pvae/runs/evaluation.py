@@ -40,12 +40,14 @@ def gather_result(result):
 
 
 def estimate(name: str, vae: VAE, x: torch.Tensor, config: EvalConfig,
-             progress: bool = False) -> Estimate:
-    """The registered estimator ``name`` on ``x``, sharded across the ranks and gathered; its
-    warning (on the whole of ``x``) logged once, by rank 0."""
+             progress: bool = False, **labels: torch.Tensor) -> Estimate:
+    """The registered estimator ``name`` on ``x`` (and ``labels``, such as ``y=``, one per
+    example), sharded across the ranks and gathered; its warning (on the whole of ``x``) logged
+    once, by rank 0."""
     est = ESTIMATORS[name]
+    mine = {k: distributed.shard(v) for k, v in labels.items()}
     result = gather_result(est.run(vae.model, vae.guide, distributed.shard(x), config, vae,
-                                   progress))
+                                   progress, **mine))
     if distributed.is_main() and result.warning():
         log.warning("%s", result.warning())
     return result
@@ -118,11 +120,15 @@ def train_rows(metrics: dict) -> list[tuple[str, str]]:
 
 
 def is_rows(metrics: dict) -> list[tuple[str, str]]:
-    """The rows of importance sampling's entries (``test_log_px``, k-hat, ...)."""
+    """The rows of importance sampling's entries (``test_log_px``, k-hat, ...; a conditional
+    run's ``test_log_px_given_y``)."""
     k = metrics.get("eval_samples")
+    given = "_given_y" if "test_log_px_given_y" in metrics else ""
     rows = [("test images", str(metrics.get("n_test") or "none")),
-            *estimate_rows(metrics, [("test ELBO", "test_elbo"),
-                                     ("test log p(x)" + (f", K={k}" if k else ""), "test_log_px")])]
+            *estimate_rows(metrics, [(f"test ELBO{' of log p(x|y)' if given else ''}",
+                                      f"test_elbo{given}"),
+                                     (f"test log p(x{'|y' if given else ''})"
+                                      + (f", K={k}" if k else ""), f"test_log_px{given}")])]
     khat = metrics.get("psis_khat_max")
     if khat is None and k:
         why = "K <= 20 is too few draws to fit a tail" if k <= 20 else "no tail could be fitted"
@@ -134,12 +140,15 @@ def is_rows(metrics: dict) -> list[tuple[str, str]]:
 
 
 def ais_rows(metrics: dict) -> list[tuple[str, str]]:
-    """The rows of AIS's entries (``test_log_px_ais``, ...)."""
-    if metrics.get("test_log_px_ais") is None:
+    """The rows of AIS's entries (``test_log_px_ais`` or ``test_log_px_given_y_ais``, ...)."""
+    key = next((k for k in ("test_log_px_ais", "test_log_px_given_y_ais")
+                if metrics.get(k) is not None), None)
+    if key is None:
         return []
     budget = f"T={metrics['ais_steps']}, C={metrics['ais_chains']}"
+    what = "log p(x|y)" if "given_y" in key else "log p(x)"
     return [("test images (AIS)", str(metrics["ais_n_test"])),
-            *estimate_rows(metrics, [(f"test log p(x), AIS {budget}", "test_log_px_ais")]),
+            *estimate_rows(metrics, [(f"test {what}, AIS {budget}", key)]),
             ("HMC acceptance", format_number(metrics["ais_accept_rate"])),
             ("s.e. across chains (mean)", format_number(metrics.get("ais_chain_stderr"))
              + ("" if metrics.get("ais_chain_stderr") is not None else ": one chain per image")),

@@ -11,6 +11,7 @@ import torch
 
 from ..data.dataset import Dataset
 from ..files import claim, run_lock
+from ..model.labels import conditional_samples
 from ..model.likelihoods import LIKELIHOODS
 from ..model.vae import VAE
 from ..training import distributed
@@ -18,7 +19,10 @@ from ..training.loop import CHECKPOINT, fit, resolve_device
 from ..training.state import TrainState, train_cpu_seconds
 from .config import RunConfig
 from .evaluation import draw, estimate, plan, versions, write, write_json
-from .plotting import plot_elbo_curves, plot_latent, plot_reconstructions, plot_samples
+from .labels import (accuracy_metrics, check_labelled, evaluation_labels, given_y, label_record,
+                     training_labels)
+from .plotting import (plot_conditional_samples, plot_elbo_curves, plot_latent,
+                       plot_reconstructions, plot_samples)
 
 
 
@@ -48,11 +52,14 @@ def load_data(config: RunConfig, out: Path) -> Dataset:
 
 
 def build_model(config: RunConfig, data: Dataset) -> tuple[RunConfig, VAE]:
-    """The configuration with the model's sizes read off the data, and a new VAE built from
-    it (initial weights from the run's seed; a recipe may start the VampPrior at the data)."""
+    """The configuration with the model's sizes (and its labels' classes) read off the data,
+    and a new VAE built from it (initial weights from the run's seed; a recipe may start the
+    VampPrior at the data)."""
+    check_labelled(config.model.supervision, data)
     config = config.replace(x_dim=data.train_x.shape[1], image_shape=data.image_shape,
                             num_data=data.train_x.shape[0] if config.model.guide == "local"
-                            else None)
+                            else None, num_classes=data.num_classes
+                            if config.model.supervision != "none" else None)
     seed = config.train.seed
     if seed is not None:
         pyro.set_rng_seed(seed)
@@ -63,16 +70,21 @@ def build_model(config: RunConfig, data: Dataset) -> tuple[RunConfig, VAE]:
 
 
 def evaluate_model(vae: VAE, test_x: torch.Tensor, config: RunConfig, out: Path,
-                   progress: bool = False) -> dict:
-    """The metrics of the estimators the method asks for, their files written by rank 0."""
-    metrics = {}
+                   progress: bool = False, test_y: torch.Tensor | None = None) -> dict:
+    """The metrics of the estimators the method asks for, their files written by rank 0; with
+    labels ``test_y``: log p(x|y) of the conditional model (keys ``*_given_y``), the
+    classifier's accuracy for the semi-supervised one."""
+    metrics, labels = {}, {} if test_y is None else evaluation_labels(vae, test_y)
     for name in plan(config.eval.method):
-        x = test_x if name == "is" else test_x[:config.eval.ais_subset]
-        result = estimate(name, vae, x, config.eval, progress)
+        n = None if name == "is" else config.eval.ais_subset
+        result = estimate(name, vae, test_x[:n], config.eval, progress,
+                          **{k: v[:n] for k, v in labels.items()})
         metrics.update(result.to_metrics())
         if distributed.is_main():
             write(name, result, out)
-    return metrics
+    if vae.supervision == "conditional":
+        metrics = given_y(metrics)
+    return {**metrics, **({} if test_y is None else accuracy_metrics(vae, test_x, test_y))}
 
 
 def training_metrics(state: TrainState) -> dict:
@@ -92,7 +104,7 @@ def finish(vae: VAE, data: Dataset, state: TrainState, metrics: dict, config: Ru
         "discrete (binary pixels)" if binary else
         "density (continuous pixels): not comparable with binary log p(x)"),
         "config": config.to_dict(), "versions": versions(), "device": str(vae.device),
-        "world_size": world}
+        "world_size": world, **(label_record(data) if vae.supervision != "none" else {})}
     if distributed.is_main():
         write_json(out / "metrics.json", metrics)
         draw_figures(vae, data.test_x.to(vae.device), data.test_y, state.history, out,
@@ -108,10 +120,11 @@ def run(config: RunConfig) -> dict:
         config, vae = build_model(config, data)
         state = fit(vae, data.train_x, config.train, test_x=data.test_x, out_dir=out,
                     resume=config.resume, overwrite=config.overwrite, device=str(device),
-                    progress=config.progress, record=config.to_dict())
+                    progress=config.progress, record=config.to_dict(), **training_labels(vae, data))
         metrics = training_metrics(state)
         metrics.update(evaluate_model(vae, data.test_x.to(device), config, out,
-                                      config.progress and distributed.is_main()))
+                                      config.progress and distributed.is_main(),
+                                      test_y=data.test_y.to(device)))
         return finish(vae, data, state, metrics, config, out, world)
 
 
@@ -124,16 +137,22 @@ def label_name(config: RunConfig) -> str:
 def draw_figures(vae: VAE, test_x: torch.Tensor, test_y: torch.Tensor, history,
                  out: Path, labels: str = "class") -> list[Path]:
     """Samples, ELBO curves and, with an encoder, reconstructions and the latent embedding of
-    ``test_x`` (≤ 2000 images, coloured by ``test_y``, whose meaning ``labels`` names); the
-    files drawn (a figure that fails is a warning)."""
+    ``test_x`` (≤ 2000 images, coloured by ``test_y``, whose meaning ``labels`` names); with
+    labels, samples of each class; the files drawn (a figure that fails is a warning). The
+    conditional model reads ``test_y``, the semi-supervised one its classifier's argmax."""
     shape = vae.config.image_shape
+    y = test_y.to(test_x.device) if vae.supervision == "conditional" else None
     figures = {"samples.png": lambda p: plot_samples(vae.sample(64), p, image_shape=shape)}
+    if vae.supervision != "none":
+        figures["conditional_samples.png"] = lambda p: plot_conditional_samples(
+            conditional_samples(vae, 10), vae.num_classes, p, image_shape=shape)
     if vae.amortized:
         n = min(2000, test_x.shape[0])
         figures["reconstructions.png"] = lambda p: plot_reconstructions(
-            test_x[:16], vae.reconstruct(test_x[:16]), p, image_shape=shape)
-        figures["latent.png"] = lambda p: plot_latent(_posterior_means(vae, test_x[:n]),
-                                                      test_y[:n], p, labels)
+            test_x[:16], vae.reconstruct(test_x[:16], y=None if y is None else y[:16]), p,
+            image_shape=shape)
+        figures["latent.png"] = lambda p: plot_latent(
+            _posterior_means(vae, test_x[:n], None if y is None else y[:n]), test_y[:n], p, labels)
     if history:
         figures["elbo_curves.png"] = lambda p: plot_elbo_curves(history, p)
     drawn = [draw(lambda make=make, name=name: make(out / name), name)
@@ -141,9 +160,10 @@ def draw_figures(vae: VAE, test_x: torch.Tensor, test_y: torch.Tensor, history,
     return [p for p in drawn if p is not None]
 
 
-def _posterior_means(vae: VAE, x: torch.Tensor) -> torch.Tensor:
-    """The encoder's location for ``x``, pushed through the guide's flow if it has one."""
-    loc, _, flows = vae.encode(x)
+def _posterior_means(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """The encoder's location for ``x`` (and labels ``y``), pushed through the guide's flow if
+    it has one."""
+    loc, _, flows = vae.encode(x, y)
     for f in flows:
         loc = f(loc)
     return loc

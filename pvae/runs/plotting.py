@@ -68,6 +68,15 @@ def plot_samples(samples: torch.Tensor, path: str | Path, nrow: int = 8,
                        (nrow * 0.6, samples.shape[0] / nrow * 0.6 + 0.3), image_shape)
 
 
+def plot_conditional_samples(images: torch.Tensor, num_classes: int, path: str | Path,
+                             image_shape: Sequence[int] | None = None) -> Path:
+    """E[x|z, y] with one row per class y and the same z down each column."""
+    n = images.shape[0] // num_classes
+    return _image_grid(images, n, f"E[x|z, y]: one row per class y = 0 … {num_classes - 1}, one "
+                       "z ~ p(z) per column", path, (n * 0.6, num_classes * 0.6 + 0.3),
+                       image_shape)
+
+
 def principal_components(z: torch.Tensor) -> tuple[torch.Tensor, list[float | None]]:
     """The centred rows of ``z`` (n, d), d > 2, on their first two principal components, and
     the share of the variance each explains (None where there is no variance to share, and

@@ -15,14 +15,15 @@ import torch
 from torch import nn
 
 from ..checks import SEED_LIMIT
-from ..data.dataset import minibatches
 from ..errors import CheckpointError, ConfigError, DataError, DivergenceError
 from ..files import claim, run_lock
 from ..infer.importance import log_likelihood
 from ..infer.objectives import make_loss
+from ..model.labels import check_labels
 from ..model.vae import VAE
 from ..progress import progress_bar
 from . import checkpoint, distributed
+from .batches import epoch_batches, pass_size
 from .distributed import resolve_device
 from .config import TrainConfig
 from .recipes import beta_at, make_scheduler
@@ -37,19 +38,23 @@ CHECKPOINT = "checkpoint.pt"
 
 
 @torch.no_grad()
-def mean_elbo(vae: VAE, x: torch.Tensor) -> float:
-    """The mean over ``x`` of a one-sample ELBO at β = 1 (nats per image), each rank scoring
-    its shard, from forked RNGs: the training run's random stream is left as it was."""
+def mean_elbo(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None) -> float:
+    """The mean over ``x`` of a one-sample ELBO at β = 1 (nats per image; given labels ``y``, of
+    log p(x|y); an enumerated y summed exactly), each rank scoring its shard, from forked
+    RNGs: the training run's random stream is left as it was."""
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    labels = {} if y is None else {"y": distributed.shard(y)}
     with torch.random.fork_rng(devices=devices):
-        mine = log_likelihood(vae.model, vae.guide, distributed.shard(x), num_samples=1)
+        mine = log_likelihood(vae.model, vae.guide, distributed.shard(x), num_samples=1,
+                              **labels)
         return float(distributed.gather(mine).mean())
 
 
 @dataclass
 class Session:
     """What :func:`run_epoch` works with: the live objects of one run, ``settings`` with seed
-    and binarization resolved, the checkpoint ``path`` (or None) and its ``record``."""
+    and binarization resolved, the checkpoint ``path`` (or None) and its ``record``; the labels
+    ``train_y`` and ``test_y`` of a VAE that takes them (else None)."""
 
     vae: VAE
     settings: TrainConfig
@@ -62,6 +67,8 @@ class Session:
     record: Mapping[str, Any]
     progress: bool
     ddp: nn.Module | None = None
+    train_y: torch.Tensor | None = None
+    test_y: torch.Tensor | None = None
 
 
 def _checked_data(vae: VAE, settings: TrainConfig, **sets) -> list[torch.Tensor | None]:
@@ -95,6 +102,22 @@ def _checked_data(vae: VAE, settings: TrainConfig, **sets) -> list[torch.Tensor 
                           f"ranks and must be a multiple of {world}; each rank takes "
                           f"batch_size / {world} examples of it", "batch_size")
     return out
+
+
+def _checked_labels(vae: VAE, train_x: torch.Tensor, y, test_x, test_y) -> list:
+    """The training and test labels, checked against the data and the VAE (-1, unlabelled, in
+    semi-supervised training data only); None where the VAE does not read them."""
+    kind = vae.supervision
+    if kind == "none" and (y is not None or test_y is not None):
+        raise ConfigError("labels were given but this VAE has none (supervision 'none'); drop "
+                          "y, or build it with supervision='conditional' or 'semi'")
+    if kind == "conditional" and (y is None or (test_x is not None and test_y is None)):
+        raise ConfigError("the conditional VAE learns p(x|y) from labelled data: pass the labels "
+                          "of every example, fit(..., y=labels, test_y=test_labels)")
+    pairs = ((train_x, y, kind == "semi"), (test_x, test_y if kind == "conditional" else None,
+                                             False))
+    return [None if labels is None else check_labels(labels, x.shape[0], vae.num_classes, semi)
+            for x, labels, semi in pairs]
 
 
 def _resume(vae: VAE, optimizer, path: Path, settings: TrainConfig, data: dict
@@ -141,15 +164,17 @@ def _resume(vae: VAE, optimizer, path: Path, settings: TrainConfig, data: dict
 
 def init(vae: VAE, train_x: torch.Tensor, settings: TrainConfig, *,
          test_x: torch.Tensor | None = None, out: Path | None = None, resume: bool = False,
-         device: str = "auto", progress: bool = True,
-         record: Mapping[str, Any] | None = None) -> tuple[Session, TrainState]:
-    """The :class:`Session` and the state to start from: data checked, RNGs seeded, the VAE on
-    ``device``, the optimiser and its schedule, a checkpoint resumed (with ``resume``)."""
+         device: str = "auto", progress: bool = True, record: Mapping[str, Any] | None = None,
+         y: torch.Tensor | None = None,
+         test_y: torch.Tensor | None = None) -> tuple[Session, TrainState]:
+    """The :class:`Session` and the state to start from: data and labels checked, RNGs seeded,
+    the VAE on ``device``, the optimiser and its schedule, a checkpoint resumed (``resume``)."""
     with distributed.together("checking the arguments and the data"):
         dev = distributed.local_device(resolve_device(device))
         if settings.binarize is None:
             settings = settings.replace(binarize=vae.likelihood.data_kind == "binary")
         train_x, test_x = _checked_data(vae, settings, training=train_x, test=test_x)
+        y, test_y = _checked_labels(vae, train_x, y, test_x, test_y)
         if resume and out is None:
             raise ConfigError("resume needs out_dir (the folder holding checkpoint.pt)", "resume")
     world, rank = distributed.world_size(), distributed.rank()
@@ -158,9 +183,10 @@ def init(vae: VAE, train_x: torch.Tensor, settings: TrainConfig, *,
     vae.to(dev).zero_grad(set_to_none=True)
     graphs = settings.compile and dev.type == "cuda" and world == 1
     optimizer = make_optimizer(vae, settings.rate, settings.adam_eps, capturable=graphs)
-    steps = round(settings.horizon * math.ceil(train_x.shape[0] / settings.batch_size))
+    steps = round(settings.horizon * math.ceil(pass_size(train_x.shape[0], y, vae.supervision)
+                                               / settings.batch_size))
     scheduler = make_scheduler(optimizer, settings.lr_schedule, steps)
-    path, data = None if out is None else out / CHECKPOINT, data_identity(train_x)
+    path, data = None if out is None else out / CHECKPOINT, data_identity(train_x, y)
     if resume:
         with distributed.together("reading the checkpoint"):
             state, saved = _resume(vae, optimizer, path, settings, data)
@@ -174,7 +200,8 @@ def init(vae: VAE, train_x: torch.Tensor, settings: TrainConfig, *,
         if settings.seed is None:
             drawn = torch.tensor([int(torch.randint(0, SEED_LIMIT, ()))])
             settings = settings.replace(seed=int(distributed.gather(drawn)[0]))
-    objective = make_loss(settings.loss, settings.num_particles)
+    objective = make_loss(settings.loss, settings.num_particles,
+                          enumerated=vae.supervision == "semi")
     ddp = None
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -182,9 +209,10 @@ def init(vae: VAE, train_x: torch.Tensor, settings: TrainConfig, *,
         module = LossModule(vae, objective, scale=world if vae.amortized else 1.0)
         ddp = DistributedDataParallel(module, device_ids=[dev] if dev.type == "cuda" else None)
     step = _make_step(vae, settings, objective, optimizer, ddp, graphs)
-    session = Session(vae, settings, optimizer, scheduler, step, train_x.to(dev),
-                      None if test_x is None else test_x.to(dev), path, dict(record or {}),
-                      progress and distributed.is_main(), ddp)
+    moved = [None if t is None else t.to(dev) for t in (test_x, y, test_y)]
+    session = Session(vae, settings, optimizer, scheduler, step, train_x.to(dev), moved[0],
+                      path, dict(record or {}), progress and distributed.is_main(), ddp,
+                      *moved[1:])
     return session, state
 
 
@@ -193,28 +221,22 @@ def _make_step(vae: VAE, settings: TrainConfig, objective, optimizer, ddp, graph
     if settings.compile and ddp is not None:
         log.warning("--compile: data-parallel runs train with the Pyro step (the compiled step "
                     "is not combined with DistributedDataParallel)")
+    elif settings.compile and vae.num_classes:
+        log.warning("--compile: a model with labels trains with the Pyro step (the compiled "
+                    "step has no labelled terms nor enumeration)")
     elif settings.compile:
         return CompiledStep(vae, settings.loss, settings.num_particles, objective, optimizer,
                             graphs=graphs)
     return make_step(vae, objective, optimizer, ddp)
 
 
-def _batches(session: Session, epoch: int):
-    s, (world, rank) = session.settings, ((distributed.world_size(), distributed.rank())
-                                          if session.ddp is not None else (1, 0))
-    if session.ddp is not None:
-        pyro.set_rng_seed(distributed.epoch_seed(s.seed, epoch, rank))
-    gen = torch.Generator().manual_seed(s.seed * 1_000_003 + epoch)
-    steps = math.ceil(math.ceil(session.train_x.shape[0] / world) / (s.batch_size // world))
-    return minibatches(session.train_x, s.batch_size, gen, binarize=s.binarize, rank=rank,
-                       world_size=world), steps
-
-
 def run_epoch(session: Session, state: TrainState) -> TrainState:
     """Train epoch ``state.epoch + 1``, check the parameters, score the test ELBO, checkpoint
     (rank 0); DivergenceError on NaN/Inf, the previous checkpoint intact."""
     vae, s, epoch, step = session.vae, session.settings, state.epoch + 1, state.step
-    batches, steps_per_epoch = _batches(session, epoch)
+    batches, steps_per_epoch = epoch_batches(session.train_x, session.train_y, s, epoch,
+                                             vae.supervision, vae.amortized,
+                                             session.ddp is not None)
     warmup_steps = round(s.warmup * steps_per_epoch)
     plate_size = None if vae.amortized else vae.num_data
     bar = progress_bar(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{s.epochs}",
@@ -224,12 +246,12 @@ def run_epoch(session: Session, state: TrainState) -> TrainState:
     tic, cpu_tic = time.perf_counter(), time.process_time()
     with pyro.validation_enabled(False):
         try:
-            for idx, xb in bar:
+            for args, kwargs in bar:
                 with vae.warmup(beta_at(step, 1.0, warmup_steps)):
-                    batch_loss = session.step(*((xb,) if vae.amortized else (xb, idx)))
+                    batch_loss = session.step(*args, **kwargs)
                     kl_weight = vae.kl_weight
                 session.scheduler.step()
-                step, b = step + 1, xb.shape[0]
+                step, b = step + 1, args[0].shape[0]
                 losses.add(batch_loss, b / plate_size if plate_size else 1.0, b)  # Σ_i −ELBO_i
                 if len(losses.factors) % CHECK_EVERY == 0:
                     losses.check()
@@ -245,8 +267,8 @@ def run_epoch(session: Session, state: TrainState) -> TrainState:
     bad = [n for n, p in vae.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
         diverged(f"parameter {bad[0]} became NaN/Inf", epoch, step, session.path)
-    elbo = mean_elbo(vae, session.test_x) if session.test_x is not None and vae.amortized \
-        else None
+    elbo = mean_elbo(vae, session.test_x, session.test_y) if session.test_x is not None \
+        and vae.amortized else None
     record = EpochRecord(epoch, step, kl_weight, -losses.total / losses.seen, elbo, seconds,
                          float(session.scheduler.get_last_lr()[0]), cpu_seconds)
     log.info("epoch %d: train ELBO %.2f, test ELBO %s nats/image, %.1f s", epoch,
@@ -260,16 +282,19 @@ def run_epoch(session: Session, state: TrainState) -> TrainState:
 
 
 def fit(vae: VAE, train_x: torch.Tensor, settings: TrainConfig | None = None, *,
-        test_x: torch.Tensor | None = None, out_dir: str | Path | None = None,
+        y: torch.Tensor | None = None, test_x: torch.Tensor | None = None,
+        test_y: torch.Tensor | None = None, out_dir: str | Path | None = None,
         resume: bool = False, overwrite: bool = False, device: str = "auto",
         progress: bool = True, record: Mapping[str, Any] | None = None,
         **changes) -> TrainState:
     """Maximise the ELBO of ``vae`` on ``train_x`` (N, x_dim) by SVI with Adam at its β (loss
     Σ_i E_q[−log p(x_i|z)] + β_t·KL(q(z|x_i) || p(z)), β_t warming up to β); ``settings`` a
-    :class:`~pvae.training.config.TrainConfig` whose fields ``changes`` replace. ``out_dir``: a
-    locked folder with an atomic checkpoint per epoch, refused if it holds a run unless
-    ``resume`` (same settings and data) or ``overwrite``. Returns the final state; DivergenceError,
-    the last good checkpoint kept, on a NaN/Inf loss or parameter."""
+    :class:`~pvae.training.config.TrainConfig` whose fields ``changes`` replace. Labels ``y``
+    (and ``test_y``) for a VAE with labels: conditional, one per example; semi, -1 where
+    unlabelled (docs/labels.rst). ``out_dir``: a locked folder with an atomic checkpoint per
+    epoch, refused if it holds a run unless ``resume`` (same settings and data) or
+    ``overwrite``. Returns the final state; DivergenceError, the last good checkpoint kept, on
+    a NaN/Inf loss or parameter."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(changes) - known)
     if unknown:
@@ -285,7 +310,8 @@ def fit(vae: VAE, train_x: torch.Tensor, settings: TrainConfig | None = None, *,
                 if distributed.is_main():
                     claim(out, resume, overwrite)
         session, state = init(vae, train_x, settings, test_x=test_x, out=out, resume=resume,
-                              device=device, progress=progress, record=record)
+                              device=device, progress=progress, record=record, y=y,
+                              test_y=test_y)
         for _ in range(state.epoch, settings.epochs):
             state = run_epoch(session, state)
     return state

@@ -64,11 +64,16 @@ def train_cpu_seconds(history) -> float | None:
     return None if None in times else float(sum(times))
 
 
-def data_identity(x: torch.Tensor) -> dict[str, Any]:
+def data_identity(x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, Any]:
     """What a training set is: its shape and the SHA-256 of its values (as float32 bytes, so
-    the same images in another dtype or on another device are the same data)."""
+    the same images in another dtype or on another device are the same data), and of its
+    labels ``y`` (as int64 bytes) when it has them."""
     values = x.detach().to("cpu", torch.float32).contiguous().numpy()
-    return {"shape": list(values.shape), "sha256": hashlib.sha256(values.tobytes()).hexdigest()}
+    out = {"shape": list(values.shape), "sha256": hashlib.sha256(values.tobytes()).hexdigest()}
+    if y is not None:
+        labels = y.detach().to("cpu", torch.int64).contiguous().numpy()
+        out["labels_sha256"] = hashlib.sha256(labels.tobytes()).hexdigest()
+    return out
 
 
 def data_difference(saved: dict, now: dict) -> str | None:
@@ -79,6 +84,9 @@ def data_difference(saved: dict, now: dict) -> str | None:
     if saved["shape"] != now["shape"]:
         return f"the checkpoint trained on {saved['shape'][0]} examples of shape " \
                f"{saved['shape'][1:]}, these are {now['shape'][0]} of shape {now['shape'][1:]}"
+    if saved["sha256"] == now["sha256"]:
+        return "the images are the same but their labels differ (other labels, or another " \
+               "--labelled choice)"
     return "the images have the same shape but other values (a changed file or subset)"
 
 
