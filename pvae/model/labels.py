@@ -2,12 +2,14 @@
 semi-supervised M2 model, the one-hot input of p(x|z,y) and q(z|x,y), and the checks of labels."""
 from typing import Sequence
 
+import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .nets import mlp
 
 LABEL_SITE = "y"
@@ -66,3 +68,14 @@ def conditional_samples(vae, n: int) -> torch.Tensor:
     z = vae.prior().sample((n,))
     y = torch.arange(vae.num_classes, device=z.device)[:, None]
     return vae.likelihood.mean(join_label(z, y, vae.num_classes)).reshape(-1, vae.x_dim)
+
+
+def classifier_term(vae, x: torch.Tensor, y: torch.Tensor) -> None:
+    """M2's auxiliary term as a Pyro model: y observed under ``vae``'s classifier q(y|x), scaled
+    by α with ``poutine.scale``; paired with an empty guide its loss is −α·Σ log q(y|x). The
+    classifier's weights enter as the module's tensors (as in ``fit``'s step), not as
+    ``pyro.param`` sites."""
+    if vae.classifier is None:
+        raise ConfigError("only the semi-supervised model has a classifier q(y|x)")
+    with pyro.plate("data", x.shape[0]), poutine.scale(scale=vae.config.alpha):
+        pyro.sample("y_aux", vae.classifier(x), obs=y)

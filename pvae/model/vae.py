@@ -1,7 +1,6 @@
 """The VAE as a Pyro program, the only module that samples ``"z"``, ``"z2"`` and ``"x"``: it carries
 its :class:`~pvae.model.config.VAEConfig` and is the :class:`pvae.infer.host.Host` of inference."""
 import contextlib
-import math
 from typing import Any, Sequence
 
 import pyro
@@ -12,10 +11,11 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ..distributions import shared_flows
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..infer.sites import Site, SiteRecorder
 from .config import VAEConfig, check_beta
 from .hierarchy import TOP_SITE
+from .inputs import check_examples
 from .labels import LABEL_SITE, check_labels, join_label
 from .parts import Guide, Likelihood, Prior
 
@@ -235,16 +235,6 @@ class VAE(PyroModule):
                               "p(x|y) and needs the labels; pass y= (one class per example)")
         return y
 
-    def classifier_model(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """The classifier's auxiliary term as a Pyro model: y observed under q(y|x), scaled by
-        α with ``poutine.scale`` (its loss, −α·Σ log q(y|x), pairs it with an empty guide)."""
-        if self.classifier is None:
-            raise ConfigError("only the semi-supervised model has a classifier q(y|x)")
-        if not self._direct:
-            self._param_statements("classifier")
-        with pyro.plate("data", x.shape[0]), beta_handler(self.config.alpha):
-            pyro.sample("y_aux", self.classifier(x), obs=y)
-
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """argmax_y q(y|x) per example (the semi-supervised model's classifier)."""
@@ -254,34 +244,9 @@ class VAE(PyroModule):
 
     def check_data(self, x: torch.Tensor, probabilities: bool = False,
                    y: torch.Tensor | None = None, unlabelled: bool = False) -> None:
-        """DataError unless ``x`` is a finite ``(B, x_dim)`` tensor in the likelihood's support,
-        or with ``probabilities`` (training data to binarize) one of values in [0, 1], and
-        labels ``y`` pass :func:`~pvae.model.labels.check_labels` (-1 too if ``unlabelled``)."""
-        if not isinstance(x, torch.Tensor):
-            raise DataError(f"data must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 2 or x.shape[1] != self.x_dim:
-            shape = self.config.image_shape
-            values = math.prod(x.shape[1:]) if x.dim() > 1 else 0
-            built = (f"{'×'.join(map(str, shape))} images ({self.x_dim} values)" if shape
-                     else f"{self.x_dim} values per example")
-            fix = ("flatten each image with x.reshape(len(x), -1)" if values == self.x_dim else
-                   f"the model was built for {built} and these data have {values} values per "
-                   "example: give data of the model's size, or a model built for these")
-            raise DataError(f"data must have shape (batch, {self.x_dim}) (flattened examples), "
-                            f"got {tuple(x.shape)}; {fix}")
-        if probabilities:
-            lo, hi = (float(v) for v in torch.aminmax(x)) if x.numel() else (0.0, 0.0)
-            if lo != lo or hi != hi:
-                raise DataError("data contains NaN values; clean or drop those examples")
-            if lo < 0 or hi > 1:
-                raise DataError(f"training data must lie in [0, 1] to be binarized (Bernoulli "
-                                f"probabilities), got values in [{lo:g}, {hi:g}]; rescale the "
-                                "images, e.g. x / 255")
-        elif not bool(torch.isfinite(x).all()):
-            raise DataError(f"data contains {int((~torch.isfinite(x)).sum())} NaN/Inf values; "
-                            "clean or drop those examples")
-        else:
-            self.likelihood.check(x)
+        """:func:`~pvae.model.inputs.check_examples` of ``x``, and labels ``y`` checked by
+        :func:`~pvae.model.labels.check_labels` (-1 too if ``unlabelled``)."""
+        check_examples(x, self.x_dim, self.config.image_shape, self.likelihood, probabilities)
         if y is not None and not self.num_classes:
             raise ConfigError("this VAE has no labels (supervision 'none'): drop y, or build it "
                               "with supervision='conditional' or 'semi' and num_classes=K")

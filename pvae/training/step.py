@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..infer.objectives import make_loss
+from ..model.labels import classifier_term
 from ..model.vae import VAE
 
 
@@ -33,7 +34,7 @@ def batch_loss(vae: VAE, objective: pyro.infer.ELBO) -> Callable[..., torch.Tens
     def term(x, y):
         loss = observed.differentiable_loss(model, guide, x, y=y)
         if vae.supervision == "semi" and vae.config.alpha > 0:
-            loss = loss + classify.differentiable_loss(vae.classifier_model, _no_guide, x, y)
+            loss = loss + classify.differentiable_loss(classifier_term, _no_guide, vae, x, y)
         return loss
 
     def loss(x, y=None, labelled=None, labelled_scale=1.0) -> torch.Tensor:
