@@ -134,8 +134,7 @@ def _run(model, guide, x, args, kwargs, *, num_steps, num_chains, num_leapfrog, 
     if not 0 < target_accept < 1:
         raise ConfigError(f"target_accept must lie in (0, 1), got {target_accept}")
     start, cpu = time.perf_counter(), time.process_time()
-    if pdim is None:
-        pdim = check_pair(model, guide, x, *args, **kwargs).particle_dim
+    pdim = check_pair(model, guide, x, *args, **kwargs).particle_dim if pdim is None else pdim
     chunk = chunk_size or (CUDA_AIS_CHUNK if x.device.type == "cuda" else DEFAULT_AIS_CHUNK)
     group = min(num_chains, chunk)  # chains annealed together: a pass holds ≤ chunk chains
     per_pass = max(1, chunk // group)

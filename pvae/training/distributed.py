@@ -243,15 +243,6 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
-def all_sum(*values: float) -> tuple[float, ...]:
-    """Each value summed over the ranks (float64; a NaN on any rank makes the sum NaN)."""
-    if world_size() == 1:
-        return tuple(float(v) for v in values)
-    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
-    dist.all_reduce(t)
-    return tuple(t.tolist())
-
-
 def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     """``t`` summed elementwise over the ranks, float64 (``t`` itself for a single process)."""
     if world_size() == 1:
@@ -277,7 +268,7 @@ def together(what: str) -> Iterator[None]:
     except BaseException as err:  # re-raised below, after the ranks agree
         failed = err
     if world_size() > 1:
-        (count,) = all_sum(float(failed is not None))
+        count = float(sum_over_ranks(torch.tensor([float(failed is not None)]))[0])
         if failed is None and count > 0:
             raise RankFailed(f"{int(count)} other rank(s) failed while {what}; their error "
                              "lines name the cause")

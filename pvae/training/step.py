@@ -94,8 +94,9 @@ def refuse_foreign_params(param_sites: dict, owned: set) -> None:
 def make_step(vae: VAE, objective: pyro.infer.ELBO, optimizer: torch.optim.Optimizer,
               loss_module: nn.Module | None = None) -> Callable[..., torch.Tensor]:
     """``step(*args, **kwargs) -> loss`` (detached, left on the device): one gradient step on
-    ``objective`` for ``vae`` (the loss of :func:`batch_loss`), with the loss and gradients of ``pyro.infer.SVI(...).step`` and one Adam;
-    ConfigError at the first step for a ``pyro.param`` outside the VAE's modules.
+    ``objective`` for ``vae`` (the loss of :func:`batch_loss`), with the loss and gradients of
+    ``pyro.infer.SVI(...).step`` and one Adam; ConfigError at the first step for a
+    ``pyro.param`` outside the VAE's modules.
     ``loss_module`` (DDP) all-reduces the gradients."""
     compute = loss_module or batch_loss(vae, objective)
     owned = {p for group in optimizer.param_groups for p in group["params"]}
