@@ -21,7 +21,9 @@ from ..training.loop import fit, resolve_device
 from ..training.state import TrainState, train_cpu_seconds
 from .config import RunConfig
 from .evaluation import draw, estimate, plan, versions, write, write_json
+from .latents import ACTIVE_THRESHOLD, LatentReport, latent_report, traversals
 from .plotting import plot_elbo_curves, plot_latent, plot_reconstructions, plot_samples
+from .useplots import plot_kl_per_dim, plot_traversals
 
 log = logging.getLogger(__name__)
 NO_TEST_EVALUATION = ("pvae does not yet evaluate a model trained with per-example guide "
@@ -98,17 +100,20 @@ def training_metrics(state: TrainState) -> dict:
 
 def finish(vae: VAE, data: Dataset, state: TrainState, metrics: dict, config: RunConfig,
            out: Path, world: int = 1) -> dict:
-    """Complete the metrics (data sizes, the resolved configuration, versions, device) and,
-    on rank 0, write ``metrics.json`` and then the figures; returns the metrics."""
+    """Complete the metrics (the latent space's KL per coordinate and active units, data sizes,
+    the resolved configuration, versions, device) and, on rank 0, write ``metrics.json`` and then
+    the figures; returns the metrics."""
     binary = vae.likelihood.data_kind == "binary"
-    metrics = {**metrics, "n_train": data.train_x.shape[0], "likelihood_kind": (
+    report = latent_report(vae, data.test_x) if vae.amortized else None
+    metrics = {**metrics, **(report.to_metrics() if report else dict.fromkeys(
+        ("kl_per_dim", "active_units"))), "n_train": data.train_x.shape[0], "likelihood_kind": (
         "discrete (binary pixels)" if binary else
         "density (continuous pixels): not comparable with binary log p(x)"),
         "config": config.to_dict(), "versions": versions(), "device": str(vae.device),
         "world_size": world}
     if distributed.is_main():
         write_json(out / "metrics.json", metrics)
-        draw_figures(vae, data.test_x.to(vae.device), data.test_y, state.history, out)
+        draw_figures(vae, data.test_x.to(vae.device), data.test_y, state.history, out, report)
     return metrics
 
 
@@ -130,17 +135,25 @@ def run(config: RunConfig) -> dict:
 
 @torch.no_grad()
 def draw_figures(vae: VAE, test_x: torch.Tensor, test_y: torch.Tensor, history,
-                 out: Path) -> list[Path]:
-    """Samples, ELBO curves and, with an encoder, reconstructions and the latent embedding of
-    ``test_x`` (≤ 2000 images); the files drawn (a figure that fails is a warning)."""
+                 out: Path, report: LatentReport | None = None) -> list[Path]:
+    """Samples, ELBO curves and, with an encoder, reconstructions, the latent embedding of
+    ``test_x`` (≤ 2000 images), latent traversals of its first image and the KL of each latent
+    coordinate (of ``report``, else computed); the files drawn (a figure that fails is a
+    warning)."""
     shape = vae.config.image_shape
     figures = {"samples.png": lambda p: plot_samples(vae.sample(64), p, image_shape=shape)}
     if vae.amortized:
         n = min(2000, test_x.shape[0])
+        report = report or latent_report(vae, test_x)
         figures["reconstructions.png"] = lambda p: plot_reconstructions(
             test_x[:16], vae.reconstruct(test_x[:16]), p, image_shape=shape)
         figures["latent.png"] = lambda p: plot_latent(_posterior_means(vae, test_x[:n]),
                                                       test_y[:n], p)
+        figures["traversals.png"] = lambda p: plot_traversals(
+            *traversals(vae, test_x, report), report.kl, p, shape, vae.z_dim)
+        if report.kl is not None:
+            figures["kl_per_dim.png"] = lambda p: plot_kl_per_dim(report.kl, report.variance,
+                                                                  ACTIVE_THRESHOLD, p)
     if history:
         figures["elbo_curves.png"] = lambda p: plot_elbo_curves(history, p)
     drawn = [draw(lambda make=make, name=name: make(out / name), name)

@@ -27,6 +27,16 @@ def _save(fig, path: str | Path, grid: str | None = None) -> Path:
     return path
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, imported on first use."""
+    return _plt()
+
+
+def save_figure(fig, path: str | Path, grid: str | None = None) -> Path:
+    """Save ``fig`` to ``path`` (120 dpi) and close it; ``grid``: grid lines on that axis."""
+    return _save(fig, path, grid)
+
+
 def image_hw(x_dim: int, image_shape: Sequence[int] | None = None) -> tuple[int, int]:
     """How to draw one example of ``x_dim`` values: ``image_shape`` (H, W), else a square
     if ``x_dim`` is a square number, else one row of ``x_dim`` pixels."""
@@ -68,7 +78,8 @@ def plot_samples(samples: torch.Tensor, path: str | Path, nrow: int = 8,
 
 
 def plot_latent(z: torch.Tensor, labels: torch.Tensor, path: str | Path) -> Path:
-    """Posterior means of test images in 2-D (first 2 principal components), coloured by digit."""
+    """Posterior means of test images in 2-D (first 2 principal components), coloured by digit
+    (by the first factor of labels that are factors, one column each)."""
     z = z.detach().float().cpu()
     proj = z - z.mean(0)
     title = f"posterior means of {len(z)} test images"
@@ -81,9 +92,10 @@ def plot_latent(z: torch.Tensor, labels: torch.Tensor, path: str | Path) -> Path
     elif z.shape[1] == 1:
         proj = torch.cat([proj, torch.zeros_like(proj)], 1)
     fig, ax = _plt().subplots(figsize=(5.5, 4.5))
-    sc = ax.scatter(proj[:, 0], proj[:, 1], c=labels.cpu(), cmap="tab10", s=4, alpha=0.7,
-                    vmin=-0.5, vmax=9.5)
-    fig.colorbar(sc, ax=ax, ticks=range(10), label="digit")
+    factors = labels.dim() == 2
+    sc = ax.scatter(proj[:, 0], proj[:, 1], c=(labels[:, 0] if factors else labels).cpu(),
+                    cmap="tab10", s=4, alpha=0.7, vmin=-0.5, vmax=9.5)
+    fig.colorbar(sc, ax=ax, ticks=range(10), label="shape" if factors else "digit")
     ax.set(xlabel=axis_labels[0], ylabel=axis_labels[1])
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
