@@ -1,7 +1,6 @@
-"""The ``pvae`` command line: ``pvae train|evaluate|gap|plot|compare|score|disentangle``, its flags
-generated
-(:mod:`pvae.runs.flags`); a usage error or a :class:`pvae.errors.PvaeError` is one line on
-stderr and exit status 2."""
+"""The ``pvae`` command line: ``pvae train|evaluate|gap|plot|compare|score|disentangle``, its
+flags generated (:mod:`pvae.runs.flags`); a usage error or a :class:`pvae.errors.PvaeError` is
+one line on stderr and exit status 2."""
 import argparse
 import logging
 import sys
