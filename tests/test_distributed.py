@@ -302,5 +302,6 @@ def test_torchrun_trains_and_rank_0_alone_writes_and_reports(tmp_path):
     assert math.isfinite(metrics["test_log_px"]) and metrics["test_log_px"] < 0
     assert done.stdout.count("wrote") == 1  # rank 0 alone reports the files
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
-        ".pvae.lock", "checkpoint.pt", "elbo_curves.png", "evaluation.png", "latent.png",
-        "metrics.json", "reconstructions.png", "samples.png", "test_log_px.npy"]
+        ".pvae.lock", "checkpoint.pt", "elbo_curves.png", "evaluation.png", "kl_per_dim.png",
+        "latent.png", "metrics.json", "reconstructions.png", "samples.png", "test_log_px.npy",
+        "traversals.png"]

@@ -55,11 +55,11 @@ def small_mnist(monkeypatch, mnist_dir):
     real = pvae.data.registry.load_dataset
 
     def load_small(dataset="mnist", data_dir="data", binarize=True, train_subset=None,
-                   test_subset=None):
+                   test_subset=None, classes=None):
         if dataset != "mnist":
-            return real(dataset, data_dir, binarize, train_subset, test_subset)
+            return real(dataset, data_dir, binarize, train_subset, test_subset, classes)
         return real(dataset, mnist_dir, binarize, min(train_subset or 300, 300),
-                    min(test_subset or 100, 100))
+                    min(test_subset or 100, 100), classes)
 
     for module in (pvae.data.registry, pvae.data, pvae):
         monkeypatch.setattr(module, "load_dataset", load_small)

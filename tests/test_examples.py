@@ -10,7 +10,7 @@ from conftest import REPO
 
 METRIC_KEYS = {"epochs", "steps", "train_seconds", "train_elbo", "test_elbo", "test_log_px",
                "test_log_px_stderr", "eval_samples", "n_test", "psis_khat_max", "config",
-               "versions"}
+               "versions", "kl_per_dim", "active_units"}
 FLAGS = {"data_dir", "out", "epochs", "batch_size", "lr", "z_dim", "hidden_dims", "seed", "device",
          "train_subset", "test_subset", "eval_samples", "resume", "prior", "guide", "likelihood",
          "loss", "num_particles", "beta", "beta_warmup_epochs"}
@@ -41,7 +41,9 @@ def test_mnist_svi_writes_metrics_and_figures(mnist_dir, tmp_path):
     assert -784 * 0.7 < metrics["test_elbo"] <= metrics["test_log_px"] < 0
     assert 0 < metrics["test_log_px_stderr"] < 20
     assert set(metrics["versions"]) >= {"python", "torch", "pyro"}
-    for name in ("reconstructions", "samples", "latent", "elbo_curves", "evaluation"):
+    assert len(metrics["kl_per_dim"]) == 8 and 0 <= metrics["active_units"] <= 8
+    for name in ("reconstructions", "samples", "latent", "elbo_curves", "evaluation",
+                 "traversals", "kl_per_dim"):
         assert (out / f"{name}.png").stat().st_size > 5000, name
     assert (out / "checkpoint.pt").is_file()
 

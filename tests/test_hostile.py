@@ -244,6 +244,36 @@ CLI_CASES = [
                                                       test=np.zeros((5, 16)),
                                                       train_y=np.zeros(20, dtype=int)),
      "has train_y but not the other"),
+    # uses of a trained VAE
+    ("classes-not-a-list", lambda r, m, t: ["train", "--classes", "a-b"],
+     "--classes must list labels like 0-4"),
+    ("classes-absent", lambda r, m, t: ["train", "--data-dir", m, "--out", t / "o", *TINY,
+                                        "--classes", "12"],
+     "--classes 12: the training set of mnist has no images of those classes"),
+    ("score-names-nothing", lambda r, m, t: ["score", "--checkpoint", r / "checkpoint.pt",
+                                             "--out", t / "s"], "name the images to score"),
+    ("score-bdmc", lambda r, m, t: ["score", "--checkpoint", r / "checkpoint.pt", "--out",
+                                    t / "s", "--shift", "noise", "--method", "bdmc"],
+     "score estimates log p\\(x\\) with --method is or ais"),
+    ("score-unknown-shift", lambda r, m, t: ["score", "--checkpoint", r / "checkpoint.pt",
+                                             "--out", t / "s", "--shift", "blur"],
+     "--shift: invalid choice"),
+    ("score-wrong-size", lambda r, m, t: ["score", "--checkpoint", r / "checkpoint.pt",
+                                          "--data-dir", m, "--out", t / "s", "--dataset",
+                                          _saved(t, np.zeros((20, 10, 10)))],
+     r"are 10x10 \(100 values\) but the model was trained on 28x28 \(784\); give images"),
+    ("score-out-of-range", lambda r, m, t: ["score", "--checkpoint", r / "checkpoint.pt",
+                                            "--data-dir", m, "--out", t / "s", "--dataset",
+                                            _saved(t, np.full((20, 28, 28), 300))],
+     r"x.npy has values in \[300, 300\]"),
+    ("disentangle-no-factors", lambda r, m, t: ["disentangle", "--checkpoint",
+                                                r / "checkpoint.pt", "--data-dir", m, "--out",
+                                                t / "d"],
+     "disentangle needs a dataset with known factors \\(dsprites\\); this model was trained "
+     "on mnist"),
+    ("disentangle-one-vote", lambda r, m, t: ["disentangle", "--checkpoint",
+                                              r / "checkpoint.pt", "--out", t / "d", "--votes",
+                                              1, 10], "--num-codes, --votes and --vote-batch"),
 ]
 
 
@@ -262,6 +292,11 @@ def _own(tmp: Path, array) -> list:
     """``pvae train`` on the user's own .npy file holding ``array``."""
     np.save(tmp / "x.npy", array)
     return ["train", "--dataset", tmp / "x.npy", "--out", tmp / "o", *TINY]
+
+
+def _saved(tmp: Path, array) -> Path:
+    np.save(tmp / "x.npy", array)
+    return tmp / "x.npy"
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -1,6 +1,6 @@
-"""The ``pvae`` command line: ``pvae train|evaluate|gap|plot|compare``, its flags generated
-(:mod:`pvae.runs.flags`); a usage error or a :class:`pvae.errors.PvaeError` is one line on
-stderr and exit status 2."""
+"""The ``pvae`` command line: ``pvae train|evaluate|gap|plot|compare|score|disentangle``, its
+flags generated (:mod:`pvae.runs.flags`); a usage error or a :class:`pvae.errors.PvaeError` is
+one line on stderr and exit status 2."""
 import argparse
 import logging
 import math
@@ -18,7 +18,7 @@ from ..files import check_writable
 from ..infer.amortization import gap_report
 from ..training import checkpoint, distributed
 from ..training.loop import resolve_device
-from . import experiment
+from . import experiment, uses
 from .comparison import compare, format_table, grid, parse_setting
 from .config import RunConfig
 from .flags import Parser, add_part_options, add_settings, as_flags, parsed, run_config
@@ -26,6 +26,7 @@ from .plotting import plot_gap
 from .evaluation import (ROWS, estimate, estimate_rows, format_number, format_rows, train_rows,
                          versions, write, write_json)
 from .labels import accuracy_metrics, evaluation_labels, given_y, label_rows
+from .outliers import SHIFTS
 
 DATA_FLAGS = ("data_dir", "test_subset", "device", "seed", "progress")
 """The settings of a command that reads a checkpoint, besides its own."""
@@ -134,12 +135,18 @@ def summary(metrics: dict) -> str:
 
 
 def _checkpoint_arguments(p: argparse.ArgumentParser, names: Sequence[str], out_help: str, *,
-                          out_required: bool = False, defaults=None, aliases=None) -> None:
-    """--checkpoint, --out, --dataset (default: the checkpoint's) and the settings ``names``."""
+                          out_required: bool = False, defaults=None, aliases=None,
+                          scored: bool = False) -> None:
+    """--checkpoint, --out, --dataset (the test set, default the checkpoint's; with ``scored``
+    the images to score, ``args.other_dataset``) and the settings ``names``."""
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by pvae train")
     p.add_argument("--out", required=out_required, default=None, help=out_help)
-    p.add_argument("--dataset", default=None, metavar="NAME|PATH", help="mnist, fashion-mnist, "
-                   "kmnist, or an .npy/.npz file or image folder (default: the checkpoint's)")
+    p.add_argument("--dataset", default=None, metavar="NAME|PATH",
+                   dest="other_dataset" if scored else "dataset",
+                   help="mnist, fashion-mnist, kmnist, dsprites, or an .npy/.npz file or image "
+                   f"folder: {'the images to score' if scored else 'the test set'} (default: "
+                   "the checkpoint's)")
+    p.set_defaults(dataset=None)
     p.set_defaults(settings=add_settings(p, [*DATA_FLAGS, *names], defaults=defaults,
                                          aliases=aliases))
 
@@ -289,10 +296,61 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score_arguments(p: argparse.ArgumentParser) -> None:
+    _checkpoint_arguments(p, ["method", "eval_samples", "chunk_size", "ais_steps", "ais_chains",
+                              "ais_leapfrog"], "folder for scores.npy, scores.png and "
+                          "metrics_score.json (required)", out_required=True, aliases=NUM_SAMPLES,
+                          scored=True)
+    p.add_argument("--classes", default=None, metavar="LIST", help="score the test images of "
+                   "these labels, e.g. 5-9 (default: all of --dataset)")
+    p.add_argument("--shift", default=None, choices=SHIFTS, help="score the test images "
+                   "inverted (1 - x), with noise (+N(0, 0.3²), clipped) or rotated by 90° "
+                   "(default: none)")
+
+
+def run_score(args: argparse.Namespace) -> int:
+    """Outlier scores of other images under a checkpoint: log p(x) by a registered estimator,
+    raw and corrected by the PNG length, against the checkpoint's own test set."""
+    uses.check_score(args.other_dataset, args.classes, args.shift, args.method)
+    vae, config, out, data, _ = open_checkpoint(args)
+    metrics = uses.score(vae, config, data, out, dataset=args.other_dataset,
+                         classes=args.classes, shift=args.shift, record=_record(args, config, vae),
+                         progress=config.progress and sys.stderr.isatty())
+    print(format_rows(uses.score_rows(metrics)))
+    print(f"wrote {out / 'metrics_score.json'}, scores.npy and scores.png")
+    return 0
+
+
+def _disentangle_arguments(p: argparse.ArgumentParser) -> None:
+    _checkpoint_arguments(p, [], "folder for metrics_disentangle.json and disentangle.png "
+                          "(required)", out_required=True, defaults={"test_subset": 2000})
+    p.add_argument("--num-codes", type=int, default=10000, metavar="N", help="images for MIG "
+                   "(default: %(default)s)")
+    p.add_argument("--votes", type=int, nargs=2, default=[800, 800], metavar=("TRAIN", "EVAL"),
+                   help="FactorVAE metric: votes to fit and to score (default: 800 800)")
+    p.add_argument("--vote-batch", type=int, default=64, metavar="L",
+                   help="FactorVAE metric: images per vote (default: %(default)s)")
+
+
+def run_disentangle(args: argparse.Namespace) -> int:
+    """MIG and the FactorVAE metric of a checkpoint trained on a dataset with known factors
+    (dsprites), beside its reconstruction term."""
+    uses.check_budget(args.num_codes, args.votes, args.vote_batch)
+    vae, config, out, data, _ = open_checkpoint(args)
+    metrics = uses.disentangle(vae, config, data, out, num_codes=args.num_codes,
+                               votes=tuple(args.votes), batch=args.vote_batch,
+                               record=_record(args, config, vae))
+    print(format_rows(uses.disentangle_rows(metrics)))
+    print(f"wrote {out / 'metrics_disentangle.json'} and disentangle.png")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "train": (add_train_arguments, run_train),
     "evaluate": (_evaluate_arguments, run_evaluate),
     "gap": (_gap_arguments, run_gap),
     "plot": (_plot_arguments, run_plot),
     "compare": (add_compare_arguments, run_compare),
+    "score": (_score_arguments, run_score),
+    "disentangle": (_disentangle_arguments, run_disentangle),
 }

@@ -23,6 +23,8 @@ from .labels import (accuracy_metrics, check_labelled, evaluation_labels, given_
                      training_labels)
 from .plotting import (plot_conditional_samples, plot_elbo_curves, plot_latent,
                        plot_reconstructions, plot_samples)
+from .latents import ACTIVE_THRESHOLD, LatentReport, latent_report, traversals
+from .useplots import plot_kl_per_dim, plot_traversals
 
 
 
@@ -97,10 +99,14 @@ def training_metrics(state: TrainState) -> dict:
 
 def finish(vae: VAE, data: Dataset, state: TrainState, metrics: dict, config: RunConfig,
            out: Path, world: int = 1) -> dict:
-    """Complete the metrics (data sizes, the resolved configuration, versions, device) and,
-    on rank 0, write ``metrics.json`` and then the figures; returns the metrics."""
+    """Complete the metrics (the latent space's KL per coordinate and active units, data sizes,
+    the resolved configuration, versions, device) and, on rank 0, write ``metrics.json`` and then
+    the figures; returns the metrics."""
     binary = vae.likelihood.data_kind == "binary"
-    metrics = {**metrics, "n_train": data.train_x.shape[0], "likelihood_kind": (
+    report = (latent_report(vae, data.test_x) if vae.amortized and vae.supervision == "none"
+              else None)
+    metrics = {**metrics, **(report.to_metrics() if report else dict.fromkeys(
+        ("kl_per_dim", "active_units"))), "n_train": data.train_x.shape[0], "likelihood_kind": (
         "discrete (binary pixels)" if binary else
         "density (continuous pixels): not comparable with binary log p(x)"),
         "config": config.to_dict(), "versions": versions(), "device": str(vae.device),
@@ -108,7 +114,7 @@ def finish(vae: VAE, data: Dataset, state: TrainState, metrics: dict, config: Ru
     if distributed.is_main():
         write_json(out / "metrics.json", metrics)
         draw_figures(vae, data.test_x.to(vae.device), data.test_y, state.history, out,
-                     label_name(config))
+                     label_name(config), report)
     return metrics
 
 
@@ -130,16 +136,19 @@ def run(config: RunConfig) -> dict:
 
 def label_name(config: RunConfig) -> str:
     """What the data's labels are, for the latent figure's colour bar."""
-    return "digit" if config.data.dataset == "mnist" else "class"
+    return {"mnist": "digit", "dsprites": "shape"}.get(config.data.dataset, "class")
 
 
 @torch.no_grad()
 def draw_figures(vae: VAE, test_x: torch.Tensor, test_y: torch.Tensor, history,
-                 out: Path, labels: str = "class") -> list[Path]:
+                 out: Path, labels: str = "class", report: LatentReport | None = None
+                 ) -> list[Path]:
     """Samples, ELBO curves and, with an encoder, reconstructions and the latent embedding of
-    ``test_x`` (≤ 2000 images, coloured by ``test_y``, whose meaning ``labels`` names); with
-    labels, samples of each class; the files drawn (a figure that fails is a warning). The
-    conditional model reads ``test_y``, the semi-supervised one its classifier's argmax."""
+    ``test_x`` (≤ 2000 images, coloured by ``test_y``, whose meaning ``labels`` names); without
+    labels, traversals of its first image and the KL of each latent coordinate (of ``report``,
+    else computed); with labels, samples of each class. The conditional model reads
+    ``test_y``, the semi-supervised one its classifier's argmax. The files drawn (a figure
+    that fails is a warning)."""
     shape = vae.config.image_shape
     y = test_y.to(test_x.device) if vae.supervision == "conditional" else None
     figures = {"samples.png": lambda p: plot_samples(vae.sample(64), p, image_shape=shape)}
@@ -153,6 +162,13 @@ def draw_figures(vae: VAE, test_x: torch.Tensor, test_y: torch.Tensor, history,
             image_shape=shape)
         figures["latent.png"] = lambda p: plot_latent(
             _posterior_means(vae, test_x[:n], None if y is None else y[:n]), test_y[:n], p, labels)
+        if vae.supervision == "none":
+            report = report or latent_report(vae, test_x)
+            figures["traversals.png"] = lambda p: plot_traversals(
+                *traversals(vae, test_x, report), report.kl, p, shape, vae.z_dim)
+            if report.kl is not None:
+                figures["kl_per_dim.png"] = lambda p: plot_kl_per_dim(
+                    report.kl, report.variance, ACTIVE_THRESHOLD, p)
     if history:
         figures["elbo_curves.png"] = lambda p: plot_elbo_curves(history, p)
     drawn = [draw(lambda make=make, name=name: make(out / name), name)

@@ -28,6 +28,16 @@ def _save(fig, path: str | Path, grid: str | None = None) -> Path:
     return path
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, imported on first use."""
+    return _plt()
+
+
+def save_figure(fig, path: str | Path, grid: str | None = None) -> Path:
+    """Save ``fig`` to ``path`` (120 dpi) and close it; ``grid``: grid lines on that axis."""
+    return _save(fig, path, grid)
+
+
 def image_hw(x_dim: int, image_shape: Sequence[int] | None = None) -> tuple[int, int]:
     """How to draw one example of ``x_dim`` values: ``image_shape`` (H, W), else a square
     if ``x_dim`` is a square number, else one row of ``x_dim`` pixels."""
@@ -93,7 +103,8 @@ def principal_components(z: torch.Tensor) -> tuple[torch.Tensor, list[float | No
 def plot_latent(z: torch.Tensor, labels: torch.Tensor | None, path: str | Path,
                 label_name: str = "class") -> Path:
     """Posterior means of test images in 2-D (first 2 principal components), coloured by their
-    label (``label_name``: "digit" for MNIST) when they have more than one."""
+    label (``label_name``: "digit" for MNIST; the first factor of labels that are factors, one
+    column each) when they have more than one."""
     z = z.detach().float().cpu()
     proj = z - z.mean(0)
     title = f"posterior means of {len(z)} test images"
@@ -106,7 +117,7 @@ def plot_latent(z: torch.Tensor, labels: torch.Tensor | None, path: str | Path,
     elif z.shape[1] == 1:
         proj = torch.cat([proj, torch.zeros_like(proj)], 1)
     fig, ax = _plt().subplots(figsize=(5.5, 4.5))
-    labels = None if labels is None else labels.cpu()
+    labels = None if labels is None else (labels[:, 0] if labels.dim() == 2 else labels).cpu()
     if labels is not None and len(labels) and int(labels.min()) != int(labels.max()):
         top = int(labels.max())
         sc = ax.scatter(proj[:, 0], proj[:, 1], c=labels, cmap="tab10" if top < 10 else "turbo",
