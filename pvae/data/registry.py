@@ -143,8 +143,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         validate(self)
         if not self.dataset.strip():
-            raise ConfigError("dataset is empty; give mnist, fashion-mnist, kmnist, dsprites, or the path "
-                              "of an .npy/.npz file or of an image folder", "dataset")
+            raise ConfigError("dataset is empty; give mnist, fashion-mnist, kmnist, dsprites, or "
+                              "the path of an .npy/.npz file or of an image folder", "dataset")
         if self.dataset not in DATASETS:
             path = os.path.abspath(os.path.expanduser(self.dataset))
             object.__setattr__(self, "dataset", path)

@@ -2,18 +2,14 @@
 flags generated (:mod:`pvae.runs.flags`); a usage error or a :class:`pvae.errors.PvaeError` is
 one line on stderr and exit status 2."""
 import argparse
-import logging
 import math
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
 import pyro
 
-from .. import progress
-from ..errors import ConfigError, DataError, PvaeError
+from ..errors import ConfigError, DataError
 from ..files import check_writable
 from ..infer.amortization import gap_report
 from ..training import checkpoint, distributed
@@ -22,6 +18,7 @@ from . import experiment, uses
 from .comparison import compare, format_table, grid, parse_setting
 from .config import RunConfig
 from .flags import Parser, add_part_options, add_settings, as_flags, parsed, run_config
+from .guard import run_guarded
 from .plotting import plot_gap
 from .evaluation import (ROWS, estimate, estimate_rows, format_number, format_rows, train_rows,
                          versions, write, write_json)
@@ -34,55 +31,6 @@ LOCAL_FIT = ("local_steps", "local_lr", "local_particles", "local_window", "loca
              "local_seconds")
 """The budget of the per-image local fits."""
 NUM_SAMPLES = {"eval_samples": "--num-samples"}
-
-
-INTERRUPTED = {
-    "train": "the checkpoint of the last completed epoch is kept; rerun with --resume to "
-             "continue (or to finish the evaluation)",
-    "evaluate": "no results were written and the checkpoint is unchanged; rerun the command",
-    "gap": "no results were written and the checkpoint is unchanged; rerun the command",
-    "plot": "the figures drawn so far are written and the checkpoint is unchanged; rerun the "
-            "command for the rest",
-    "compare": "the configurations that finished are kept; rerun with --reuse to skip them",
-}
-"""What Ctrl-C leaves behind, by command."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, a job scheduler, torchrun stopping the ranks left), raised where the
-    run is, so that it stops as it does on Ctrl-C."""
-
-
-def _terminated(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the run is stopping already
-    raise Terminated("this rank was sent SIGTERM")
-
-
-def run_guarded(fn: Callable[[], int], command: str = "train") -> int:
-    """Run ``fn``, the work of ``command``; print a PvaeError as one line (exit 2), Ctrl-C or
-    SIGTERM as one line that says what is kept (exit 130 or 143). Under torchrun only rank 0
-    logs progress; every rank prints its errors."""
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
-    try:
-        logging.basicConfig(format="%(message)s", level=logging.INFO
-                            if distributed.env_rank() == 0 else logging.WARNING)
-        progress.interval()  # PVAE_PROGRESS_SECONDS, checked before any work
-        return int(fn() or 0)
-    except PvaeError as err:
-        if main_thread:  # a SIGTERM now (torchrun stopping the ranks left) cuts no line short
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        print(f"error: {as_flags(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as err:
-        if main_thread:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
-        print(f"{how}: {INTERRUPTED[command]}", file=sys.stderr)
-        return 143 if isinstance(err, Terminated) else 130
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
