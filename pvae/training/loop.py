@@ -15,11 +15,10 @@ import torch
 from torch import nn
 
 from ..checks import SEED_LIMIT
-from ..errors import CheckpointError, ConfigError, DataError, DivergenceError
+from ..errors import CheckpointError, ConfigError, DivergenceError
 from ..files import claim, run_lock
 from ..infer.importance import log_likelihood
 from ..infer.objectives import make_loss
-from ..model.labels import check_labels
 from ..model.vae import VAE
 from ..progress import progress_bar
 from . import checkpoint, distributed
@@ -31,6 +30,7 @@ from .state import (EpochRecord, TrainState, data_difference, data_identity, rng
                     set_rng_state)
 from .compiled import CompiledStep
 from .guard import CHECK_EVERY, EpochLosses, diverged
+from .inputs import checked_data, checked_labels
 from .step import LossModule, make_capturable, make_optimizer, make_step
 
 log = logging.getLogger(__name__)
@@ -69,55 +69,6 @@ class Session:
     ddp: nn.Module | None = None
     train_y: torch.Tensor | None = None
     test_y: torch.Tensor | None = None
-
-
-def _checked_data(vae: VAE, settings: TrainConfig, **sets) -> list[torch.Tensor | None]:
-    """The training and test data (``sets``) as the VAE's dtype, checked against the VAE and
-    the ranks of a data-parallel run (DataError/ConfigError naming the problem)."""
-    dtype = next((p.dtype for p in vae.parameters() if p.is_floating_point()), torch.float32)
-    world, out = distributed.world_size(), []
-    for name, x in sets.items():
-        if x is None:
-            out.append(None)
-            continue
-        if not isinstance(x, torch.Tensor):
-            raise DataError(f"the {name} data must be a torch.Tensor of shape (N, x_dim), got "
-                            f"{type(x).__name__}; wrap a NumPy array with torch.from_numpy")
-        if x.is_complex() or (x.dim() >= 1 and x.shape[0] == 0):
-            why = f"complex ({x.dtype}); pass real pixel values" if x.is_complex() else \
-                "empty (0 examples); pass at least one"
-            raise DataError(f"the {name} data is {why}")
-        x = x.to(dtype)
-        vae.check_data(x, probabilities=settings.binarize and name == "training")
-        if x.shape[0] < world:
-            raise ConfigError(f"{x.shape[0]} {name} example(s) are too few for {world} ranks; "
-                              "give at least one per rank")
-        out.append(x)
-    if not vae.amortized and vae.num_data != out[0].shape[0]:
-        raise ConfigError(f"the guide holds parameters for {vae.num_data} examples but the "
-                          f"training set has {out[0].shape[0]}; build it with "
-                          f"num_data={out[0].shape[0]}")
-    if settings.batch_size % world:
-        raise ConfigError(f"batch_size {settings.batch_size} is the global batch of {world} "
-                          f"ranks and must be a multiple of {world}; each rank takes "
-                          f"batch_size / {world} examples of it", "batch_size")
-    return out
-
-
-def _checked_labels(vae: VAE, train_x: torch.Tensor, y, test_x, test_y) -> list:
-    """The training and test labels, checked against the data and the VAE (-1, unlabelled, in
-    semi-supervised training data only); None where the VAE does not read them."""
-    kind = vae.supervision
-    if kind == "none" and (y is not None or test_y is not None):
-        raise ConfigError("labels were given but this VAE has none (supervision 'none'); drop "
-                          "y, or build it with supervision='conditional' or 'semi'")
-    if kind == "conditional" and (y is None or (test_x is not None and test_y is None)):
-        raise ConfigError("the conditional VAE learns p(x|y) from labelled data: pass the labels "
-                          "of every example, fit(..., y=labels, test_y=test_labels)")
-    pairs = ((train_x, y, kind == "semi"), (test_x, test_y if kind == "conditional" else None,
-                                             False))
-    return [None if labels is None else check_labels(labels, x.shape[0], vae.num_classes, semi)
-            for x, labels, semi in pairs]
 
 
 def _resume(vae: VAE, optimizer, path: Path, settings: TrainConfig, data: dict
@@ -173,8 +124,8 @@ def init(vae: VAE, train_x: torch.Tensor, settings: TrainConfig, *,
         dev = distributed.local_device(resolve_device(device))
         if settings.binarize is None:
             settings = settings.replace(binarize=vae.likelihood.data_kind == "binary")
-        train_x, test_x = _checked_data(vae, settings, training=train_x, test=test_x)
-        y, test_y = _checked_labels(vae, train_x, y, test_x, test_y)
+        train_x, test_x = checked_data(vae, settings, training=train_x, test=test_x)
+        y, test_y = checked_labels(vae, train_x, y, test_x, test_y)
         if resume and out is None:
             raise ConfigError("resume needs out_dir (the folder holding checkpoint.pt)", "resume")
     world, rank = distributed.world_size(), distributed.rank()
