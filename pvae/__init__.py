@@ -16,7 +16,8 @@ from .model.hierarchy import UpperLayer
 from .model.likelihoods import LIKELIHOODS
 from .model.parts import Guide, Likelihood, Prior
 from .model.priors import PRIORS
-from .model.vae import VAE, beta_handler, build_vae
+from .model.config import beta_handler
+from .model.vae import VAE, build_vae
 from .runs.comparison import CompareRow, compare
 from .runs.config import RunConfig
 from .runs.experiment import run

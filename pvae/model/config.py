@@ -1,10 +1,12 @@
 """The model's own configuration: registry names, sizes, options and β (docs/quickstart.rst)."""
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
+import pyro.poutine as poutine
 from torch import nn
 
 from ..checks import as_dict, from_dict, real_number, setting, validate
@@ -41,6 +43,16 @@ def check_beta(beta: Any) -> float:
     if not (value >= 0 and math.isfinite(value)):
         raise ConfigError(f"beta must be a finite number >= 0, got {beta!r}", "beta")
     return value
+
+
+def beta_handler(beta: float):
+    """The handler that multiplies a site's log-density by β (at β = 0 ``poutine.mask``)."""
+    beta = check_beta(beta)
+    if beta == 1.0:
+        return contextlib.nullcontext()
+    if beta == 0.0:
+        return poutine.mask(mask=False)
+    return poutine.scale(scale=beta)
 
 
 def all_options() -> dict[str, list[tuple[str, str, Any]]]:

@@ -5,7 +5,6 @@ from typing import Any, Sequence
 
 import pyro
 import pyro.distributions as dist
-import pyro.poutine as poutine
 import torch
 from pyro.nn import PyroModule
 from torch import nn
@@ -13,21 +12,11 @@ from torch import nn
 from ..distributions import shared_flows
 from ..errors import ConfigError
 from ..infer.sites import Site, SiteRecorder
-from .config import VAEConfig, check_beta
+from .config import VAEConfig, beta_handler, check_beta
 from .hierarchy import TOP_SITE
 from .inputs import check_examples
 from .labels import LABEL_SITE, check_labels, join_label
 from .parts import Guide, Likelihood, Prior
-
-
-def beta_handler(beta: float):
-    """The handler that multiplies a site's log-density by β (at β = 0 ``poutine.mask``)."""
-    beta = check_beta(beta)
-    if beta == 1.0:
-        return contextlib.nullcontext()
-    if beta == 0.0:
-        return poutine.mask(mask=False)
-    return poutine.scale(scale=beta)
 
 
 class VAE(PyroModule):
